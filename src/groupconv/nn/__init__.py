@@ -1,0 +1,17 @@
+"""Layers: drop-ins for torch.nn.ConvNd, and the grouped-convolution family."""
+
+from .accelerate import accelerate
+from .conv import Conv1d, Conv2d, Conv3d
+from .separable import (
+    DepthwiseConv2d,
+    DepthwiseSeparableConv2d,
+    FlattenedConv2d,
+    PointwiseGroupedConv2d,
+    SpatialSeparableConv2d,
+)
+from .shuffle import ChannelShuffle, ShuffledGroupedConv2d
+
+__all__ = [
+    "ChannelShuffle", "Conv1d", "Conv2d", "Conv3d", "DepthwiseConv2d", "DepthwiseSeparableConv2d",
+    "FlattenedConv2d", "PointwiseGroupedConv2d", "ShuffledGroupedConv2d", "SpatialSeparableConv2d", "accelerate",
+]

@@ -1,0 +1,104 @@
+"""What every groupconv layer shares: cost reporting, and the conv forward routed through groupconv.ops."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..analysis.cost import conv_multiply_adds, count_parameters
+from ..ops import functional
+from ..ops.arguments import check_divisible, check_groups, expand_tuple, output_size, resolve_padding
+
+_FUNCTIONAL = {1: functional.conv1d, 2: functional.conv2d, 3: functional.conv3d}
+
+
+class CostReporting:
+    """Parameter count and multiply-adds (per sample) of a layer, for a given input spatial size."""
+
+    def parameter_count(self) -> int:
+        return count_parameters(self)
+
+    def output_size(self, input_size: int | Sequence[int]) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def multiply_adds(self, input_size: int | Sequence[int]) -> int:
+        raise NotImplementedError
+
+
+class SequentialCost(CostReporting):
+    """Cost of a chain of layers: sizes flow through the children, multiply-adds add up."""
+
+    def output_size(self, input_size):
+        for child in self.children():
+            input_size = child.output_size(input_size)
+        return tuple(input_size)
+
+    def multiply_adds(self, input_size):
+        total = 0
+        for child in self.children():
+            total += child.multiply_adds(input_size)
+            input_size = child.output_size(input_size)
+        return total
+
+
+def check_conv_module_arguments(in_channels: int, out_channels: int, groups: int) -> None:
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name}={value!r} must be an int")
+        if value <= 0:
+            raise ValueError(f"{name}={value} must be a positive integer")
+    check_groups(groups)
+    check_divisible(in_channels, "in_channels", groups)
+    check_divisible(out_channels, "out_channels", groups)
+
+
+class GroupedConvMixin(CostReporting):
+    """Routes torch.nn.ConvNd's forward through groupconv's ops, keeping everything else of torch's module.
+
+    Mixed in before torch.nn.Conv1d/2d/3d, so the constructor, parameters, state_dict keys,
+    initialisation and padding_mode handling are torch's own: the layer is a drop-in, and
+    isinstance(layer, torch.nn.Conv2d) stays true for code that looks for convolutions.
+    `shuffle_groups` > 1 makes the layer read its input through a channel shuffle.
+    """
+
+    shuffle_groups: int = 1
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None):
+        check_conv_module_arguments(in_channels, out_channels, groups)
+        full_padding = isinstance(padding, str) and padding == "full"
+        super().__init__(in_channels, out_channels, kernel_size, stride, 0 if full_padding else padding, dilation,
+                         groups, bias, padding_mode, device=device, dtype=dtype)
+        if full_padding:
+            # torch.nn.ConvNd knows only 'same' and 'valid'; 'full' pads every partial overlap.
+            self.padding = "full"
+            spans = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            self._reversed_padding_repeated_twice = [p for span in reversed(spans) for p in (span, span)]
+
+    def _conv_forward(self, input, weight, bias):
+        conv = _FUNCTIONAL[len(self.kernel_size)]
+        if self.padding_mode != "zeros":
+            padded = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return conv(padded, weight, bias, self.stride, 0, self.dilation, self.groups,
+                        shuffle_groups=self.shuffle_groups)
+        return conv(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
+                    shuffle_groups=self.shuffle_groups)
+
+    def output_size(self, input_size):
+        ndim = len(self.kernel_size)
+        input_size = expand_tuple(input_size, ndim, "input_size")
+        before, after = resolve_padding(self.padding, self.kernel_size, self.stride, self.dilation)
+        return output_size(input_size, self.kernel_size, self.stride, before, after, self.dilation)
+
+    def multiply_adds(self, input_size):
+        return conv_multiply_adds(self.in_channels, self.out_channels, self.kernel_size, self.groups,
+                                  self.output_size(input_size))
+
+    def extra_repr(self):
+        text = super().extra_repr()
+        if self.groups == 1:  # torch hides groups=1; we always show it
+            text += ", groups=1"
+        if self.shuffle_groups > 1:
+            text += f", shuffle_groups={self.shuffle_groups}"
+        return text

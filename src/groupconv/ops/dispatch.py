@@ -1,0 +1,209 @@
+"""Choosing an implementation per call.
+
+Backends are data: a registry of objects that each say which problems they cannot run and why
+(`not_supported_reasons`, as in xformers). The dispatcher picks the highest-priority backend with
+no reasons against the problem. Users can list backends, ask why one cannot run an input, and
+force one, globally (`set_backend`, or the GROUPCONV_BACKEND environment variable) or for a block
+(`with use_backend(...)`). A forced backend that cannot run an input is an error, never a silent
+fallback.
+
+Problems are small frozen dataclasses, so the CPU/GPU kernel work can cache measured choices on
+them without touching this interface.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from .arguments import ConvArguments, memory_format_of
+
+ENV_BACKEND = "GROUPCONV_BACKEND"
+
+CONV_OPS = ("conv_forward", "conv_backward_input", "conv_backward_weight")
+
+
+def _layout_name(tensor: torch.Tensor) -> str:
+    fmt = memory_format_of(tensor)
+    if fmt == torch.contiguous_format:
+        return "contiguous" if tensor.is_contiguous() else "strided"
+    return "channels_last"
+
+
+@dataclass(frozen=True)
+class ConvProblem:
+    """One convolution call as the dispatcher sees it: everything that may change the best kernel."""
+
+    op: str  # one of CONV_OPS
+    input_shape: tuple[int, ...]
+    weight_shape: tuple[int, ...]
+    arguments: ConvArguments
+    has_bias: bool
+    dtype: torch.dtype
+    device_type: str
+    layout: str
+    num_threads: int
+
+    @classmethod
+    def build(
+        cls,
+        op: str,
+        input_shape: Sequence[int],
+        weight_shape: Sequence[int],
+        arguments: ConvArguments,
+        like: torch.Tensor,
+        has_bias: bool = False,
+    ) -> "ConvProblem":
+        return cls(
+            op=op,
+            input_shape=tuple(int(s) for s in input_shape),
+            weight_shape=tuple(int(s) for s in weight_shape),
+            arguments=arguments,
+            has_bias=has_bias,
+            dtype=like.dtype,
+            device_type=like.device.type,
+            layout=_layout_name(like),
+            num_threads=torch.get_num_threads(),
+        )
+
+
+@dataclass(frozen=True)
+class ShuffleProblem:
+    """One channel-shuffle call as the dispatcher sees it."""
+
+    shape: tuple[int, ...]
+    groups: int
+    dtype: torch.dtype
+    device_type: str
+    layout: str
+    op: str = "channel_shuffle"
+
+    @classmethod
+    def build(cls, x: torch.Tensor, groups: int) -> "ShuffleProblem":
+        return cls(tuple(int(s) for s in x.shape), groups, x.dtype, x.device.type, _layout_name(x))
+
+
+Problem = ConvProblem | ShuffleProblem
+
+
+class Backend:
+    """An implementation of the grouped-convolution ops.
+
+    Subclasses set `name` and `description`, implement the four ops, and override
+    `not_supported_reasons` to refuse the problems they cannot run (an empty list means "I can").
+    Output memory format is normalised by the caller, so a backend may return any layout.
+    """
+
+    name: str = ""
+    description: str = ""
+
+    def not_supported_reasons(self, problem: Problem) -> list[str]:
+        return []
+
+    def conv_forward(self, input, weight, bias, args: ConvArguments) -> torch.Tensor:
+        raise NotImplementedError
+
+    def conv_backward_input(self, grad_output, weight, input_shape, args: ConvArguments) -> torch.Tensor:
+        raise NotImplementedError
+
+    def conv_backward_weight(self, grad_output, input, weight_shape, args: ConvArguments) -> torch.Tensor:
+        raise NotImplementedError
+
+    def channel_shuffle(self, x: torch.Tensor, groups: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<groupconv backend {self.name!r}: {self.description}>"
+
+
+_registry: dict[str, tuple[int, Backend]] = {}
+_forced_global: str | None = None
+_forced_scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar("groupconv_backend", default=None)
+
+
+def register_backend(backend: Backend, priority: int) -> None:
+    """Add (or replace) a backend. Higher priority is tried first."""
+    if not backend.name:
+        raise ValueError(f"backend {backend!r} needs a non-empty name")
+    _registry[backend.name] = (priority, backend)
+
+
+def unregister_backend(name: str) -> None:
+    get_backend(name)
+    del _registry[name]
+
+
+def list_backends() -> list[str]:
+    """Registered backend names, in the order the dispatcher tries them."""
+    return [name for name, _ in sorted(_registry.items(), key=lambda item: -item[1][0])]
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _registry:
+        raise ValueError(f"backend={name!r} is not registered; available backends: {list_backends()}")
+    return _registry[name][1]
+
+
+def set_backend(name: str | None) -> None:
+    """Force every call onto one backend (None restores automatic choice)."""
+    global _forced_global
+    if name is not None:
+        get_backend(name)
+    _forced_global = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None) -> Iterator[None]:
+    """Force calls inside the block onto one backend (None: automatic choice inside the block)."""
+    if name is not None:
+        get_backend(name)
+    token = _forced_scoped.set(name if name is not None else "")
+    try:
+        yield
+    finally:
+        _forced_scoped.reset(token)
+
+
+def forced_backend() -> str | None:
+    """The backend currently forced, by `use_backend`, `set_backend` or GROUPCONV_BACKEND, in that order."""
+    scoped = _forced_scoped.get()
+    if scoped is not None:
+        return scoped or None
+    if _forced_global is not None:
+        return _forced_global
+    return os.environ.get(ENV_BACKEND) or None
+
+
+def not_supported_reasons(problem: Problem) -> dict[str, list[str]]:
+    """For every backend, in dispatch order, the reasons it cannot run `problem` (empty: it can)."""
+    return {name: get_backend(name).not_supported_reasons(problem) for name in list_backends()}
+
+
+def select_backend(problem: Problem) -> Backend:
+    forced = forced_backend()
+    if forced is not None:
+        backend = get_backend(forced)
+        reasons = backend.not_supported_reasons(problem)
+        if reasons:
+            raise ValueError(f"backend {forced!r} is forced but cannot run {problem}: " + "; ".join(reasons))
+        return backend
+    for name in list_backends():
+        backend = get_backend(name)
+        if not backend.not_supported_reasons(problem):
+            return backend
+    raise RuntimeError(f"no registered backend can run {problem}: {not_supported_reasons(problem)}")
+
+
+def explain(problem: Problem) -> str:
+    """A readable account of the dispatch decision for `problem`."""
+    lines = [f"{problem}"]
+    chosen = select_backend(problem).name
+    for name, reasons in not_supported_reasons(problem).items():
+        mark = "->" if name == chosen else "  "
+        lines.append(f"{mark} {name}: " + ("; ".join(reasons) if reasons else "can run"))
+    return "\n".join(lines)

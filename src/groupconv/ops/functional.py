@@ -1,0 +1,83 @@
+"""Drop-in replacements for torch.nn.functional.conv1d/2d/3d and channel_shuffle.
+
+Same signatures and results as torch, plus padding='full' and the keyword-only
+`shuffle_groups`: the conv then reads its input as if it had been passed through
+channel_shuffle(input, shuffle_groups) first, without the caller materialising the shuffle.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import library
+from .arguments import IntOrTuple, Padding, check_conv_call, check_groups, check_shuffle
+from .dispatch import ConvProblem, explain
+
+
+def _prepare(spatial_dims, input, weight, bias, stride, padding, dilation, groups, shuffle_groups):
+    """Validate a call; return the batched (and, for odd 'same' padding, pre-padded) input and arguments."""
+    unbatched = isinstance(input, torch.Tensor) and input.dim() == spatial_dims + 1
+    if unbatched:
+        input = input.unsqueeze(0)
+    args, extra_after = check_conv_call(
+        input, weight, bias, stride, padding, dilation, groups, shuffle_groups, spatial_dims
+    )
+    if any(extra_after):
+        # torch's rule for 'same' with an even span: the odd element of padding goes after.
+        input = F.pad(input, [p for extra in reversed(extra_after) for p in (0, extra)])
+    return input, args, unbatched
+
+
+def _conv(spatial_dims, input, weight, bias, stride, padding, dilation, groups, shuffle_groups):
+    input, args, unbatched = _prepare(
+        spatial_dims, input, weight, bias, stride, padding, dilation, groups, shuffle_groups
+    )
+    out = library.conv_forward(
+        input, weight, bias, list(args.stride), list(args.padding), list(args.dilation), args.groups,
+        args.shuffle_groups,
+    )
+    return out.squeeze(0) if unbatched else out
+
+
+def conv1d(input, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+           groups: int = 1, *, shuffle_groups: int = 1) -> torch.Tensor:
+    """Like torch.nn.functional.conv1d; padding may also be 'full'; see the module docstring for shuffle_groups."""
+    return _conv(1, input, weight, bias, stride, padding, dilation, groups, shuffle_groups)
+
+
+def conv2d(input, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+           groups: int = 1, *, shuffle_groups: int = 1) -> torch.Tensor:
+    """Like torch.nn.functional.conv2d; padding may also be 'full'; see the module docstring for shuffle_groups."""
+    return _conv(2, input, weight, bias, stride, padding, dilation, groups, shuffle_groups)
+
+
+def conv3d(input, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+           groups: int = 1, *, shuffle_groups: int = 1) -> torch.Tensor:
+    """Like torch.nn.functional.conv3d; padding may also be 'full'; see the module docstring for shuffle_groups."""
+    return _conv(3, input, weight, bias, stride, padding, dilation, groups, shuffle_groups)
+
+
+def channel_shuffle(input: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle of an (N, C, ...) tensor of rank 3 to 5.
+
+    Equal to input.view(N, groups, C // groups, ...).transpose(1, 2).reshape(input.shape).
+    """
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    if not 3 <= input.dim() <= 5:
+        raise ValueError(
+            f"channel_shuffle expects input of rank 3 to 5 (N, C, *spatial), got input.dim()={input.dim()} "
+            f"with shape {tuple(input.shape)}"
+        )
+    check_groups(groups)
+    check_shuffle(input.shape[1], groups, "input channels (input.shape[1])")
+    return library.channel_shuffle(input, groups)
+
+
+def explain_conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, shuffle_groups=1,
+                 op: str = "conv_forward") -> str:
+    """Which backend would run this convolution, and why each other one would not."""
+    spatial_dims = weight.dim() - 2 if isinstance(weight, torch.Tensor) else 0
+    input, args, _ = _prepare(spatial_dims, input, weight, bias, stride, padding, dilation, groups, shuffle_groups)
+    return explain(ConvProblem.build(op, input.shape, weight.shape, args, input, has_bias=bias is not None))

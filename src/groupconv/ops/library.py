@@ -1,0 +1,140 @@
+"""The ops as PyTorch custom ops (torch.library), so autograd, torch.compile and torch.export see them.
+
+Four ops, each with a fake (meta) implementation that only computes shapes:
+  groupconv::conv_forward, groupconv::conv_backward_input, groupconv::conv_backward_weight,
+  groupconv::channel_shuffle.
+Forward and both backward halves are separate ops so that a fast backend can serve each one
+separately. The backend is chosen at run time inside the op, so a compiled graph still honours
+`use_backend` and later tuning.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .arguments import ConvArguments, memory_format_of, output_size
+from .dispatch import ConvProblem, ShuffleProblem, select_backend
+
+
+def _arguments(stride, padding, dilation, groups, shuffle_groups) -> ConvArguments:
+    return ConvArguments(tuple(stride), tuple(padding), tuple(dilation), groups, shuffle_groups)
+
+
+def _empty_like_layout(shape: Sequence[int], like: Tensor) -> Tensor:
+    return torch.empty(tuple(shape), dtype=like.dtype, device=like.device, memory_format=memory_format_of(like))
+
+
+@torch.library.custom_op("groupconv::conv_forward", mutates_args=())
+def conv_forward(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    shuffle_groups: int,
+) -> Tensor:
+    args = _arguments(stride, padding, dilation, groups, shuffle_groups)
+    problem = ConvProblem.build("conv_forward", input.shape, weight.shape, args, input, has_bias=bias is not None)
+    out = select_backend(problem).conv_forward(input, weight, bias, args)
+    return out.contiguous(memory_format=memory_format_of(input))
+
+
+@conv_forward.register_fake
+def _conv_forward_fake(input, weight, bias, stride, padding, dilation, groups, shuffle_groups):
+    spatial = output_size(input.shape[2:], weight.shape[2:], stride, padding, padding, dilation)
+    return _empty_like_layout((input.shape[0], weight.shape[0], *spatial), input)
+
+
+@torch.library.custom_op("groupconv::conv_backward_input", mutates_args=())
+def conv_backward_input(
+    grad_output: Tensor,
+    weight: Tensor,
+    input_shape: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    shuffle_groups: int,
+) -> Tensor:
+    args = _arguments(stride, padding, dilation, groups, shuffle_groups)
+    problem = ConvProblem.build("conv_backward_input", input_shape, weight.shape, args, grad_output)
+    grad_input = select_backend(problem).conv_backward_input(grad_output, weight, input_shape, args)
+    return grad_input.contiguous(memory_format=memory_format_of(grad_output))
+
+
+@conv_backward_input.register_fake
+def _conv_backward_input_fake(grad_output, weight, input_shape, stride, padding, dilation, groups, shuffle_groups):
+    return _empty_like_layout(input_shape, grad_output)
+
+
+@torch.library.custom_op("groupconv::conv_backward_weight", mutates_args=())
+def conv_backward_weight(
+    grad_output: Tensor,
+    input: Tensor,
+    weight_shape: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    shuffle_groups: int,
+) -> Tensor:
+    args = _arguments(stride, padding, dilation, groups, shuffle_groups)
+    problem = ConvProblem.build("conv_backward_weight", input.shape, weight_shape, args, input)
+    grad_weight = select_backend(problem).conv_backward_weight(grad_output, input, weight_shape, args)
+    return grad_weight.contiguous()
+
+
+@conv_backward_weight.register_fake
+def _conv_backward_weight_fake(grad_output, input, weight_shape, stride, padding, dilation, groups, shuffle_groups):
+    return grad_output.new_empty(tuple(weight_shape))
+
+
+def _conv_setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups, shuffle_groups = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.conv_arguments = (stride, padding, dilation, groups, shuffle_groups)
+    ctx.has_bias = bias is not None
+
+
+def _conv_backward(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_input = conv_backward_input(grad_output, weight, list(input.shape), *ctx.conv_arguments)
+    if ctx.needs_input_grad[1]:
+        grad_weight = conv_backward_weight(grad_output, input, list(weight.shape), *ctx.conv_arguments)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = grad_output.sum(dim=[0, *range(2, grad_output.dim())])
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None
+
+
+conv_forward.register_autograd(_conv_backward, setup_context=_conv_setup_context)
+
+
+@torch.library.custom_op("groupconv::channel_shuffle", mutates_args=())
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    out = select_backend(ShuffleProblem.build(x, groups)).channel_shuffle(x, groups)
+    return out.contiguous(memory_format=memory_format_of(x))
+
+
+@channel_shuffle.register_fake
+def _channel_shuffle_fake(x, groups):
+    return _empty_like_layout(x.shape, x)
+
+
+def _shuffle_setup_context(ctx, inputs, output):
+    x, groups = inputs
+    ctx.inverse_groups = x.shape[1] // groups
+
+
+def _shuffle_backward(ctx, grad_output):
+    # The inverse of a shuffle with g groups is a shuffle with C/g groups.
+    return channel_shuffle(grad_output, ctx.inverse_groups), None
+
+
+channel_shuffle.register_autograd(_shuffle_backward, setup_context=_shuffle_setup_context)
