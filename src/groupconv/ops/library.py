@@ -23,6 +23,18 @@ def _arguments(stride, padding, dilation, groups, shuffle_groups) -> ConvArgumen
     return ConvArguments(tuple(stride), tuple(padding), tuple(dilation), groups, shuffle_groups)
 
 
+def _owned(out: Tensor, memory_format: torch.memory_format, *inputs: Tensor | None) -> Tensor:
+    """`out` in the layout the fake impl promises, never sharing memory with an input (a custom op's contract).
+
+    A backend may return a view of its input (a shuffle with one group is the identity).
+    """
+    out = out.contiguous(memory_format=memory_format)
+    storage = out.untyped_storage().data_ptr()
+    if any(t is not None and t.untyped_storage().data_ptr() == storage for t in inputs):
+        out = out.clone(memory_format=memory_format)
+    return out
+
+
 def _empty_like_layout(shape: Sequence[int], like: Tensor) -> Tensor:
     return torch.empty(tuple(shape), dtype=like.dtype, device=like.device, memory_format=memory_format_of(like))
 
@@ -41,7 +53,7 @@ def conv_forward(
     args = _arguments(stride, padding, dilation, groups, shuffle_groups)
     problem = ConvProblem.build("conv_forward", input.shape, weight.shape, args, input, has_bias=bias is not None)
     out = select_backend(problem).conv_forward(input, weight, bias, args)
-    return out.contiguous(memory_format=memory_format_of(input))
+    return _owned(out, memory_format_of(input), input, weight, bias)
 
 
 @conv_forward.register_fake
@@ -64,7 +76,7 @@ def conv_backward_input(
     args = _arguments(stride, padding, dilation, groups, shuffle_groups)
     problem = ConvProblem.build("conv_backward_input", input_shape, weight.shape, args, grad_output)
     grad_input = select_backend(problem).conv_backward_input(grad_output, weight, input_shape, args)
-    return grad_input.contiguous(memory_format=memory_format_of(grad_output))
+    return _owned(grad_input, memory_format_of(grad_output), grad_output, weight)
 
 
 @conv_backward_input.register_fake
@@ -86,7 +98,7 @@ def conv_backward_weight(
     args = _arguments(stride, padding, dilation, groups, shuffle_groups)
     problem = ConvProblem.build("conv_backward_weight", input.shape, weight_shape, args, input)
     grad_weight = select_backend(problem).conv_backward_weight(grad_output, input, weight_shape, args)
-    return grad_weight.contiguous()
+    return _owned(grad_weight, torch.contiguous_format, grad_output, input)
 
 
 @conv_backward_weight.register_fake
@@ -119,7 +131,7 @@ conv_forward.register_autograd(_conv_backward, setup_context=_conv_setup_context
 @torch.library.custom_op("groupconv::channel_shuffle", mutates_args=())
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     out = select_backend(ShuffleProblem.build(x, groups)).channel_shuffle(x, groups)
-    return out.contiguous(memory_format=memory_format_of(x))
+    return _owned(out, memory_format_of(x), x)
 
 
 @channel_shuffle.register_fake

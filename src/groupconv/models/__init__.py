@@ -1,0 +1,20 @@
+"""The model zoo: a timm-like registry of the networks that made grouped convolution, one file per family.
+
+    >>> from groupconv import models
+    >>> models.list_models("shufflenet_g3_*")
+    ['shufflenet_g3_w1', 'shufflenet_g3_w2', 'shufflenet_g3_w3d2', 'shufflenet_g3_w3d4', 'shufflenet_g3_wd2', 'shufflenet_g3_wd4']
+    >>> model = models.create_model("shufflenet_g3_w1", num_classes=10, small_input=True)
+
+Families: alexnet (filter groups), resnext (ImageNet, torchvision-compatible), resnext_cifar
+(ResNeXt-29, block forms a/b/c), shufflenet (v1, every buildable group count and width),
+mobilenet (v1), nin (NiN for CIFAR-10 with Deep Roots' root filter groups). Every convolution is a
+groupconv.nn layer, so every model runs on groupconv's dispatcher.
+"""
+
+from . import alexnet, mobilenet, nin, resnext, resnext_cifar, shufflenet
+from .registry import SMALL_INPUT_SIZE, ModelEntry, create_model, is_model, list_models, model_entry, register_model
+
+__all__ = [
+    "SMALL_INPUT_SIZE", "ModelEntry", "alexnet", "create_model", "is_model", "list_models", "mobilenet",
+    "model_entry", "nin", "register_model", "resnext", "resnext_cifar", "shufflenet",
+]

@@ -1,0 +1,39 @@
+"""What every model family shares: argument checks and the width-multiplier naming."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+
+def check_positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}={value!r} must be an int")
+    if value < 1:
+        raise ValueError(f"{name}={value} must be a positive integer")
+
+
+def check_classifier_arguments(num_classes, in_chans) -> None:
+    """Every model takes `num_classes` and `in_chans` (timm's names); both must be >= 1."""
+    check_positive_int(num_classes, "num_classes")
+    check_positive_int(in_chans, "in_chans")
+
+
+def check_width(width, name: str = "width") -> float:
+    if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
+        raise ValueError(f"{name}={width!r} must be a positive number")
+    return float(width)
+
+
+def width_suffix(width: float) -> str:
+    """pytorchcv's (imgclsmob's) name for a width multiplier: 1 -> w1, 0.5 -> wd2, 0.75 -> w3d4, 1.5 -> w3d2."""
+    ratio = Fraction(width).limit_denominator(16)
+    if ratio.denominator == 1:
+        return f"w{ratio.numerator}"
+    if ratio.numerator == 1:
+        return f"wd{ratio.denominator}"
+    return f"w{ratio.numerator}d{ratio.denominator}"
+
+
+def scale_channels(channels: int, width: float) -> int:
+    """pytorchcv's rounding of a scaled channel count: truncation, int(c * width), and no rounding at width 1."""
+    return channels if width == 1.0 else int(channels * width)

@@ -1,0 +1,215 @@
+"""ShuffleNet v1 (Zhang, Zhou, Lin, Sun 2017, "ShuffleNet: An Extremely Efficient Convolutional Neural
+Network for Mobile Devices", arXiv 1707.01083), for every group count of the paper's Table 1.
+
+Layout and names follow pytorchcv / imgclsmob (the seed's code), so a pytorchcv state_dict loads
+with strict=True: features.init_block (3x3 s2 conv, BN, ReLU, 3x3 s2 max-pool), features.stage1..3
+(the paper's stages 2..4, 4/8/4 units), features.final_pool, output (FC with bias). Channels are
+scaled by `width` with pytorchcv's truncation int(c * width), init block included.
+
+One deliberate difference in structure, none in function: pytorchcv's unit runs a ChannelShuffle
+module and then the depthwise conv. A depthwise conv reading a channel-shuffled tensor is one
+groupconv.nn.ShuffledGroupedConv2d(groups=channels, shuffle_groups=g): the same weight (shape
+and meaning: weight[j] filters channel j of the shuffled tensor), the same output, and fast
+backends can read through the permutation instead of materialising it. `shuffle=False` (the
+paper's Table 3 ablation) sets shuffle_groups=1 and changes nothing else.
+
+Checked (tests/test_models.py): parameter counts equal models.md and pytorchcv's published counts
+(convs without bias, BN counted, FC with bias); conv multiply-adds at 224x224 (FC excluded, as in
+the paper's complexity column) round to the paper's 143/140/137/133/137 M for g = 1/2/3/4/8 at 1x.
+
+Widths whose channel counts are not divisible by the groups (e.g. g=8 at 0.5x: the first unit's
+main branch outputs 192 - 12 = 180 channels) cannot be built with pytorchcv's rounding and are not
+registered; asking for one is a ValueError that names the layer. The paper does not give the
+channel counts it used for those.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .. import nn as gnn
+from .common import check_classifier_arguments, check_width, scale_channels, width_suffix
+from .registry import register_model
+
+# Table 1 of the paper: output channels of stages 2, 3, 4 at 1x, for each group count.
+STAGE_CHANNELS = {1: (144, 288, 576), 2: (200, 400, 800), 3: (240, 480, 960), 4: (272, 544, 1088),
+                  8: (384, 768, 1536)}
+UNITS_PER_STAGE = (4, 8, 4)
+INIT_BLOCK_CHANNELS = 24
+WIDTHS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+def check_unit_channels(in_channels: int, out_channels: int, groups: int, downsample: bool,
+                        ignore_group: bool) -> None:
+    """ValueError unless every grouped layer of a unit gets a channel count divisible by `groups`."""
+    mid_channels = out_channels // 4
+    branch_channels = out_channels - in_channels if downsample else out_channels
+    # The first unit of stage 2 reads only 24 channels: the paper does not group its first 1x1 conv.
+    compress_groups = 1 if ignore_group else groups
+    for layer, channels, layer_groups in (("compress_conv1 input", in_channels, compress_groups),
+                                          ("compress_conv1 output", mid_channels, compress_groups),
+                                          ("channel shuffle", mid_channels, groups),
+                                          ("expand_conv3 output", branch_channels, groups)):
+        if channels % layer_groups:
+            raise ValueError(f"groups={groups} does not divide the {channels} channels of {layer} "
+                             f"(unit {in_channels} -> {out_channels})")
+
+
+def unit_plan(groups: int, width: float) -> list[list[dict]]:
+    """Per stage, the constructor arguments of each unit: in/out channels, downsample, ignore_group."""
+    in_channels = scale_channels(INIT_BLOCK_CHANNELS, width)
+    plan = []
+    for stage_index, (stage_channels, units) in enumerate(zip(STAGE_CHANNELS[groups], UNITS_PER_STAGE)):
+        out_channels = scale_channels(stage_channels, width)
+        stage = []
+        for unit_index in range(units):
+            first = unit_index == 0
+            stage.append(dict(in_channels=in_channels, out_channels=out_channels, downsample=first,
+                              ignore_group=first and stage_index == 0))
+            in_channels = out_channels
+        plan.append(stage)
+    return plan
+
+
+def check_shufflenet_arguments(groups, width) -> float:
+    """ValueError naming the option unless ShuffleNet can be built with these groups and width; returns the width."""
+    if isinstance(groups, bool) or groups not in STAGE_CHANNELS:
+        raise ValueError(f"groups={groups!r} is not one of ShuffleNet's {tuple(STAGE_CHANNELS)}")
+    width = check_width(width)
+    for stage in unit_plan(groups, width):
+        for unit in stage:
+            try:
+                check_unit_channels(groups=groups, **unit)
+            except ValueError as error:
+                raise ValueError(f"width={width:g} cannot be built with groups={groups}: {error}") from None
+    return width
+
+
+class ShuffleUnit(nn.Module):
+    """1x1 group conv -> BN -> ReLU -> [channel shuffle + 3x3 depthwise, fused] -> BN -> 1x1 group conv -> BN,
+    plus the shortcut, then ReLU.
+
+    A downsampling unit (stride 2) average-pools the shortcut (3x3, stride 2, pad 1) and concatenates
+    it, so its main branch outputs out_channels - in_channels. The bottleneck width is out_channels // 4
+    of the unit's full output, as in pytorchcv.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int, downsample: bool, ignore_group: bool,
+                 shuffle: bool = True):
+        super().__init__()
+        self.downsample = downsample
+        check_unit_channels(in_channels, out_channels, groups, downsample, ignore_group)
+        mid_channels = out_channels // 4
+        branch_channels = out_channels - in_channels if downsample else out_channels
+        compress_groups = 1 if ignore_group else groups
+
+        self.compress_conv1 = gnn.PointwiseGroupedConv2d(in_channels, mid_channels, compress_groups, bias=False)
+        self.compress_bn1 = nn.BatchNorm2d(mid_channels)
+        self.dw_conv2 = gnn.ShuffledGroupedConv2d(mid_channels, mid_channels, 3, stride=2 if downsample else 1,
+                                                  padding=1, groups=mid_channels, bias=False,
+                                                  shuffle_groups=groups if shuffle else 1)
+        self.dw_bn2 = nn.BatchNorm2d(mid_channels)
+        self.expand_conv3 = gnn.PointwiseGroupedConv2d(mid_channels, branch_channels, groups, bias=False)
+        self.expand_bn3 = nn.BatchNorm2d(branch_channels)
+        if downsample:
+            self.avgpool = nn.AvgPool2d(kernel_size=3, stride=2, padding=1)
+        self.activ = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.activ(self.compress_bn1(self.compress_conv1(x)))
+        branch = self.dw_bn2(self.dw_conv2(branch))  # no ReLU after the depthwise conv (paper, Sec. 3.2)
+        branch = self.expand_bn3(self.expand_conv3(branch))
+        if self.downsample:
+            out = torch.cat((branch, self.avgpool(x)), dim=1)
+        else:
+            out = branch + x
+        return self.activ(out)
+
+
+class ShuffleInitBlock(nn.Module):
+    """3x3 stride-2 conv, BN, ReLU, 3x3 stride-2 max-pool (224 -> 56); small_input: stride-1 conv, no pool."""
+
+    def __init__(self, in_channels: int, out_channels: int, small_input: bool = False):
+        super().__init__()
+        self.conv = gnn.Conv2d(in_channels, out_channels, 3, stride=1 if small_input else 2, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.activ = nn.ReLU(inplace=True)
+        self.pool = nn.Identity() if small_input else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.activ(self.bn(self.conv(x))))
+
+
+class ShuffleNet(nn.Module):
+    """ShuffleNet v1 with `groups` in (1, 2, 3, 4, 8) and width multiplier `width` ("ShuffleNet s x").
+
+    shuffle=False: the paper's no-shuffle ablation (same parameters, every shuffle removed).
+    small_input=True: for 32x32 inputs; the init block's conv has stride 1 and its max-pool is
+    removed (otherwise stage 4 would see a 1x1 map); the three stages still downsample 32 -> 16 -> 8 -> 4.
+    Parameters are the same as at 224. The final pool is a global average pool in both cases
+    (pytorchcv's 7x7 average pool is the same thing at 224).
+    """
+
+    def __init__(self, groups: int = 3, width: float = 1.0, shuffle: bool = True, num_classes: int = 1000,
+                 in_chans: int = 3, small_input: bool = False):
+        super().__init__()
+        width = check_shufflenet_arguments(groups, width)
+        check_classifier_arguments(num_classes, in_chans)
+        self.groups, self.width, self.shuffle = groups, width, shuffle
+        self.num_classes, self.in_chans = num_classes, in_chans
+
+        init_channels = scale_channels(INIT_BLOCK_CHANNELS, width)
+        self.features = nn.Sequential()
+        self.features.add_module("init_block", ShuffleInitBlock(in_chans, init_channels, small_input))
+        plan = unit_plan(groups, width)
+        for stage_index, stage_plan in enumerate(plan):
+            stage = nn.Sequential()
+            for unit_index, unit in enumerate(stage_plan):
+                stage.add_module(f"unit{unit_index + 1}", ShuffleUnit(groups=groups, shuffle=shuffle, **unit))
+            self.features.add_module(f"stage{stage_index + 1}", stage)
+        self.features.add_module("final_pool", nn.AdaptiveAvgPool2d(1))
+        self.output = nn.Linear(plan[-1][-1]["out_channels"], num_classes)
+        self._init_parameters()
+
+    def _init_parameters(self) -> None:
+        # pytorchcv's initialisation: Kaiming-uniform convs; BN and the FC keep torch's defaults.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(torch.flatten(self.features(x), 1))
+
+
+def shufflenet(groups: int = 3, width: float = 1.0, **kwargs) -> ShuffleNet:
+    """ShuffleNet v1 for any (groups, width); the registered names are the combinations that can be built."""
+    return ShuffleNet(groups=groups, width=width, **kwargs)
+
+
+def _shufflenet_builder(groups: int, width: float):
+    def builder(**kwargs) -> ShuffleNet:
+        return ShuffleNet(groups=groups, width=width, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = f"shufflenet_g{groups}_{width_suffix(width)}"
+    builder.__doc__ = f"ShuffleNet {width:g}x (g={groups}), arXiv 1707.01083; options: see ShuffleNet."
+    return builder
+
+
+def _buildable(groups: int, width: float) -> bool:
+    try:
+        check_shufflenet_arguments(groups, width)
+    except ValueError:
+        return False
+    return True
+
+
+# Every (groups, width) of the paper's tables that pytorchcv's channel rounding can build.
+for _groups in STAGE_CHANNELS:
+    for _width in WIDTHS:
+        if _buildable(_groups, _width):
+            register_model(_shufflenet_builder(_groups, _width), small_input=True)

@@ -1,0 +1,230 @@
+"""groupconv.conv1d/2d/3d against torch.nn.functional.convNd: random configurations, every backend.
+
+The oracle is torch's own convolution in float64 (after an explicit channel shuffle when the
+conv reads its input shuffled). Forward and the gradients of input, weight and bias are compared.
+"""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+import groupconv
+from groupconv import ops
+
+from .conftest import assert_close_scaled
+
+TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+GROUPCONV_CONV = {1: groupconv.conv1d, 2: groupconv.conv2d, 3: groupconv.conv3d}
+CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
+
+
+@dataclass
+class ConvCase:
+    dims: int
+    batch: int
+    in_channels: int
+    out_channels: int
+    groups: int
+    shuffle_groups: int
+    kernel_size: tuple
+    stride: tuple
+    dilation: tuple
+    padding: object
+    input_size: tuple
+    bias: bool
+    layout: str  # contiguous | channels_last | noncontiguous | unbatched
+
+    def torch_padding(self):
+        if self.padding == "full":
+            return tuple(d * (k - 1) for d, k in zip(self.dilation, self.kernel_size))
+        return self.padding
+
+
+def _divisors(n):
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@st.composite
+def conv_cases(draw, dims=st.sampled_from([1, 2, 3])):
+    dims = draw(dims)
+    max_extent = {1: 9, 2: 7, 3: 4}[dims]
+    groups = draw(st.integers(1, 4))
+    depthwise = draw(st.booleans())
+    in_per_group = 1 if depthwise else draw(st.integers(1, 3))
+    out_per_group = draw(st.integers(1, 3))
+    kernel_size = tuple(draw(st.integers(1, 3)) for _ in range(dims))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(dims))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(dims))
+    padding_kinds = ["int", "tuple", "valid", "full"] + (["same"] if all(s == 1 for s in stride) else [])
+    kind = draw(st.sampled_from(padding_kinds))
+    padding = {
+        "int": draw(st.integers(0, 2)),
+        "tuple": tuple(draw(st.integers(0, 2)) for _ in range(dims)),
+    }.get(kind, kind)
+    # Every spatial extent must hold the dilated kernel after padding.
+    pads = (padding,) * dims if isinstance(padding, int) else padding if isinstance(padding, tuple) else (0,) * dims
+    input_size = tuple(
+        max(draw(st.integers(1, max_extent)), d * (k - 1) + 1 - 2 * p)
+        for k, d, p in zip(kernel_size, dilation, pads)
+    )
+    in_channels = groups * in_per_group
+    layouts = ["contiguous", "noncontiguous", "unbatched"] + (["channels_last"] if dims > 1 else [])
+    return ConvCase(
+        dims=dims,
+        batch=draw(st.integers(1, 2)),
+        in_channels=in_channels,
+        out_channels=groups * out_per_group,
+        groups=groups,
+        shuffle_groups=draw(st.sampled_from(_divisors(in_channels))),
+        kernel_size=kernel_size,
+        stride=stride,
+        dilation=dilation,
+        padding=padding,
+        input_size=input_size,
+        bias=draw(st.booleans()),
+        layout=draw(st.sampled_from(layouts)),
+    )
+
+
+def make_tensors(case: ConvCase, dtype):
+    shape = (case.batch, case.in_channels, *case.input_size)
+    if case.layout == "noncontiguous":
+        # A strided view: every other element of a larger tensor in the last spatial dimension.
+        x = torch.randn(*shape[:-1], shape[-1] * 2, dtype=torch.float64)[..., ::2]
+    else:
+        x = torch.randn(shape, dtype=torch.float64)
+    if case.layout == "channels_last":
+        x = x.contiguous(memory_format=CHANNELS_LAST[case.dims])
+    if case.layout == "unbatched":
+        x = x[0]
+    w = torch.randn(case.out_channels, case.in_channels // case.groups, *case.kernel_size, dtype=torch.float64)
+    b = torch.randn(case.out_channels, dtype=torch.float64) if case.bias else None
+    return [t.to(dtype) if t is not None else None for t in (x, w, b)]
+
+
+def shuffle(x, groups, channel_dim):
+    if groups == 1:
+        return x
+    c = x.shape[channel_dim]
+    shape = (*x.shape[:channel_dim], groups, c // groups, *x.shape[channel_dim + 1 :])
+    return x.reshape(shape).transpose(channel_dim, channel_dim + 1).reshape(x.shape)
+
+
+def oracle(case, x, w, b):
+    channel_dim = 0 if case.layout == "unbatched" else 1
+    x = shuffle(x, case.shuffle_groups, channel_dim)
+    return TORCH_CONV[case.dims](x, w, b, case.stride, case.torch_padding(), case.dilation, case.groups)
+
+
+def run_groupconv(case, x, w, b):
+    return GROUPCONV_CONV[case.dims](
+        x, w, b, case.stride, case.padding, case.dilation, case.groups, shuffle_groups=case.shuffle_groups
+    )
+
+
+def check_against_oracle(case: ConvCase, dtype, backend):
+    x, w, b = make_tensors(case, dtype)
+    leaves = [t.detach().requires_grad_() for t in (x, w, b) if t is not None]
+    oracle_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    with ops.use_backend(backend):
+        out = run_groupconv(case, *leaves, *([None] if not case.bias else []))
+    expected = oracle(case, *oracle_leaves, *([None] if not case.bias else []))
+    assert out.dtype == dtype
+    assert_close_scaled(out, expected, dtype, f"forward {case}")
+
+    grad_output = torch.randn_like(expected)
+    with ops.use_backend(backend):
+        grads = torch.autograd.grad(out, leaves, grad_output.to(dtype))
+    expected_grads = torch.autograd.grad(expected, oracle_leaves, grad_output)
+    for name, grad, expected_grad in zip(("input", "weight", "bias"), grads, expected_grads):
+        assert grad.dtype == dtype
+        assert_close_scaled(grad, expected_grad, dtype, f"grad {name} {case}")
+    return out, x
+
+
+BACKENDS = ops.list_backends()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(case=conv_cases())
+def test_float64_matches_torch(backend, case):
+    check_against_oracle(case, torch.float64, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(case=conv_cases(dims=st.sampled_from([1, 2])))
+def test_float32_matches_torch(backend, case):
+    check_against_oracle(case, torch.float32, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(case=conv_cases(dims=st.sampled_from([1, 2])))
+def test_bfloat16_matches_torch(backend, case):
+    check_against_oracle(case, torch.bfloat16, backend)
+
+
+@given(case=conv_cases())
+def test_automatic_dispatch_matches_torch(case):
+    check_against_oracle(case, torch.float64, None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(case=conv_cases(dims=st.sampled_from([2, 3])))
+def test_output_layout_follows_input(backend, case):
+    """A channels_last input gives a channels_last output, as with torch; anything else a contiguous one."""
+    x, w, b = make_tensors(case, torch.float32)
+    fmt = CHANNELS_LAST[case.dims]
+    channels_last_only = x.dim() == case.dims + 2 and x.is_contiguous(memory_format=fmt) and not x.is_contiguous()
+    with ops.use_backend(backend):
+        out = run_groupconv(case, x, w, b)
+    if channels_last_only:
+        assert out.is_contiguous(memory_format=fmt)
+        if case.shuffle_groups == 1:  # torch's own conv does the same (its shuffle would materialise a copy)
+            assert oracle(case, x, w, b).is_contiguous(memory_format=fmt)
+    else:
+        assert out.is_contiguous()
+
+
+GRADCHECK_CASES = [
+    # dims, N, C, M, groups, shuffle, kernel, stride, dilation, padding, size
+    (1, 2, 4, 6, 2, 2, (3,), (2,), (1,), "full", (7,)),
+    (2, 1, 6, 6, 3, 3, (3, 2), (1, 2), (2, 1), 1, (6, 5)),
+    (2, 2, 4, 4, 4, 1, (3, 3), (1, 1), (1, 1), "same", (5, 4)),
+    (2, 1, 4, 8, 1, 2, (2, 2), (1, 1), (1, 1), "same", (4, 5)),
+    (3, 1, 4, 4, 2, 2, (2, 2, 2), (1, 2, 1), (1, 1, 1), (1, 0, 1), (3, 4, 3)),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("config", GRADCHECK_CASES)
+def test_gradcheck(backend, config):
+    dims, n, c, m, groups, shuffle_groups, kernel, stride, dilation, padding, size = config
+    x = torch.randn(n, c, *size, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(m, c // groups, *kernel, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(m, dtype=torch.float64, requires_grad=True)
+
+    def conv(x, w, b):
+        return GROUPCONV_CONV[dims](x, w, b, stride, padding, dilation, groups, shuffle_groups=shuffle_groups)
+
+    with ops.use_backend(backend):
+        assert torch.autograd.gradcheck(conv, (x, w, b))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_and_inf_propagate_as_in_torch(backend):
+    x = torch.randn(2, 8, 9, 9)
+    x[0, 1, 4, 4] = float("nan")
+    x[1, 5, 0, 2] = float("inf")
+    w = torch.rand(8, 2, 3, 3) + 0.1  # positive, so inf does not meet -inf
+    with ops.use_backend(backend):
+        out = groupconv.conv2d(x, w, padding=1, groups=4)
+    expected = F.conv2d(x, w, padding=1, groups=4)
+    assert torch.equal(out.isnan(), expected.isnan())
+    assert torch.equal(out.isinf(), expected.isinf())
+    assert out.isnan().any() and out.isinf().any()
+    finite = expected.isfinite()
+    assert torch.allclose(out[finite], expected[finite], atol=1e-4)
