@@ -1,0 +1,105 @@
+"""The `groupconv` command (also `python -m groupconv`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from . import nn as gnn
+from . import ops
+from .analysis import layer_connectivity, median_seconds, render_connectivity
+
+
+def _demo_layers(channels: int, groups: int) -> dict[str, torch.nn.Module]:
+    return {
+        "standard conv": gnn.Conv2d(channels, channels, 3, padding=1, bias=False),
+        f"grouped conv (G={groups})": gnn.Conv2d(channels, channels, 3, padding=1, groups=groups, bias=False),
+        f"shuffled grouped conv (G={groups})": gnn.ShuffledGroupedConv2d(
+            channels, channels, 3, padding=1, groups=groups, bias=False
+        ),
+    }
+
+
+def _time_forward_backward(layer: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+    def step():
+        layer.zero_grad(set_to_none=True)
+        layer(x).sum().backward()
+
+    return median_seconds(step, repeats=repeats)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Build a standard, a grouped and a shuffled-grouped conv; print their cost and time them against torch."""
+    torch.manual_seed(0)
+    channels, groups, size = args.channels, args.groups, args.size
+    x = torch.randn(args.batch, channels, size, size)
+    print(f"groupconv demo: 3x3 convs, {channels} -> {channels} channels, input {tuple(x.shape)}, "
+          f"{torch.get_num_threads()} threads, backends {ops.list_backends()}")
+    print("Seed 000: a grouped conv costs H*W*N*K^2*M/G multiply-adds, 1/G of the standard one.\n")
+
+    header = f"{'layer':34} {'params':>9} {'MACs/img':>10} {'fwd+bwd ms':>11} {'torch ms':>9} {'torch/ours':>10}"
+    print(header)
+    print("-" * len(header))
+    for name, layer in _demo_layers(channels, groups).items():
+        ours = _time_forward_backward(layer, x, args.repeats)
+        baseline = torch.nn.Conv2d(channels, channels, 3, padding=1, groups=layer.groups, bias=False)
+        baseline.load_state_dict(layer.state_dict())
+        shuffle = torch.nn.ChannelShuffle(layer.shuffle_groups) if layer.shuffle_groups > 1 else torch.nn.Identity()
+        theirs = _time_forward_backward(torch.nn.Sequential(shuffle, baseline), x, args.repeats)
+        print(f"{name:34} {layer.parameter_count():>9,} {layer.multiply_adds(size) / 1e6:>9.1f}M "
+              f"{ours * 1e3:>11.2f} {theirs * 1e3:>9.2f} {theirs / ours:>9.2f}x")
+
+    print("\nWhich input channels (columns) each output channel (rows) reads, for 9 channels:")
+    small = _demo_layers(9, 3)
+    pictures = [render_connectivity(layer_connectivity(layer)).splitlines() for layer in small.values()]
+    titles = list(small)
+    print("   ".join(f"{t:28}" for t in titles))
+    for rows in zip(*pictures):
+        print("   ".join(f"{r:28}" for r in rows))
+    print("\nThe shuffle lets each group read one channel from every group of the layer before (ShuffleNet).")
+    print("Timings: median of several runs; the kernel issues make groupconv's column fast, see benchmarks/.")
+    return 0
+
+
+def run_backends(args: argparse.Namespace) -> int:
+    """List the registered backends in dispatch order."""
+    forced = ops.forced_backend()
+    for name in ops.list_backends():
+        mark = " (forced)" if name == forced else ""
+        print(f"{name}{mark}: {ops.get_backend(name).description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="groupconv", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="cost and timing of a standard, a grouped and a shuffled-grouped conv")
+    demo.add_argument("--channels", type=int, default=240, help="input and output channels (default: 240)")
+    demo.add_argument("--groups", type=int, default=3, help="groups of the grouped convs (default: 3)")
+    demo.add_argument("--size", type=int, default=28, help="input height and width (default: 28)")
+    demo.add_argument("--batch", type=int, default=8, help="batch size (default: 8)")
+    demo.add_argument("--repeats", type=int, default=5, help="timed runs per layer; the median is shown (default: 5)")
+    demo.set_defaults(run=run_demo)
+
+    backends = commands.add_parser("backends", help="list the implementations the dispatcher can choose from")
+    backends.set_defaults(run=run_backends)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        for option in ("channels", "groups", "size", "batch", "repeats"):
+            if getattr(args, option) < 1:
+                parser.error(f"--{option}={getattr(args, option)} must be at least 1")
+        if args.channels % args.groups:
+            parser.error(f"--channels={args.channels} is not divisible by --groups={args.groups}")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
