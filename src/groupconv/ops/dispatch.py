@@ -96,6 +96,7 @@ class Backend:
 
     Subclasses set `name` and `description`, implement the four ops, and override
     `not_supported_reasons` to refuse the problems they cannot run (an empty list means "I can").
+    The reasons must depend on the problem alone: the automatic choice is cached per problem.
     Output memory format is normalised by the caller, so a backend may return any layout.
     """
 
@@ -122,6 +123,8 @@ class Backend:
 
 
 _registry: dict[str, tuple[int, Backend]] = {}
+# Automatic choices, per problem: asked once, then a dict lookup per call. Cleared when the registry changes.
+_choices: dict[Problem, Backend] = {}
 _forced_global: str | None = None
 _forced_scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar("groupconv_backend", default=None)
 
@@ -131,11 +134,13 @@ def register_backend(backend: Backend, priority: int) -> None:
     if not backend.name:
         raise ValueError(f"backend {backend!r} needs a non-empty name")
     _registry[backend.name] = (priority, backend)
+    _choices.clear()
 
 
 def unregister_backend(name: str) -> None:
     get_backend(name)
     del _registry[name]
+    _choices.clear()
 
 
 def list_backends() -> list[str]:
@@ -192,11 +197,15 @@ def select_backend(problem: Problem) -> Backend:
         if reasons:
             raise ValueError(f"backend {forced!r} is forced but cannot run {problem}: " + "; ".join(reasons))
         return backend
-    for name in list_backends():
-        backend = get_backend(name)
-        if not backend.not_supported_reasons(problem):
-            return backend
-    raise RuntimeError(f"no registered backend can run {problem}: {not_supported_reasons(problem)}")
+    chosen = _choices.get(problem)
+    if chosen is None:
+        for name in list_backends():
+            if not get_backend(name).not_supported_reasons(problem):
+                chosen = _choices[problem] = get_backend(name)
+                break
+        else:
+            raise RuntimeError(f"no registered backend can run {problem}: {not_supported_reasons(problem)}")
+    return chosen
 
 
 def explain(problem: Problem) -> str:
