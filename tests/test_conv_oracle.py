@@ -215,6 +215,40 @@ def test_gradcheck(backend, config):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "config",
+    [
+        (1, 1, 4, 4, 2, 2, (3,), (2,), (1,), "full", (5,)),
+        (2, 1, 4, 2, 2, 2, (2, 2), (1, 2), (2, 1), 1, (4, 3)),
+        (3, 1, 2, 2, 2, 1, (2, 1, 2), (1, 1, 2), (1, 1, 1), 0, (2, 2, 3)),
+    ],
+)
+def test_gradgradcheck(backend, config):
+    """Second derivatives (gradient penalties, Hessian-vector products) work as with torch's conv."""
+    dims, n, c, m, groups, shuffle_groups, kernel, stride, dilation, padding, size = config
+    x = torch.randn(n, c, *size, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(m, c // groups, *kernel, dtype=torch.float64, requires_grad=True)
+
+    def conv(x, w):
+        return GROUPCONV_CONV[dims](x, w, None, stride, padding, dilation, groups, shuffle_groups=shuffle_groups)
+
+    with ops.use_backend(backend):
+        assert torch.autograd.gradgradcheck(conv, (x, w), fast_mode=True)
+
+
+def test_gradient_penalty_matches_torch():
+    x = torch.randn(2, 6, 7, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def penalty(conv):
+        (grad_x,) = torch.autograd.grad(conv(x, w, None, 1, 1, 1, 3).square().sum(), x, create_graph=True)
+        return torch.autograd.grad(grad_x.square().sum(), (x, w))
+
+    for ours, expected in zip(penalty(groupconv.conv2d), penalty(F.conv2d)):
+        torch.testing.assert_close(ours, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_and_inf_propagate_as_in_torch(backend):
     x = torch.randn(2, 8, 9, 9)
     x[0, 1, 4, 4] = float("nan")
