@@ -155,16 +155,22 @@ def test_float64_matches_torch(backend, case):
     check_against_oracle(case, torch.float64, backend)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("backend", BACKENDS)
 @given(case=conv_cases(dims=st.sampled_from([1, 2])))
-def test_float32_matches_torch(backend, case):
-    check_against_oracle(case, torch.float32, backend)
+def test_low_precision_matches_torch(backend, dtype, case):
+    check_against_oracle(case, dtype, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@given(case=conv_cases(dims=st.sampled_from([1, 2])))
-def test_bfloat16_matches_torch(backend, case):
-    check_against_oracle(case, torch.bfloat16, backend)
+def test_empty_batch(backend):
+    x = torch.randn(0, 4, 5, 5, requires_grad=True)
+    w = torch.randn(4, 2, 3, 3, requires_grad=True)
+    with ops.use_backend(backend):
+        out = groupconv.conv2d(x, w, padding=1, groups=2)
+        out.sum().backward()
+    assert out.shape == (0, 4, 5, 5) and x.grad.shape == x.shape
+    assert torch.equal(w.grad, torch.zeros_like(w))
 
 
 @given(case=conv_cases())
