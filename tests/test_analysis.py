@@ -1,13 +1,11 @@
-"""Cost counting of whole models, channel connectivity, and the command line."""
+"""Cost counting of whole models and channel connectivity."""
 
-import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import groupconv
 import groupconv.nn as gnn
 from groupconv.analysis import channel_connectivity, count_multiply_adds, layer_connectivity
-from groupconv.cli import main
 
 
 def test_count_multiply_adds_matches_layer_reports_and_torch_flop_counter():
@@ -66,19 +64,3 @@ def test_shuffled_connectivity_mixes_every_group():
     blocks = connectivity.reshape(3, 3, 3, 3).any(dim=(1, 3))  # output group x input group
     assert blocks.all()
     assert not channel_connectivity(9, 9, groups=3).reshape(3, 3, 3, 3).any(dim=(1, 3)).fill_diagonal_(False).any()
-
-
-def test_cli_demo_prints_costs_and_ratio(capsys):
-    assert main(["demo", "--channels", "24", "--size", "8", "--batch", "2", "--repeats", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "grouped conv (G=3)" in out and "torch/ours" in out
-    assert "5,184" in out  # 24*24*9 parameters of the standard conv
-    assert "#..#..#.." in out  # the shuffled connectivity picture
-
-
-def test_cli_backends_and_bad_options(capsys):
-    assert main(["backends"]) == 0
-    assert "aten:" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["demo", "--channels", "10", "--groups", "3"])
-    assert "--channels=10 is not divisible by --groups=3" in capsys.readouterr().err

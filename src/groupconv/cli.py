@@ -7,9 +7,10 @@ import sys
 
 import torch
 
+from . import models
 from . import nn as gnn
 from . import ops
-from .analysis import layer_connectivity, median_seconds, render_connectivity
+from .analysis import count_multiply_adds, count_parameters, layer_connectivity, median_seconds, render_connectivity
 
 
 def _demo_layers(channels: int, groups: int) -> dict[str, torch.nn.Module]:
@@ -32,6 +33,11 @@ def _time_forward_backward(layer: torch.nn.Module, x: torch.Tensor, repeats: int
 
 def run_demo(args: argparse.Namespace) -> int:
     """Build a standard, a grouped and a shuffled-grouped conv; print their cost and time them against torch."""
+    for option in ("channels", "groups", "size", "batch", "repeats"):
+        if getattr(args, option) < 1:
+            args.parser.error(f"--{option}={getattr(args, option)} must be at least 1")
+    if args.channels % args.groups:
+        args.parser.error(f"--channels={args.channels} is not divisible by --groups={args.groups}")
     torch.manual_seed(0)
     channels, groups, size = args.channels, args.groups, args.size
     x = torch.randn(args.batch, channels, size, size)
@@ -72,6 +78,40 @@ def run_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_costs(name: str) -> tuple[int, int]:
+    """(parameters, multiply-adds of one image at the paper's input size), counted on the meta device."""
+    with torch.device("meta"):
+        model = models.create_model(name).eval()
+        x = torch.empty(1, *models.model_entry(name).input_size)
+    return count_parameters(model), count_multiply_adds(model, x)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """List the registered models with parameters and multiply-adds at their paper's input size."""
+    names = models.list_models(args.pattern)
+    if not names:
+        print(f"groupconv models: error: no model matches {args.pattern!r}", file=sys.stderr)
+        return 2
+    rows = []
+    for name in names:
+        entry = models.model_entry(name)
+        params, macs = model_costs(name)
+        size = "x".join(map(str, entry.input_size[1:]))
+        rows.append((name, entry.family, size, f"{params:,}", f"{macs / 1e6:,.1f}M" if macs >= 1e5 else f"{macs / 1e3:,.1f}K"))
+    headers = ("model", "family", "input", "params", "MACs")
+    if args.markdown:
+        print("| " + " | ".join(headers) + " |")
+        print("|" + "|".join(["---"] * 2 + ["---:"] * 3) + "|")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+    else:
+        widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers))]
+        for row in [headers, *rows]:
+            print("  ".join(f"{cell:<{w}}" if i < 3 else f"{cell:>{w}}" for i, (cell, w) in enumerate(zip(row, widths))))
+    print("\nMACs: multiply-accumulates of one image (FLOPs = 2 x MACs), convolutions and linear layers.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groupconv", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -82,22 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=28, help="input height and width (default: 28)")
     demo.add_argument("--batch", type=int, default=8, help="batch size (default: 8)")
     demo.add_argument("--repeats", type=int, default=5, help="timed runs per layer; the median is shown (default: 5)")
-    demo.set_defaults(run=run_demo)
+    demo.set_defaults(run=run_demo, parser=demo)
 
     backends = commands.add_parser("backends", help="list the implementations the dispatcher can choose from")
     backends.set_defaults(run=run_backends)
+
+    zoo = commands.add_parser("models", help="list the model zoo with parameters and multiply-adds")
+    zoo.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'shufflenet_g3_*' (default: all)")
+    zoo.add_argument("--markdown", action="store_true", help="print a markdown table")
+    zoo.set_defaults(run=run_models)
+
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        for option in ("channels", "groups", "size", "batch", "repeats"):
-            if getattr(args, option) < 1:
-                parser.error(f"--{option}={getattr(args, option)} must be at least 1")
-        if args.channels % args.groups:
-            parser.error(f"--channels={args.channels} is not divisible by --groups={args.groups}")
     return args.run(args)
 
 

@@ -17,15 +17,16 @@ Checked (tests/test_models.py): parameter counts equal models.md and pytorchcv's
 (convs without bias, BN counted, FC with bias); conv multiply-adds at 224x224 (FC excluded, as in
 the paper's complexity column) round to the paper's 143/140/137/133/137 M for g = 1/2/3/4/8 at 1x.
 
-Widths whose channel counts are not divisible by the groups (e.g. g=8 at 0.5x: the first unit's
-main branch outputs 192 - 12 = 180 channels) cannot be built with pytorchcv's rounding and are not
-registered; asking for one is a ValueError that names the layer. The paper does not give the
-channel counts it used for those.
+Widths that pytorchcv's truncation cannot build (e.g. g=8 at 0.5x: the first unit's main branch
+would output 192 - 12 = 180 channels, not divisible by 8; 12 of the 30 (g, width) pairs) are not
+given by the paper either. For those, and only those, every stage's output is rounded to the
+nearest multiple of 4g (so the bottleneck, a quarter of it, splits into g groups) and the stem to
+the nearest multiple of g; `channel_plan` says which rule a pair uses. Own channel counts (for
+example wider stages at equal multiply-adds) go in `stage_channels=`; counts that cannot be
+grouped are a ValueError naming that option.
 """
 
 from __future__ import annotations
-
-from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -58,12 +59,16 @@ def check_unit_channels(in_channels: int, out_channels: int, groups: int, downsa
                              f"(unit {in_channels} -> {out_channels})")
 
 
-def unit_plan(groups: int, width: float) -> list[list[dict]]:
+def round_to_multiple(value: float, divisor: int) -> int:
+    """The multiple of `divisor` nearest to `value` (halves up), at least `divisor`."""
+    return max(divisor, int(value / divisor + 0.5) * divisor)
+
+
+def unit_plan(stem_channels: int, stage_channels: tuple[int, ...]) -> list[list[dict]]:
     """Per stage, the constructor arguments of each unit: in/out channels, downsample, ignore_group."""
-    in_channels = scale_channels(INIT_BLOCK_CHANNELS, width)
+    in_channels = stem_channels
     plan = []
-    for stage_index, (stage_channels, units) in enumerate(zip(STAGE_CHANNELS[groups], UNITS_PER_STAGE)):
-        out_channels = scale_channels(stage_channels, width)
+    for stage_index, (out_channels, units) in enumerate(zip(stage_channels, UNITS_PER_STAGE)):
         stage = []
         for unit_index in range(units):
             first = unit_index == 0
@@ -74,18 +79,48 @@ def unit_plan(groups: int, width: float) -> list[list[dict]]:
     return plan
 
 
-def check_shufflenet_arguments(groups, width) -> float:
-    """ValueError naming the option unless ShuffleNet can be built with these groups and width; returns the width."""
+def check_plan(groups: int, stem_channels: int, stage_channels: tuple[int, ...]) -> None:
+    """ValueError unless every grouped layer of every unit gets channels divisible by `groups`."""
+    for stage in unit_plan(stem_channels, stage_channels):
+        for unit in stage:
+            check_unit_channels(groups=groups, **unit)
+
+
+def channel_plan(groups: int, width: float) -> tuple[int, tuple[int, ...], str]:
+    """(stem channels, stage output channels, rule) of ShuffleNet `width`x with `groups` groups.
+
+    The rule is "pytorchcv" (int(c * width), which reproduces pytorchcv's models and parameter
+    counts) where that can be built, else "divisible" (see the module docstring).
+    """
+    stem = scale_channels(INIT_BLOCK_CHANNELS, width)
+    stages = tuple(scale_channels(c, width) for c in STAGE_CHANNELS[groups])
+    try:
+        check_plan(groups, stem, stages)
+        return stem, stages, "pytorchcv"
+    except ValueError:
+        stem = round_to_multiple(INIT_BLOCK_CHANNELS * width, groups)
+        stages = tuple(round_to_multiple(c * width, 4 * groups) for c in STAGE_CHANNELS[groups])
+        return stem, stages, "divisible"
+
+
+def check_shufflenet_arguments(groups, width, stage_channels=None) -> tuple[float, int, tuple[int, ...]]:
+    """ValueError naming the option unless ShuffleNet can be built; returns (width, stem, stage channels)."""
     if isinstance(groups, bool) or groups not in STAGE_CHANNELS:
         raise ValueError(f"groups={groups!r} is not one of ShuffleNet's {tuple(STAGE_CHANNELS)}")
     width = check_width(width)
-    for stage in unit_plan(groups, width):
-        for unit in stage:
-            try:
-                check_unit_channels(groups=groups, **unit)
-            except ValueError as error:
-                raise ValueError(f"width={width:g} cannot be built with groups={groups}: {error}") from None
-    return width
+    if stage_channels is None:
+        stem, stages, _ = channel_plan(groups, width)
+        return width, stem, stages
+    stem = scale_channels(INIT_BLOCK_CHANNELS, width)
+    if (not isinstance(stage_channels, tuple | list) or len(stage_channels) != len(UNITS_PER_STAGE)
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in stage_channels)):
+        raise ValueError(f"stage_channels={stage_channels!r} must be three positive ints (stages 2, 3, 4)")
+    try:
+        check_plan(groups, stem, tuple(stage_channels))
+    except ValueError as error:
+        raise ValueError(f"stage_channels={tuple(stage_channels)} cannot be built with groups={groups}: "
+                         f"{error}") from None
+    return width, stem, tuple(stage_channels)
 
 
 class ShuffleUnit(nn.Module):
@@ -147,6 +182,8 @@ class ShuffleNet(nn.Module):
     """ShuffleNet v1 with `groups` in (1, 2, 3, 4, 8) and width multiplier `width` ("ShuffleNet s x").
 
     shuffle=False: the paper's no-shuffle ablation (same parameters, every shuffle removed).
+    stage_channels: output channels of stages 2, 3, 4 instead of Table 1's (scaled by `width`); the
+    stem keeps int(24 * width).
     small_input=True: for 32x32 inputs; the init block's conv has stride 1 and its max-pool is
     removed (otherwise stage 4 would see a 1x1 map); the three stages still downsample 32 -> 16 -> 8 -> 4.
     Parameters are the same as at 224. The final pool is a global average pool in both cases
@@ -154,17 +191,17 @@ class ShuffleNet(nn.Module):
     """
 
     def __init__(self, groups: int = 3, width: float = 1.0, shuffle: bool = True, num_classes: int = 1000,
-                 in_chans: int = 3, small_input: bool = False):
+                 in_chans: int = 3, small_input: bool = False, stage_channels: tuple[int, int, int] | None = None):
         super().__init__()
-        width = check_shufflenet_arguments(groups, width)
+        width, init_channels, stage_channels = check_shufflenet_arguments(groups, width, stage_channels)
         check_classifier_arguments(num_classes, in_chans)
         self.groups, self.width, self.shuffle = groups, width, shuffle
         self.num_classes, self.in_chans = num_classes, in_chans
 
-        init_channels = scale_channels(INIT_BLOCK_CHANNELS, width)
+        self.stage_channels = stage_channels
         self.features = nn.Sequential()
         self.features.add_module("init_block", ShuffleInitBlock(in_chans, init_channels, small_input))
-        plan = unit_plan(groups, width)
+        plan = unit_plan(init_channels, stage_channels)
         for stage_index, stage_plan in enumerate(plan):
             stage = nn.Sequential()
             for unit_index, unit in enumerate(stage_plan):
@@ -200,16 +237,7 @@ def _shufflenet_builder(groups: int, width: float):
     return builder
 
 
-def _buildable(groups: int, width: float) -> bool:
-    try:
-        check_shufflenet_arguments(groups, width)
-    except ValueError:
-        return False
-    return True
-
-
-# Every (groups, width) of the paper's tables that pytorchcv's channel rounding can build.
+# Every (groups, width) of the paper's Tables 1 and 2; see channel_plan for the channel counts.
 for _groups in STAGE_CHANNELS:
     for _width in WIDTHS:
-        if _buildable(_groups, _width):
-            register_model(_shufflenet_builder(_groups, _width), small_input=True)
+        register_model(_shufflenet_builder(_groups, _width), small_input=True)
