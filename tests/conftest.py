@@ -1,13 +1,23 @@
 import os
+import tempfile
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+# The tuner times backends against each other on first sight of a problem: tests run in priority order
+# (deterministic, and no timing runs per hypothesis example) and never write into the user's cache;
+# tests/test_tuning.py turns it on explicitly.
+os.environ.setdefault("GROUPCONV_TUNE", "0")
+os.environ.setdefault("GROUPCONV_CACHE_DIR", tempfile.mkdtemp(prefix="groupconv-test-cache-"))
+
 # Hypothesis: no per-example deadline (first calls compile/allocate), a fixed budget, a CI profile that
 # derandomises so a red CI run can be reproduced exactly.
 settings.register_profile(
-    "default", deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    "default",
+    deadline=None,
+    max_examples=40,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 settings.register_profile("ci", parent=settings.get_profile("default"), derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
@@ -23,6 +33,23 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, dtype: tor
     scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
     error = (actual - expected).abs().max().item() if expected.numel() else 0.0
     assert error <= TOLERANCE[dtype] * scale, f"{what}: max error {error:.3g} > {TOLERANCE[dtype]:.1g} x {scale:.3g}"
+
+
+def backends_supporting(problem) -> list[str]:
+    """The registered backends that can run `problem` (an ops.ConvProblem or ops.ShuffleProblem)."""
+    from groupconv import ops
+
+    return [name for name in ops.list_backends() if not ops.get_backend(name).not_supported_reasons(problem)]
+
+
+def skip_unless_supported(backend, problem) -> None:
+    """Skip a test that forces `backend` on a problem the backend refuses (None: automatic, always runs)."""
+    from groupconv import ops
+
+    if backend is not None:
+        reasons = ops.get_backend(backend).not_supported_reasons(problem)
+        if reasons:
+            pytest.skip(f"backend {backend!r} does not run this problem: {'; '.join(reasons)}")
 
 
 @pytest.fixture(autouse=True)

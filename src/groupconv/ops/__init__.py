@@ -1,8 +1,10 @@
 """Functional ops, their reference semantics, and the dispatcher that picks an implementation.
 
-Backends registered here, highest priority first:
+Backends registered here, highest priority first (with tuning on, the fast ones are measured
+against each other per problem and the fastest is kept; see tuning.py):
+  gemm       1x1 grouped convs as batched matrix multiplies
   aten       torch's own convolution (the baseline the fast backends must beat)
-  reference  the specification (slow, obviously correct)
+  reference  the specification (slow, obviously correct; never chosen by the tuner)
 """
 
 from .aten import AtenBackend
@@ -21,16 +23,20 @@ from .dispatch import (
     unregister_backend,
     use_backend,
 )
-from .functional import channel_shuffle, conv1d, conv2d, conv3d, explain_conv
+from .functional import channel_shuffle, conv1d, conv2d, conv3d, conv_problem, explain_conv
+from .gemm import GemmBackend
 from .reference import ReferenceBackend
+from .tuning import cache_path, clear_tuning_cache, set_tuning, tuning_enabled
 
 register_backend(ReferenceBackend(), priority=0)
 register_backend(AtenBackend(), priority=10)
+register_backend(GemmBackend(), priority=20)
 
 __all__ = [
-    "Backend", "ConvProblem", "ShuffleProblem", "channel_shuffle", "conv1d", "conv2d", "conv3d", "explain",
-    "explain_conv", "forced_backend", "get_backend", "list_backends", "not_supported_reasons",
-    "register_backend", "select_backend", "set_backend", "unregister_backend", "use_backend",
+    "Backend", "ConvProblem", "ShuffleProblem", "cache_path", "channel_shuffle", "clear_tuning_cache", "conv1d",
+    "conv2d", "conv_problem", "conv3d", "explain", "explain_conv", "forced_backend", "get_backend", "list_backends",
+    "not_supported_reasons", "register_backend", "select_backend", "set_backend", "set_tuning", "tuning_enabled",
+    "unregister_backend", "use_backend",
 ]
 
 

@@ -7,8 +7,9 @@ force one, globally (`set_backend`, or the GROUPCONV_BACKEND environment variabl
 (`with use_backend(...)`). A forced backend that cannot run an input is an error, never a silent
 fallback.
 
-Problems are small frozen dataclasses, so the CPU/GPU kernel work can cache measured choices on
-them without touching this interface.
+Problems are small frozen dataclasses. When several fast backends can run a problem, the first
+call measures them on its own tensors and the fastest is remembered, in memory and on disk
+(tuning.py); GROUPCONV_TUNE=0 falls back to priority order.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import contextlib
 import contextvars
 import os
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
+from . import tuning
 from .arguments import ConvArguments, memory_format_of
 
 ENV_BACKEND = "GROUPCONV_BACKEND"
@@ -102,6 +104,9 @@ class Backend:
 
     name: str = ""
     description: str = ""
+    # Whether the tuner may time this backend against the others; the reference (a specification,
+    # never the fastest) opts out.
+    tunable: bool = True
 
     def not_supported_reasons(self, problem: Problem) -> list[str]:
         return []
@@ -129,18 +134,23 @@ _forced_global: str | None = None
 _forced_scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar("groupconv_backend", default=None)
 
 
+def forget_choices() -> None:
+    """Drop the in-memory automatic choices (the registry or the tuning setting changed)."""
+    _choices.clear()
+
+
 def register_backend(backend: Backend, priority: int) -> None:
     """Add (or replace) a backend. Higher priority is tried first."""
     if not backend.name:
         raise ValueError(f"backend {backend!r} needs a non-empty name")
     _registry[backend.name] = (priority, backend)
-    _choices.clear()
+    forget_choices()
 
 
 def unregister_backend(name: str) -> None:
     get_backend(name)
     del _registry[name]
-    _choices.clear()
+    forget_choices()
 
 
 def list_backends() -> list[str]:
@@ -189,7 +199,13 @@ def not_supported_reasons(problem: Problem) -> dict[str, list[str]]:
     return {name: get_backend(name).not_supported_reasons(problem) for name in list_backends()}
 
 
-def select_backend(problem: Problem) -> Backend:
+def select_backend(problem: Problem, run: Callable[[Backend], object] | None = None) -> Backend:
+    """The backend for `problem`: the forced one, or the automatic choice.
+
+    The automatic choice is the highest-priority backend that can run the problem; if `run` is
+    given (a function running the call on a backend) and tuning is on, the tunable capable
+    backends are measured once with it and the fastest is kept. Either way the choice is cached.
+    """
     forced = forced_backend()
     if forced is not None:
         backend = get_backend(forced)
@@ -198,13 +214,19 @@ def select_backend(problem: Problem) -> Backend:
             raise ValueError(f"backend {forced!r} is forced but cannot run {problem}: " + "; ".join(reasons))
         return backend
     chosen = _choices.get(problem)
-    if chosen is None:
-        for name in list_backends():
-            if not get_backend(name).not_supported_reasons(problem):
-                chosen = _choices[problem] = get_backend(name)
-                break
-        else:
-            raise RuntimeError(f"no registered backend can run {problem}: {not_supported_reasons(problem)}")
+    if chosen is not None:
+        return chosen
+    capable = [get_backend(name) for name in list_backends() if not get_backend(name).not_supported_reasons(problem)]
+    if not capable:
+        raise RuntimeError(f"no registered backend can run {problem}: {not_supported_reasons(problem)}")
+    contenders = [backend for backend in capable if backend.tunable]
+    if len(contenders) > 1 and tuning.tuning_enabled():
+        if run is None:  # nothing to measure with (explain): say what priority order gives, remember nothing
+            return capable[0]
+        chosen = tuning.choose(problem, contenders, run)
+    else:
+        chosen = capable[0]
+    _choices[problem] = chosen
     return chosen
 
 
@@ -212,7 +234,9 @@ def explain(problem: Problem) -> str:
     """A readable account of the dispatch decision for `problem`."""
     lines = [f"{problem}"]
     chosen = select_backend(problem).name
+    seconds = tuning.measured_seconds(problem) or {}
     for name, reasons in not_supported_reasons(problem).items():
         mark = "->" if name == chosen else "  "
-        lines.append(f"{mark} {name}: " + ("; ".join(reasons) if reasons else "can run"))
+        timing = f" (measured {seconds[name] * 1e3:.3f} ms)" if name in seconds else ""
+        lines.append(f"{mark} {name}: " + ("; ".join(reasons) if reasons else "can run") + timing)
     return "\n".join(lines)

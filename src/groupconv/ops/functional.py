@@ -75,9 +75,16 @@ def channel_shuffle(input: torch.Tensor, groups: int) -> torch.Tensor:
     return library.channel_shuffle(input, groups)
 
 
+def conv_problem(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, shuffle_groups=1,
+                 op: str = "conv_forward") -> ConvProblem:
+    """The problem the dispatcher sees for this convolution call (op: conv_forward or one of its gradients)."""
+    spatial_dims = weight.dim() - 2 if isinstance(weight, torch.Tensor) else 0
+    input, args, _ = _prepare(spatial_dims, input, weight, bias, stride, padding, dilation, groups, shuffle_groups)
+    return ConvProblem.build(op, input.shape, weight.shape, args, input, has_bias=bias is not None)
+
+
 def explain_conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, shuffle_groups=1,
                  op: str = "conv_forward") -> str:
     """Which backend would run this convolution, and why each other one would not."""
-    spatial_dims = weight.dim() - 2 if isinstance(weight, torch.Tensor) else 0
-    input, args, _ = _prepare(spatial_dims, input, weight, bias, stride, padding, dilation, groups, shuffle_groups)
-    return explain(ConvProblem.build(op, input.shape, weight.shape, args, input, has_bias=bias is not None))
+    return explain(conv_problem(input, weight, bias, stride, padding, dilation, groups, shuffle_groups=shuffle_groups,
+                                op=op))

@@ -52,7 +52,8 @@ def conv_forward(
 ) -> Tensor:
     args = _arguments(stride, padding, dilation, groups, shuffle_groups)
     problem = ConvProblem.build("conv_forward", input.shape, weight.shape, args, input, has_bias=bias is not None)
-    out = select_backend(problem).conv_forward(input, weight, bias, args)
+    out = select_backend(problem, lambda b: b.conv_forward(input, weight, bias, args)).conv_forward(
+        input, weight, bias, args)
     return _owned(out, memory_format_of(input), input, weight, bias)
 
 
@@ -75,7 +76,8 @@ def conv_backward_input(
 ) -> Tensor:
     args = _arguments(stride, padding, dilation, groups, shuffle_groups)
     problem = ConvProblem.build("conv_backward_input", input_shape, weight.shape, args, grad_output)
-    grad_input = select_backend(problem).conv_backward_input(grad_output, weight, input_shape, args)
+    backend = select_backend(problem, lambda b: b.conv_backward_input(grad_output, weight, input_shape, args))
+    grad_input = backend.conv_backward_input(grad_output, weight, input_shape, args)
     return _owned(grad_input, memory_format_of(grad_output), grad_output, weight)
 
 
@@ -97,7 +99,8 @@ def conv_backward_weight(
 ) -> Tensor:
     args = _arguments(stride, padding, dilation, groups, shuffle_groups)
     problem = ConvProblem.build("conv_backward_weight", input.shape, weight_shape, args, input)
-    grad_weight = select_backend(problem).conv_backward_weight(grad_output, input, weight_shape, args)
+    backend = select_backend(problem, lambda b: b.conv_backward_weight(grad_output, input, weight_shape, args))
+    grad_weight = backend.conv_backward_weight(grad_output, input, weight_shape, args)
     return _owned(grad_weight, torch.contiguous_format, grad_output, input)
 
 
@@ -171,7 +174,8 @@ conv_backward_weight.register_autograd(_backward_weight_backward, setup_context=
 
 @torch.library.custom_op("groupconv::channel_shuffle", mutates_args=())
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
-    out = select_backend(ShuffleProblem.build(x, groups)).channel_shuffle(x, groups)
+    problem = ShuffleProblem.build(x, groups)
+    out = select_backend(problem, lambda b: b.channel_shuffle(x, groups)).channel_shuffle(x, groups)
     return _owned(out, memory_format_of(x), x)
 
 

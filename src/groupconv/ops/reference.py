@@ -146,6 +146,7 @@ def conv_backward_weight(
 class ReferenceBackend(Backend):
     name = "reference"
     description = "the specification: per-group, per-kernel-tap contractions; slow, any shape, dtype and device"
+    tunable = False
 
     def conv_forward(self, input, weight, bias, args):
         return conv_forward(input, weight, bias, args)

@@ -1,0 +1,156 @@
+"""Measure once, remember: which backend is fastest for a problem, cached in memory and on disk.
+
+When more than one fast backend can run a problem, the dispatcher times each on the call's own
+tensors (one warm-up, then the median of a few runs), keeps the fastest, and writes the decision
+to a JSON file keyed by the problem (op, shapes, stride/padding/dilation/groups, layout, dtype,
+device, thread count). The file name carries the torch version and the CPU, so a decision is
+never reused on another machine or build. Later processes read the file and measure nothing.
+
+Controls: GROUPCONV_TUNE=0 (or `set_tuning(False)`) turns measuring off, and the highest-priority
+capable backend runs; GROUPCONV_CACHE_DIR moves the cache (default: $XDG_CACHE_HOME/groupconv or
+~/.cache/groupconv); `clear_tuning_cache()` forgets every decision, on disk too. Forcing a
+backend (`use_backend`, `set_backend`, GROUPCONV_BACKEND) bypasses tuning altogether.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+ENV_TUNE = "GROUPCONV_TUNE"
+ENV_CACHE_DIR = "GROUPCONV_CACHE_DIR"
+TIMED_RUNS = 3
+
+_enabled_override: bool | None = None
+_decisions: dict[str, dict] | None = None  # the disk file's contents, loaded on first use
+_warned: set[str] = set()
+
+
+def set_tuning(enabled: bool | None) -> None:
+    """Turn measuring on or off for this process (None: follow GROUPCONV_TUNE, default on)."""
+    global _enabled_override
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled={enabled!r} must be True, False or None")
+    _enabled_override = enabled
+    from .dispatch import forget_choices  # the in-memory choices were made under the old setting
+
+    forget_choices()
+
+
+def tuning_enabled() -> bool:
+    if _enabled_override is not None:
+        return _enabled_override
+    return os.environ.get(ENV_TUNE, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_path() -> Path:
+    """The JSON file holding this machine's and this torch build's decisions."""
+    root = os.environ.get(ENV_CACHE_DIR)
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "groupconv"
+    machine = hashlib.sha1(f"{platform.machine()}|{_cpu_name()}".encode()).hexdigest()[:10]
+    return Path(root) / f"tuning-torch{torch.__version__}-{machine}.json"
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(f"groupconv tuning: {message}", RuntimeWarning, stacklevel=3)
+
+
+def _load() -> dict[str, dict]:
+    global _decisions
+    if _decisions is None:
+        path = cache_path()
+        try:
+            _decisions = json.loads(path.read_text()) if path.exists() else {}
+            if not isinstance(_decisions, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as error:
+            _warn_once(f"ignoring unreadable cache {path} ({error}); decisions will be measured again")
+            _decisions = {}
+    return _decisions
+
+
+def _save() -> None:
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: a crash or a concurrent process never leaves a half-written file.
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
+            json.dump(_decisions, f, indent=1, sort_keys=True)
+        os.replace(f.name, path)
+    except OSError as error:
+        _warn_once(f"cannot write {path} ({error}); decisions are kept for this process only")
+
+
+def clear_tuning_cache() -> None:
+    """Forget every measured decision, in this process and on disk."""
+    global _decisions
+    _decisions = {}
+    cache_path().unlink(missing_ok=True)
+    from .dispatch import forget_choices
+
+    forget_choices()
+
+
+def problem_key(problem) -> str:
+    return repr(problem)
+
+
+def measure(run: Callable[[], object], repeats: int = TIMED_RUNS) -> float:
+    """Median wall time of `run` after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def choose(problem, contenders: Sequence, run: Callable) -> object:
+    """The fastest of `contenders` for `problem`: remembered from disk, or measured with run(backend) and saved."""
+    decisions = _load()
+    key = problem_key(problem)
+    by_name = {backend.name: backend for backend in contenders}
+    remembered = decisions.get(key)
+    if remembered is not None and remembered.get("backend") in by_name:
+        return by_name[remembered["backend"]]
+    timings = {}
+    for backend in contenders:
+        try:
+            timings[backend.name] = measure(lambda: run(backend))
+        except Exception as error:  # a backend that fails here is simply not chosen; the others still run
+            _warn_once(f"backend {backend.name!r} failed while being measured on {problem}: {error}")
+    if not timings:
+        raise RuntimeError(f"every capable backend failed on {problem}")
+    best = min(timings, key=timings.get)
+    decisions[key] = {"backend": best, "seconds": timings}
+    _save()
+    return by_name[best]
+
+
+def measured_seconds(problem) -> dict[str, float] | None:
+    """The timings behind the decision for `problem`, if it was measured."""
+    entry = _load().get(problem_key(problem))
+    return None if entry is None else entry.get("seconds")

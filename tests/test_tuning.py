@@ -1,0 +1,110 @@
+"""The tuner: measures the capable fast backends once per problem, keeps the fastest, remembers it on disk."""
+
+import json
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import groupconv
+from groupconv import ops
+from groupconv.ops.aten import AtenBackend
+from groupconv.ops.dispatch import forget_choices
+
+
+class SlowedAten(AtenBackend):
+    """torch's conv plus 20 ms per forward call: a real backend the tuner must never pick."""
+
+    name = "slowed-aten"
+    description = "test backend"
+
+    def __init__(self):
+        self.forward_calls = 0
+
+    def conv_forward(self, *args):
+        self.forward_calls += 1
+        time.sleep(0.02)
+        return super().conv_forward(*args)
+
+
+@pytest.fixture
+def tuning(tmp_path, monkeypatch):
+    """Tuning on, a private cache directory, and the slowed backend at the top of the priority order."""
+    monkeypatch.setenv("GROUPCONV_CACHE_DIR", str(tmp_path))
+    slowed = SlowedAten()
+    ops.register_backend(slowed, priority=100)
+    ops.set_tuning(True)
+    ops.clear_tuning_cache()
+    yield slowed
+    ops.set_tuning(None)
+    ops.unregister_backend(slowed.name)
+    ops.clear_tuning_cache()
+
+
+def grouped_conv_call():
+    x, w = torch.randn(2, 8, 6, 6), torch.randn(8, 2, 3, 3)
+    return x, w, lambda: groupconv.conv2d(x, w, padding=1, groups=4)
+
+
+def test_the_fastest_backend_is_measured_once_and_remembered_on_disk(tuning):
+    x, w, call = grouped_conv_call()
+    torch.testing.assert_close(call(), F.conv2d(x, w, padding=1, groups=4))
+    problem = ops.conv_problem(x, w, padding=1, groups=4)
+    assert ops.select_backend(problem).name == "aten"  # priority says slowed-aten; the measurement says aten
+    measured_calls = tuning.forward_calls
+    assert measured_calls == 1 + 3  # one warm-up and three timed runs, never the call itself
+
+    decisions = json.loads(ops.cache_path().read_text())
+    entry = decisions[repr(problem)]
+    assert entry["backend"] == "aten" and set(entry["seconds"]) == {"slowed-aten", "aten"}  # reference: not tunable
+    assert entry["seconds"]["slowed-aten"] > 0.02 > entry["seconds"]["aten"]
+    assert "-> aten: can run (measured" in ops.explain_conv(x, w, padding=1, groups=4)
+
+    call()
+    forget_choices()  # as a new process would start: only the disk remembers
+    call()
+    assert tuning.forward_calls == measured_calls
+
+
+def test_a_forced_backend_is_never_measured(tuning):
+    _, _, call = grouped_conv_call()
+    with ops.use_backend("slowed-aten"):
+        call()
+    assert tuning.forward_calls == 1 and not ops.cache_path().exists()
+
+
+def test_tuning_off_follows_priority_and_writes_nothing(tuning, monkeypatch):
+    ops.set_tuning(None)
+    monkeypatch.setenv("GROUPCONV_TUNE", "0")
+    assert not ops.tuning_enabled()
+    _, _, call = grouped_conv_call()
+    call()
+    assert tuning.forward_calls == 1 and not ops.cache_path().exists()
+
+
+def test_clear_tuning_cache_forgets_decisions(tuning):
+    _, _, call = grouped_conv_call()
+    call()
+    assert ops.cache_path().exists()
+    ops.clear_tuning_cache()
+    assert not ops.cache_path().exists()
+    call()
+    assert tuning.forward_calls == 2 * (1 + 3)
+
+
+def test_an_unreadable_cache_is_measured_again_and_replaced(tuning):
+    ops.cache_path().parent.mkdir(parents=True, exist_ok=True)
+    ops.cache_path().write_text("{not json")
+    import groupconv.ops.tuning as tuning_module
+
+    tuning_module._decisions = None  # read the file again, as a new process would
+    _, _, call = grouped_conv_call()
+    with pytest.warns(RuntimeWarning, match="ignoring unreadable cache"):
+        call()
+    assert json.loads(ops.cache_path().read_text())  # valid JSON again, with the new decision
+
+
+def test_set_tuning_rejects_non_booleans():
+    with pytest.raises(TypeError, match="enabled='yes' must be True, False or None"):
+        ops.set_tuning("yes")
