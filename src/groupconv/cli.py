@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -11,6 +12,8 @@ from . import models
 from . import nn as gnn
 from . import ops
 from .analysis import count_multiply_adds, count_parameters, layer_connectivity, median_seconds, render_connectivity
+from .analysis import roofline as analysis_roofline
+from .benchmark import ZOO_MODELS
 
 
 def _demo_layers(channels: int, groups: int) -> dict[str, torch.nn.Module]:
@@ -112,6 +115,51 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHMARKS = ["layers", "sweep", "models"]
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """groupconv against torch: machine ceilings, zoo layers, the group sweep, whole models; tables, CSV, plot."""
+    from . import benchmark
+
+    for option in ("batch", "repeats"):
+        if getattr(args, option) < 1:
+            args.parser.error(f"--{option}={getattr(args, option)} must be at least 1")
+    unknown = [name for name in args.models if not models.is_model(name)]
+    if unknown:
+        args.parser.error(f"--models: unknown model(s) {', '.join(unknown)}; see `groupconv models`")
+    what = args.what or BENCHMARKS
+    for name in what:
+        if name not in BENCHMARKS:
+            args.parser.error(f"{name!r} is not a benchmark: choose from {', '.join(BENCHMARKS)}")
+    out = Path(args.out)
+    print(f"groupconv benchmark: {torch.get_num_threads()} threads, batch {args.batch}, median of {args.repeats} "
+          f"runs, float32; results in {out}/")
+    if "layers" in what:
+        ceilings = analysis_roofline.machine_ceilings(args.peak_gflops, args.bandwidth_gbs)
+        print(f"ceilings: {ceilings.source}")
+        shapes = benchmark.zoo_layer_shapes(args.models)[: args.limit]
+        print(f"\n{len(shapes)} distinct grouped/depthwise/pointwise-grouped layers of {', '.join(args.models)} "
+              f"(ms; CL = channels_last input; xfloor = best groupconv time / roofline floor)")
+        print(benchmark.LAYER_HEADER)
+        results = benchmark.layer_benchmark(shapes, args.batch, args.repeats, not args.forward_only, ceilings)
+        print(benchmark.summarise_layers(results))
+        benchmark.write_csv(out / "layers.csv", [r.record() for r in results])
+    if "sweep" in what:
+        print("\nOne 256->256 conv at 28x28, forward+backward, G = 1 ... 256 (depthwise):")
+        points = benchmark.group_sweep(batch=args.batch, repeats=args.repeats)
+        benchmark.write_csv(out / "sweep.csv", [vars(p) for p in points])
+        benchmark.plot_sweep(points, out / "sweep.png")
+    if "models" in what:
+        print("\nWhole models: groupconv's layers against the same model from plain torch.nn layers")
+        print(benchmark.MODEL_HEADER)
+        names = [name for name in args.models if name in benchmark.MODEL_BENCHMARK_DEFAULTS] or args.models
+        results = benchmark.model_benchmark(names, args.batch, args.repeats, args.image_size)
+        benchmark.write_csv(out / "models.csv", [{**vars(r), "train_speedup": round(r.train_speedup, 3),
+                                                  "infer_speedup": round(r.infer_speedup, 3)} for r in results])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groupconv", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -126,6 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     backends = commands.add_parser("backends", help="list the implementations the dispatcher can choose from")
     backends.set_defaults(run=run_backends)
+
+    bench = commands.add_parser("benchmark", help="time groupconv against torch on the zoo's layers and models")
+    # No argparse `choices`: Python 3.11 checks an empty nargs="*" list against them and refuses it.
+    bench.add_argument("what", nargs="*", metavar="{layers,sweep,models}", help=f"which to run (default: all of {' '.join(BENCHMARKS)})")
+    bench.add_argument("--models", nargs="+", default=list(ZOO_MODELS), metavar="NAME",
+                       help=f"models whose layers (and which whole models) to time (default: {' '.join(ZOO_MODELS)})")
+    bench.add_argument("--batch", type=int, default=32, help="batch size (default: 32, as baseline.md)")
+    bench.add_argument("--repeats", type=int, default=5, help="timed runs per measurement; the median is kept")
+    bench.add_argument("--limit", type=int, default=None, help="time only the first N distinct layers")
+    bench.add_argument("--forward-only", action="store_true", help="layers: skip forward+backward")
+    bench.add_argument("--image-size", type=int, default=None, help="models: input size (default: each model's own)")
+    bench.add_argument("--peak-gflops", type=float, default=None, help="compute ceiling (default: measured now)")
+    bench.add_argument("--bandwidth-gbs", type=float, default=None, help="memory ceiling (default: measured now)")
+    bench.add_argument("--out", default="benchmark-results", help="directory for CSV files and the sweep plot")
+    bench.set_defaults(run=run_benchmark, parser=bench)
 
     zoo = commands.add_parser("models", help="list the model zoo with parameters and multiply-adds")
     zoo.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'shufflenet_g3_*' (default: all)")

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -119,13 +118,9 @@ def problem_key(problem) -> str:
 
 def measure(run: Callable[[], object], repeats: int = TIMED_RUNS) -> float:
     """Median wall time of `run` after one warm-up call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    from ..analysis.timing import median_seconds  # the project's one timing rule; imported late (no cycle)
+
+    return median_seconds(run, repeats=repeats, warmup=1)
 
 
 def choose(problem, contenders: Sequence, run: Callable) -> object:

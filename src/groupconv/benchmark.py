@@ -1,0 +1,404 @@
+"""groupconv against stock torch on the model zoo's grouped layers and whole models: the 1/G promise, measured.
+
+Three measurements, each timing groupconv and its competitor in the same run (absolute times
+drift on shared machines; ratios hold):
+
+- `layer_benchmark`: every distinct grouped, depthwise and pointwise-grouped conv of the zoo's
+  models (shapes taken from the models by a forward pass on the meta device, not typed by hand),
+  forward and forward+backward, torch in NCHW and channels_last against groupconv, next to the
+  roofline floor max(FLOPs / peak, bytes / bandwidth) of the machine measured in the same run.
+- `group_sweep`: one conv at G = 1, 2, 4, ... against the ideal t(G=1) / G line.
+- `model_benchmark`: train-step and inference images/s of a model built from groupconv layers
+  and of the same model rebuilt from plain torch.nn layers (`to_torch_layers`).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import models
+from . import nn as gnn
+from .analysis.roofline import MachineCeilings, machine_ceilings
+from .analysis.timing import median_seconds
+
+# The networks whose layer shapes the issue's targets name (baseline.md).
+ZOO_MODELS = ("shufflenet_g1_w1", "shufflenet_g3_w1", "shufflenet_g8_w1", "resnext29_32x4d", "mobilenet_w1",
+              "resnext50_32x4d")
+BYTES_PER_ELEMENT = 4  # float32
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """One grouped conv of a model, as the benchmark times it (batch chosen at run time)."""
+
+    model: str
+    layer: str
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    groups: int
+    shuffle_groups: int
+    height: int
+    width: int
+
+    @property
+    def kind(self) -> str:
+        if self.groups == self.in_channels:
+            return "depthwise"
+        return "pointwise-grouped" if self.kernel_size == (1, 1) else "grouped"
+
+    def label(self) -> str:
+        k = "x".join(map(str, self.kernel_size))
+        shuffle = f" shuffle{self.shuffle_groups}" if self.shuffle_groups > 1 else ""
+        stride = f" s{self.stride[0]}" if self.stride != (1, 1) else ""
+        return (f"{self.kind} {k} {self.in_channels}->{self.out_channels} g{self.groups}{shuffle}{stride} "
+                f"{self.height}x{self.width}")
+
+    def key(self) -> tuple:
+        return (self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.groups,
+                self.shuffle_groups, self.height, self.width)
+
+    def output_size(self) -> tuple[int, int]:
+        return tuple((size + 2 * p - k) // s + 1 for size, p, k, s in
+                     zip((self.height, self.width), self.padding, self.kernel_size, self.stride))
+
+    def multiply_adds(self, batch: int) -> int:
+        out_h, out_w = self.output_size()
+        return batch * out_h * out_w * self.out_channels * (self.in_channels // self.groups) * math.prod(
+            self.kernel_size)
+
+    def traffic_bytes(self, batch: int) -> int:
+        """Forward memory traffic (ShuffleNet V2's MAC): input + output + weights, read or written once."""
+        out_h, out_w = self.output_size()
+        elements = (batch * self.in_channels * self.height * self.width + batch * self.out_channels * out_h * out_w
+                    + self.out_channels * (self.in_channels // self.groups) * math.prod(self.kernel_size))
+        return elements * BYTES_PER_ELEMENT
+
+    def floor_seconds(self, batch: int, ceilings: MachineCeilings, backward: bool) -> float:
+        # Backward = backward-input + backward-weight, each as costly as the forward in FLOPs and traffic.
+        passes = 3 if backward else 1
+        return passes * ceilings.seconds(2 * self.multiply_adds(batch), self.traffic_bytes(batch))
+
+    def groupconv_layer(self) -> torch.nn.Module:
+        return gnn.ShuffledGroupedConv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                                         self.padding, groups=self.groups, bias=False,
+                                         shuffle_groups=self.shuffle_groups)
+
+    def torch_layer(self, like: torch.nn.Module) -> torch.nn.Module:
+        """The same layer from torch.nn (a ChannelShuffle module first where the layer reads shuffled), same weight."""
+        conv = torch.nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                               groups=self.groups, bias=False)
+        conv.weight.data.copy_(like.weight.data)
+        if self.shuffle_groups == 1:
+            return conv
+        return torch.nn.Sequential(torch.nn.ChannelShuffle(self.shuffle_groups), conv)
+
+
+def zoo_layer_shapes(model_names=ZOO_MODELS, kinds=("grouped", "depthwise", "pointwise-grouped")) -> list[LayerShape]:
+    """The distinct grouped convs (groups > 1) of the models, in order of first appearance, at the models' input size."""
+    shapes: dict[tuple, LayerShape] = {}
+    for name in model_names:
+        with torch.device("meta"):
+            model = models.create_model(name).eval()
+            x = torch.empty(1, *models.model_entry(name).input_size)
+        hooks = []
+        for layer_name, module in model.named_modules():
+            if isinstance(module, gnn.Conv2d) and module.groups > 1:
+                def record(module, inputs, output, layer_name=layer_name):
+                    shape = LayerShape(name, layer_name, module.in_channels, module.out_channels,
+                                       tuple(module.kernel_size), tuple(module.stride), tuple(module.padding),
+                                       module.groups, getattr(module, "shuffle_groups", 1), *inputs[0].shape[2:])
+                    if shape.kind in kinds:
+                        shapes.setdefault(shape.key(), shape)
+                hooks.append(module.register_forward_hook(record))
+        with torch.no_grad():
+            model(x)
+        for hook in hooks:
+            hook.remove()
+    return list(shapes.values())
+
+
+def time_layer(layer: torch.nn.Module, x: torch.Tensor, backward: bool, repeats: int) -> float:
+    """Median seconds of layer(x), or of layer(x) and its backward pass to input and weight."""
+    if not backward:
+        with torch.no_grad():
+            return median_seconds(lambda: layer(x), repeats=repeats)
+    x = x.detach().requires_grad_()
+    with torch.no_grad():
+        grad = torch.randn_like(layer(x))
+
+    def step():
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
+        layer(x).backward(grad)
+
+    return median_seconds(step, repeats=repeats)
+
+
+@dataclass
+class LayerResult:
+    model: str
+    layer: str
+    shape: str
+    kind: str
+    passes: str  # "forward" or "forward+backward"
+    torch_nchw_ms: float
+    torch_channels_last_ms: float
+    groupconv_ms: float  # NCHW input, the user's default
+    groupconv_channels_last_ms: float
+    floor_ms: float
+
+    @property
+    def speedup_over_nchw(self) -> float:
+        return self.torch_nchw_ms / self.groupconv_ms
+
+    @property
+    def speedup_over_best_torch(self) -> float:
+        return min(self.torch_nchw_ms, self.torch_channels_last_ms) / min(self.groupconv_ms,
+                                                                          self.groupconv_channels_last_ms)
+
+    @property
+    def ratio_to_floor(self) -> float:
+        return min(self.groupconv_ms, self.groupconv_channels_last_ms) / self.floor_ms
+
+    def record(self) -> dict:
+        return {**asdict(self), "speedup_over_nchw": round(self.speedup_over_nchw, 3),
+                "speedup_over_best_torch": round(self.speedup_over_best_torch, 3),
+                "ratio_to_floor": round(self.ratio_to_floor, 2)}
+
+
+def layer_benchmark(shapes: list[LayerShape], batch: int = 32, repeats: int = 5, backward_too: bool = True,
+                    ceilings: MachineCeilings | None = None, progress=print) -> list[LayerResult]:
+    ceilings = ceilings or machine_ceilings()
+    results = []
+    for shape in shapes:
+        torch.manual_seed(0)
+        ours = shape.groupconv_layer()
+        theirs = shape.torch_layer(ours)
+        x = torch.randn(batch, shape.in_channels, shape.height, shape.width)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        for backward in ((False, True) if backward_too else (False,)):
+            result = LayerResult(
+                shape.model, shape.layer, shape.label(), shape.kind, "forward+backward" if backward else "forward",
+                torch_nchw_ms=1e3 * time_layer(theirs, x, backward, repeats),
+                torch_channels_last_ms=1e3 * time_layer(theirs, x_cl, backward, repeats),
+                groupconv_ms=1e3 * time_layer(ours, x, backward, repeats),
+                groupconv_channels_last_ms=1e3 * time_layer(ours, x_cl, backward, repeats),
+                floor_ms=1e3 * shape.floor_seconds(batch, ceilings, backward),
+            )
+            results.append(result)
+            if progress:
+                progress(format_layer_row(result))
+    return results
+
+
+LAYER_HEADER = (f"{'layer':52} {'pass':>6} {'torch':>8} {'torch CL':>8} {'ours':>8} {'ours CL':>8} "
+                f"{'floor':>7} {'xfloor':>6} {'vs NCHW':>7} {'vs best':>7}")
+
+
+def format_layer_row(r: LayerResult) -> str:
+    passes = "f" if r.passes == "forward" else "fb"
+    return (f"{r.shape:52} {passes:>6} {r.torch_nchw_ms:8.2f} {r.torch_channels_last_ms:8.2f} {r.groupconv_ms:8.2f} "
+            f"{r.groupconv_channels_last_ms:8.2f} {r.floor_ms:7.2f} {r.ratio_to_floor:6.1f} "
+            f"{r.speedup_over_nchw:6.2f}x {r.speedup_over_best_torch:6.2f}x")
+
+
+def geometric_mean(values) -> float:
+    values = list(values)
+    return math.exp(statistics.fmean(math.log(v) for v in values)) if values else float("nan")
+
+
+def summarise_layers(results: list[LayerResult]) -> str:
+    lines = []
+    for passes in ("forward", "forward+backward"):
+        chosen = [r for r in results if r.passes == passes]
+        if not chosen:
+            continue
+        worst = min(chosen, key=lambda r: r.speedup_over_best_torch)
+        lines.append(
+            f"{passes:>16}: geometric-mean speedup {geometric_mean(r.speedup_over_nchw for r in chosen):.2f}x over "
+            f"torch NCHW, {geometric_mean(r.speedup_over_best_torch for r in chosen):.2f}x over torch's faster layout; "
+            f"slowest {worst.speedup_over_best_torch:.2f}x ({worst.shape}); "
+            f"median {statistics.median(r.ratio_to_floor for r in chosen):.1f}x the floor")
+    return "\n".join(lines)
+
+
+@dataclass
+class SweepPoint:
+    kernel: int
+    groups: int
+    torch_nchw_ms: float
+    torch_channels_last_ms: float
+    groupconv_ms: float
+
+
+def group_sweep(channels: int = 256, size: int = 28, kernels=(3, 1), batch: int = 32, repeats: int = 5,
+                progress=print) -> list[SweepPoint]:
+    """Forward+backward of one conv at G = 1, 2, 4, ..., channels (depthwise): the 1/G line, measured."""
+    points = []
+    for kernel in kernels:
+        groups = 1
+        while groups <= channels:
+            shape = LayerShape("sweep", "conv", channels, channels, (kernel, kernel), (1, 1), (kernel // 2,) * 2,
+                               groups, 1, size, size)
+            torch.manual_seed(0)
+            ours = shape.groupconv_layer()
+            theirs = shape.torch_layer(ours)
+            x = torch.randn(batch, channels, size, size)
+            point = SweepPoint(kernel, groups, 1e3 * time_layer(theirs, x, True, repeats),
+                               1e3 * time_layer(theirs, x.contiguous(memory_format=torch.channels_last), True,
+                                                repeats),
+                               1e3 * time_layer(ours, x, True, repeats))
+            points.append(point)
+            if progress:
+                progress(f"{kernel}x{kernel} G={groups:<4} torch {point.torch_nchw_ms:8.2f} ms  torch CL "
+                         f"{point.torch_channels_last_ms:8.2f} ms  groupconv {point.groupconv_ms:8.2f} ms")
+            groups *= 2
+    return points
+
+
+def plot_sweep(points: list[SweepPoint], path: str | Path) -> None:
+    """Time against G on log-log axes for each kernel size, with the ideal t(G=1) / G line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kernels = sorted({p.kernel for p in points}, reverse=True)
+    figure, axes = plt.subplots(1, len(kernels), figsize=(6 * len(kernels), 4.5), squeeze=False)
+    for axis, kernel in zip(axes[0], kernels):
+        chosen = [p for p in points if p.kernel == kernel]
+        groups = [p.groups for p in chosen]
+        for label, values, style in (("torch NCHW", [p.torch_nchw_ms for p in chosen], "o-"),
+                                     ("torch channels_last", [p.torch_channels_last_ms for p in chosen], "s-"),
+                                     ("groupconv", [p.groupconv_ms for p in chosen], "^-")):
+            axis.plot(groups, values, style, label=label)
+        best_dense = min(chosen[0].torch_nchw_ms, chosen[0].torch_channels_last_ms, chosen[0].groupconv_ms)
+        axis.plot(groups, [best_dense / g for g in groups], "k--", label="ideal: t(G=1) / G")
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("groups G")
+        axis.set_ylabel("forward+backward ms")
+        axis.set_title(f"{kernel}x{kernel} conv, forward+backward")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def to_torch_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` built from plain torch.nn layers: what the model costs in stock PyTorch.
+
+    Every groupconv conv becomes the torch conv of its class with the same parameters; a conv that
+    reads its input shuffled becomes torch.nn.ChannelShuffle followed by the conv, as a stock
+    implementation (pytorchcv) builds it.
+    """
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            torch_class = next((base for base in (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+                                if isinstance(child, base)), None)
+            if torch_class is None or type(child) is torch_class:
+                continue
+            shuffle_groups = getattr(child, "shuffle_groups", 1)
+            child.__class__ = torch_class  # groupconv's layers add no state beyond shuffle_groups
+            if shuffle_groups > 1:
+                del child.shuffle_groups
+                setattr(parent, child_name, torch.nn.Sequential(torch.nn.ChannelShuffle(shuffle_groups), child))
+    return model
+
+
+@dataclass
+class ModelResult:
+    model: str
+    input_size: tuple[int, ...]
+    batch: int
+    torch_train_images_per_second: float
+    groupconv_train_images_per_second: float
+    torch_infer_images_per_second: float
+    groupconv_infer_images_per_second: float
+
+    @property
+    def train_speedup(self) -> float:
+        return self.groupconv_train_images_per_second / self.torch_train_images_per_second
+
+    @property
+    def infer_speedup(self) -> float:
+        return self.groupconv_infer_images_per_second / self.torch_infer_images_per_second
+
+
+def _images_per_second(model: torch.nn.Module, x: torch.Tensor, train: bool, repeats: int) -> float:
+    labels = torch.zeros(x.shape[0], dtype=torch.long)
+    if train:
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), labels).backward()
+            optimizer.step()
+
+        seconds = median_seconds(step, repeats=repeats)
+    else:
+        model.eval()
+        with torch.no_grad():
+            seconds = median_seconds(lambda: model(x), repeats=repeats)
+    return x.shape[0] / seconds
+
+
+# The models of the issue's training targets (ResNeXt-50 is left out: a minute per step on 2 cores).
+MODEL_BENCHMARK_DEFAULTS = ("shufflenet_g1_w1", "shufflenet_g3_w1", "shufflenet_g8_w1", "resnext29_32x4d",
+                            "mobilenet_w1")
+
+
+def model_benchmark(names=MODEL_BENCHMARK_DEFAULTS, batch: int = 32, repeats: int = 3, image_size: int | None = None,
+                    progress=print) -> list[ModelResult]:
+    """Train-step (SGD, cross-entropy) and inference images/s, groupconv's model against its torch.nn twin."""
+    results = []
+    for name in names:
+        torch.manual_seed(0)
+        ours = models.create_model(name)
+        theirs = to_torch_layers(ours)
+        channels, height, width = models.model_entry(name).input_size
+        if image_size is not None:
+            height = width = image_size
+        x = torch.randn(batch, channels, height, width)
+        result = ModelResult(name, (channels, height, width), batch,
+                             _images_per_second(theirs, x, True, repeats), _images_per_second(ours, x, True, repeats),
+                             _images_per_second(theirs, x, False, repeats), _images_per_second(ours, x, False, repeats))
+        results.append(result)
+        if progress:
+            progress(format_model_row(result))
+    return results
+
+
+MODEL_HEADER = (f"{'model':20} {'input':>11} {'train img/s torch':>18} {'groupconv':>10} {'speedup':>8} "
+                f"{'infer img/s torch':>18} {'groupconv':>10} {'speedup':>8}")
+
+
+def format_model_row(r: ModelResult) -> str:
+    size = "x".join(map(str, r.input_size[1:]))
+    return (f"{r.model:20} {size:>11} {r.torch_train_images_per_second:18.1f} "
+            f"{r.groupconv_train_images_per_second:10.1f} {r.train_speedup:7.2f}x "
+            f"{r.torch_infer_images_per_second:18.1f} {r.groupconv_infer_images_per_second:10.1f} "
+            f"{r.infer_speedup:7.2f}x")
+
+
+def write_csv(path: str | Path, records: list[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)

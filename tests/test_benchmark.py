@@ -1,0 +1,71 @@
+"""The benchmark's ingredients (zoo layer shapes, the torch.nn twin of a model) and the command, at tiny sizes."""
+
+import csv
+
+import torch
+
+import groupconv.nn as gnn
+from groupconv import benchmark, models
+from groupconv.cli import main
+
+
+def test_zoo_layer_shapes_come_from_the_models():
+    shapes = benchmark.zoo_layer_shapes(["shufflenet_g8_w1"])
+    assert {s.kind for s in shapes} == {"depthwise", "pointwise-grouped"}
+    assert all(s.groups > 1 for s in shapes)
+    assert len({s.key() for s in shapes}) == len(shapes)  # distinct
+    first_depthwise = next(s for s in shapes if s.kind == "depthwise")
+    # stage 2, unit 1 of ShuffleNet 1x g=8: bottleneck 384 // 4 = 96 channels at 56x56, stride 2, shuffled by 8
+    assert (first_depthwise.in_channels, first_depthwise.stride, first_depthwise.shuffle_groups) == (96, (2, 2), 8)
+    assert (first_depthwise.height, first_depthwise.width) == (56, 56)
+    resnext = benchmark.zoo_layer_shapes(["resnext29_32x4d"])
+    assert {s.kind for s in resnext} == {"grouped"} and all(s.groups == 32 for s in resnext)
+
+
+def test_layer_shape_costs_agree_with_the_layers():
+    for shape in benchmark.zoo_layer_shapes(["shufflenet_g3_wd4", "resnext29_32x4d"]):
+        layer = shape.groupconv_layer()
+        assert shape.multiply_adds(batch=2) == 2 * layer.multiply_adds((shape.height, shape.width))
+        with torch.no_grad():
+            out = layer(torch.empty(1, shape.in_channels, shape.height, shape.width))
+        assert shape.output_size() == tuple(out.shape[2:])
+
+
+def test_torch_twin_computes_the_same_function_without_groupconv_layers():
+    torch.manual_seed(0)
+    model = models.create_model("shufflenet_g3_wd4", num_classes=10, small_input=True).eval()
+    twin = benchmark.to_torch_layers(model).eval()
+    assert not any(isinstance(m, gnn.Conv2d) for m in twin.modules())
+    assert sum(isinstance(m, torch.nn.ChannelShuffle) for m in twin.modules()) == 16  # one per unit
+    assert any(isinstance(m, gnn.Conv2d) for m in model.modules())  # the original is untouched
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model(x), rtol=1e-4, atol=1e-4)  # gemm vs oneDNN rounding
+
+
+def test_benchmark_command_writes_tables_and_plot(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["benchmark", "layers", "sweep", "models", "--models", "shufflenet_g8_wd4", "--batch", "2",
+            "--repeats", "1", "--limit", "2", "--image-size", "32", "--peak-gflops", "500", "--bandwidth-gbs", "60",
+            "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "geometric-mean speedup" in text and "shufflenet_g8_wd4" in text
+    with (out / "layers.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {r["passes"] for r in rows} == {"forward", "forward+backward"}
+    assert all(float(r["groupconv_ms"]) > 0 and float(r["floor_ms"]) > 0 for r in rows)
+    with (out / "sweep.csv").open() as f:
+        assert [int(r["groups"]) for r in csv.DictReader(f)][:9] == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert (out / "sweep.png").stat().st_size > 10_000
+    assert (out / "models.csv").exists()
+
+
+def test_benchmark_command_rejects_bad_options(capsys):
+    for argv, message in ((["benchmark", "--batch", "0"], "--batch=0 must be at least 1"),
+                          (["benchmark", "--models", "vgg16"], "--models: unknown model(s) vgg16")):
+        try:
+            main(argv)
+        except SystemExit as exit:
+            assert exit.code == 2
+        assert message in capsys.readouterr().err
