@@ -168,20 +168,19 @@ def test_float64_matches_torch(backend, case):
 @pytest.mark.parametrize("backend", BACKENDS)
 @given(case=conv_cases(dims=st.sampled_from([1, 2])))
 def test_low_precision_matches_torch(backend, dtype, case):
-    skip_unless_supported(backend, ops.conv_problem(torch.empty(1, 2, 3, dtype=dtype), torch.empty(2, 2, 1, dtype=dtype)))
+    first_supported_conv(backend, torch.empty(1, 8, 5, 5, dtype=dtype))  # skips a backend without this dtype
     check_against_oracle(case, dtype, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batch(backend):
-    x = torch.randn(0, 4, 5, 5, requires_grad=True)
-    kernel = 1 if ops.get_backend(backend).not_supported_reasons(
-        ops.conv_problem(x, torch.empty(4, 2, 3, 3), padding=1, groups=2)) else 3
-    w = torch.randn(4, 2, kernel, kernel, requires_grad=True)
+    x = torch.randn(0, 8, 5, 5, requires_grad=True)
+    weight_shape, padding, groups = first_supported_conv(backend, x)
+    w = torch.randn(weight_shape, requires_grad=True)
     with ops.use_backend(backend):
-        out = groupconv.conv2d(x, w, padding=kernel // 2, groups=2)
+        out = groupconv.conv2d(x, w, padding=padding, groups=groups)
         out.sum().backward()
-    assert out.shape == (0, 4, 5, 5) and x.grad.shape == x.shape
+    assert out.shape == (0, 8, 5, 5) and x.grad.shape == x.shape
     assert torch.equal(w.grad, torch.zeros_like(w))
 
 
@@ -216,6 +215,8 @@ GRADCHECK_CASES = [
     (2, 1, 4, 8, 1, 2, (2, 2), (1, 1), (1, 1), "same", (4, 5)),
     (3, 1, 4, 4, 2, 2, (2, 2, 2), (1, 2, 1), (1, 1, 1), (1, 0, 1), (3, 4, 3)),
     (2, 2, 6, 4, 2, 1, (1, 1), (1, 1), (1, 1), 0, (3, 4)),  # pointwise grouped
+    (2, 1, 6, 6, 6, 3, (3, 3), (2, 1), (1, 2), 1, (7, 6)),  # depthwise, shuffled, strided, dilated
+    (2, 2, 3, 6, 3, 3, (3, 2), (1, 1), (1, 1), (1, 0), (5, 4)),  # depthwise with depth multiplier 2
 ]
 
 
@@ -244,6 +245,7 @@ def test_gradcheck(backend, config):
         (2, 1, 4, 2, 2, 2, (2, 2), (1, 2), (2, 1), 1, (4, 3)),
         (3, 1, 2, 2, 2, 1, (2, 1, 2), (1, 1, 2), (1, 1, 1), 0, (2, 2, 3)),
         (1, 2, 4, 6, 2, 1, (1,), (1,), (1,), 0, (5,)),
+        (1, 1, 4, 4, 4, 2, (3,), (2,), (1,), 1, (7,)),
     ],
 )
 def test_gradgradcheck(backend, config):
@@ -273,18 +275,28 @@ def test_gradient_penalty_matches_torch():
         torch.testing.assert_close(ours, expected)
 
 
+# (weight shape, padding, groups) of an 8-channel conv: each backend is tested on the first one it runs.
+SMALL_CONVS = [((8, 2, 3, 3), 1, 4), ((8, 2, 1, 1), 0, 4), ((8, 1, 3, 3), 1, 8)]
+
+
+def first_supported_conv(backend, x):
+    for weight_shape, padding, groups in SMALL_CONVS:
+        problem = ops.conv_problem(x, torch.empty(weight_shape, dtype=x.dtype), padding=padding, groups=groups)
+        if not ops.get_backend(backend).not_supported_reasons(problem):
+            return weight_shape, padding, groups
+    pytest.skip(f"backend {backend!r} runs none of {SMALL_CONVS}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_and_inf_propagate_as_in_torch(backend):
     x = torch.randn(2, 8, 9, 9)
     x[0, 1, 4, 4] = float("nan")
     x[1, 5, 0, 2] = float("inf")
-    w = torch.rand(8, 2, 3, 3) + 0.1  # positive, so inf does not meet -inf
-    padding = 1
-    if ops.get_backend(backend).not_supported_reasons(ops.conv_problem(x, w, padding=padding, groups=4)):
-        w, padding = w[..., 1:2, 1:2].contiguous(), 0  # the pointwise-only backends: their own shape
+    weight_shape, padding, groups = first_supported_conv(backend, x)
+    w = torch.rand(weight_shape) + 0.1  # positive, so inf does not meet -inf
     with ops.use_backend(backend):
-        out = groupconv.conv2d(x, w, padding=padding, groups=4)
-    expected = F.conv2d(x, w, padding=padding, groups=4)
+        out = groupconv.conv2d(x, w, padding=padding, groups=groups)
+    expected = F.conv2d(x, w, padding=padding, groups=groups)
     assert torch.equal(out.isnan(), expected.isnan())
     assert torch.equal(out.isinf(), expected.isinf())
     assert out.isnan().any() and out.isinf().any()

@@ -2,6 +2,7 @@
 
 Backends registered here, highest priority first (with tuning on, the fast ones are measured
 against each other per problem and the fastest is kept; see tuning.py):
+  native     C++ CPU kernels (csrc/): depthwise convs with the shuffle fused into their reads
   gemm       1x1 grouped convs as batched matrix multiplies
   aten       torch's own convolution (the baseline the fast backends must beat)
   reference  the specification (slow, obviously correct; never chosen by the tuner)
@@ -25,12 +26,14 @@ from .dispatch import (
 )
 from .functional import channel_shuffle, conv1d, conv2d, conv3d, conv_problem, explain_conv
 from .gemm import GemmBackend
+from .native import NativeBackend
 from .reference import ReferenceBackend
 from .tuning import cache_path, clear_tuning_cache, set_tuning, tuning_enabled
 
 register_backend(ReferenceBackend(), priority=0)
 register_backend(AtenBackend(), priority=10)
 register_backend(GemmBackend(), priority=20)
+register_backend(NativeBackend(), priority=30)
 
 __all__ = [
     "Backend", "ConvProblem", "ShuffleProblem", "cache_path", "channel_shuffle", "clear_tuning_cache", "conv1d",

@@ -1,0 +1,396 @@
+// Depthwise convolution on CPU (groups == input channels, one input channel per group), forward,
+// backward-input and backward-weight, NCHW and NHWC (channels_last), float32 and float64, with an
+// optional channel shuffle fused into the reads: the conv reads input channel perm(k) where a
+// materialised shuffle would have put it at position k, so the shuffle costs no pass over memory.
+//
+// perm(k) = (k % s) * (C / s) + k / s is ShuffleNet's shuffle with s groups: x.view(N, s, C/s, ...)
+// .transpose(1, 2) puts input channel i * (C/s) + j at position j * s + i.
+//
+// Work is split with at::parallel_for, which honours torch.set_num_threads. Every output element is
+// written by exactly one thread (the weight gradient: per-thread partial sums, then a fixed-order
+// reduction), so results do not depend on scheduling. Inner loops run over contiguous memory (a
+// row in NCHW, the channels of a pixel in NHWC), marked `omp simd` so that the compiler vectorises
+// them (including the dot products of the weight gradient, which it would not reassociate on its own).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace {
+
+struct Geometry {
+  int64_t n, c, m, multiplier;  // batch, input channels, output channels, output channels per group
+  int64_t ih, iw, oh, ow;
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+  int64_t shuffle;
+
+  int64_t perm(int64_t k) const { return shuffle == 1 ? k : (k % shuffle) * (c / shuffle) + k / shuffle; }
+  // The output-column range [lo, hi) whose tap kx lands inside the input row: 0 <= ox*sw + kx*dw - pw < iw.
+  void columns(int64_t kx, int64_t& lo, int64_t& hi) const {
+    const int64_t offset = kx * dw - pw;
+    lo = offset >= 0 ? 0 : (-offset + sw - 1) / sw;
+    hi = iw - offset <= 0 ? 0 : std::min<int64_t>(ow, (iw - offset + sw - 1) / sw);
+    if (hi < lo) hi = lo;
+  }
+};
+
+Geometry geometry(at::IntArrayRef input_shape, at::IntArrayRef weight_shape, at::IntArrayRef output_shape,
+                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t shuffle) {
+  Geometry g;
+  g.n = input_shape[0];
+  g.c = input_shape[1];
+  g.m = weight_shape[0];
+  g.multiplier = g.m / g.c;
+  g.ih = input_shape[2];
+  g.iw = input_shape[3];
+  g.oh = output_shape[2];
+  g.ow = output_shape[3];
+  g.kh = weight_shape[2];
+  g.kw = weight_shape[3];
+  g.sh = stride[0];
+  g.sw = stride[1];
+  g.ph = padding[0];
+  g.pw = padding[1];
+  g.dh = dilation[0];
+  g.dw = dilation[1];
+  g.shuffle = shuffle;
+  return g;
+}
+
+bool is_nhwc(const at::Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+at::Tensor empty_like_layout(at::IntArrayRef shape, const at::Tensor& like, bool nhwc) {
+  return at::empty(shape, like.options().memory_format(nhwc ? at::MemoryFormat::ChannelsLast
+                                                             : at::MemoryFormat::Contiguous));
+}
+
+// ------------------------------------------------------------------------------------------ NCHW
+
+template <typename T>
+void forward_nchw(const T* x, const T* w, const T* bias, T* out, const Geometry& g) {
+  at::parallel_for(0, g.n * g.m, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / g.m, k = plane % g.m;
+      const T* src = x + (n * g.c + g.perm(k / g.multiplier)) * g.ih * g.iw;
+      const T* filter = w + k * g.kh * g.kw;
+      T* dst = out + plane * g.oh * g.ow;
+      std::fill(dst, dst + g.oh * g.ow, bias ? bias[k] : T(0));
+      for (int64_t oy = 0; oy < g.oh; ++oy) {
+        T* row = dst + oy * g.ow;
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          const int64_t iy = oy * g.sh + ky * g.dh - g.ph;
+          if (iy < 0 || iy >= g.ih) continue;
+          const T* in_row = src + iy * g.iw;
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            int64_t lo, hi;
+            g.columns(kx, lo, hi);
+            const T weight = filter[ky * g.kw + kx];
+            const T* in = in_row + kx * g.dw - g.pw;
+            if (g.sw == 1) {
+              #pragma omp simd
+              for (int64_t ox = lo; ox < hi; ++ox) row[ox] += weight * in[ox];
+            } else {
+              #pragma omp simd
+              for (int64_t ox = lo; ox < hi; ++ox) row[ox] += weight * in[ox * g.sw];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_input_nchw(const T* grad_out, const T* w, T* grad_in, const Geometry& g) {
+  // One thread owns each input plane: it gathers the contributions of the group's output channels.
+  at::parallel_for(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / g.c, shuffled = plane % g.c;  // position of this plane after the shuffle
+      T* dst = grad_in + (n * g.c + g.perm(shuffled)) * g.ih * g.iw;
+      std::fill(dst, dst + g.ih * g.iw, T(0));
+      for (int64_t j = 0; j < g.multiplier; ++j) {
+        const int64_t k = shuffled * g.multiplier + j;
+        const T* src = grad_out + (n * g.m + k) * g.oh * g.ow;
+        const T* filter = w + k * g.kh * g.kw;
+        for (int64_t oy = 0; oy < g.oh; ++oy) {
+          const T* row = src + oy * g.ow;
+          for (int64_t ky = 0; ky < g.kh; ++ky) {
+            const int64_t iy = oy * g.sh + ky * g.dh - g.ph;
+            if (iy < 0 || iy >= g.ih) continue;
+            T* in_row = dst + iy * g.iw;
+            for (int64_t kx = 0; kx < g.kw; ++kx) {
+              int64_t lo, hi;
+              g.columns(kx, lo, hi);
+              const T weight = filter[ky * g.kw + kx];
+              T* in = in_row + kx * g.dw - g.pw;
+              if (g.sw == 1) {
+                #pragma omp simd
+                for (int64_t ox = lo; ox < hi; ++ox) in[ox] += weight * row[ox];
+              } else {
+                #pragma omp simd
+                for (int64_t ox = lo; ox < hi; ++ox) in[ox * g.sw] += weight * row[ox];
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_weight_nchw(const T* grad_out, const T* x, T* grad_w, const Geometry& g) {
+  // One thread owns each output channel's filter and sums over the batch in order.
+  at::parallel_for(0, g.m, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      T* filter = grad_w + k * g.kh * g.kw;
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          int64_t lo, hi;
+          g.columns(kx, lo, hi);
+          T total = 0;
+          for (int64_t n = 0; n < g.n; ++n) {
+            const T* src = x + (n * g.c + g.perm(k / g.multiplier)) * g.ih * g.iw;
+            const T* grad = grad_out + (n * g.m + k) * g.oh * g.ow;
+            for (int64_t oy = 0; oy < g.oh; ++oy) {
+              const int64_t iy = oy * g.sh + ky * g.dh - g.ph;
+              if (iy < 0 || iy >= g.ih) continue;
+              const T* in = src + iy * g.iw + kx * g.dw - g.pw;
+              const T* row = grad + oy * g.ow;
+              T sum = 0;
+              if (g.sw == 1) {
+                #pragma omp simd reduction(+ : sum)
+                for (int64_t ox = lo; ox < hi; ++ox) sum += row[ox] * in[ox];
+              } else {
+                #pragma omp simd reduction(+ : sum)
+                for (int64_t ox = lo; ox < hi; ++ox) sum += row[ox] * in[ox * g.sw];
+              }
+              total += sum;
+            }
+          }
+          filter[ky * g.kw + kx] = total;
+        }
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------ NHWC
+// One output channel per input channel (multiplier 1). Channels are the contiguous inner loop; the
+// weight is repacked as [tap][channel] so that a tap's weights are contiguous too.
+
+template <typename T>
+std::vector<T> taps_by_channel(const T* w, const Geometry& g) {
+  std::vector<T> packed(g.kh * g.kw * g.c);
+  for (int64_t k = 0; k < g.c; ++k)
+    for (int64_t t = 0; t < g.kh * g.kw; ++t) packed[t * g.c + k] = w[k * g.kh * g.kw + t];
+  return packed;
+}
+
+// The input channel each output channel reads (identity without a shuffle).
+std::vector<int64_t> read_channels(const Geometry& g) {
+  std::vector<int64_t> channels(g.c);
+  for (int64_t k = 0; k < g.c; ++k) channels[k] = g.perm(k);
+  return channels;
+}
+
+template <typename T>
+void forward_nhwc(const T* x, const T* w, const T* bias, T* out, const Geometry& g) {
+  const std::vector<T> taps = taps_by_channel(w, g);
+  const std::vector<int64_t> reads = read_channels(g);
+  const int64_t* channel = reads.data();
+  const bool shuffled = g.shuffle != 1;
+  at::parallel_for(0, g.n * g.oh, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row_index = begin; row_index < end; ++row_index) {
+      const int64_t n = row_index / g.oh, oy = row_index % g.oh;
+      for (int64_t ox = 0; ox < g.ow; ++ox) {
+        T* acc = out + ((n * g.oh + oy) * g.ow + ox) * g.c;
+        #pragma omp simd
+        for (int64_t k = 0; k < g.c; ++k) acc[k] = bias ? bias[k] : T(0);
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          const int64_t iy = oy * g.sh + ky * g.dh - g.ph;
+          if (iy < 0 || iy >= g.ih) continue;
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            const int64_t ix = ox * g.sw + kx * g.dw - g.pw;
+            if (ix < 0 || ix >= g.iw) continue;
+            const T* pixel = x + ((n * g.ih + iy) * g.iw + ix) * g.c;
+            const T* weight = taps.data() + (ky * g.kw + kx) * g.c;
+            if (shuffled) {
+              #pragma omp simd
+              for (int64_t k = 0; k < g.c; ++k) acc[k] += weight[k] * pixel[channel[k]];
+            } else {
+              #pragma omp simd
+              for (int64_t k = 0; k < g.c; ++k) acc[k] += weight[k] * pixel[k];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_input_nhwc(const T* grad_out, const T* w, T* grad_in, const Geometry& g) {
+  // Gather form: each input pixel sums the output pixels whose window covers it, so one thread owns it.
+  const std::vector<T> taps = taps_by_channel(w, g);
+  const std::vector<int64_t> reads = read_channels(g);
+  const int64_t* channel = reads.data();
+  const bool shuffled = g.shuffle != 1;
+  at::parallel_for(0, g.n * g.ih, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc(g.c);
+    for (int64_t row_index = begin; row_index < end; ++row_index) {
+      const int64_t n = row_index / g.ih, iy = row_index % g.ih;
+      for (int64_t ix = 0; ix < g.iw; ++ix) {
+        std::fill(acc.begin(), acc.end(), T(0));
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          const int64_t y = iy + g.ph - ky * g.dh;
+          if (y < 0 || y % g.sh) continue;
+          const int64_t oy = y / g.sh;
+          if (oy >= g.oh) continue;
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            const int64_t xx = ix + g.pw - kx * g.dw;
+            if (xx < 0 || xx % g.sw) continue;
+            const int64_t ox = xx / g.sw;
+            if (ox >= g.ow) continue;
+            const T* grad = grad_out + ((n * g.oh + oy) * g.ow + ox) * g.c;
+            const T* weight = taps.data() + (ky * g.kw + kx) * g.c;
+            #pragma omp simd
+            for (int64_t k = 0; k < g.c; ++k) acc[k] += weight[k] * grad[k];
+          }
+        }
+        T* dst = grad_in + ((n * g.ih + iy) * g.iw + ix) * g.c;
+        if (shuffled) {
+          #pragma omp simd
+          for (int64_t k = 0; k < g.c; ++k) dst[channel[k]] = acc[k];
+        } else {
+          std::copy(acc.begin(), acc.end(), dst);
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_weight_nhwc(const T* grad_out, const T* x, T* grad_w, const Geometry& g) {
+  // Per-chunk partial sums over output rows (chunks fixed by the row count, not the thread count),
+  // then a reduction in chunk order: the result is the same for any number of threads.
+  const std::vector<int64_t> reads = read_channels(g);
+  const int64_t* channel = reads.data();
+  const bool shuffled = g.shuffle != 1;
+  const int64_t rows = g.n * g.oh, taps = g.kh * g.kw;
+  const int64_t chunk = std::max<int64_t>(1, (rows + 63) / 64), chunks = (rows + chunk - 1) / chunk;
+  std::vector<T> partial(chunks * taps * g.c, T(0));
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t part = begin; part < end; ++part) {
+      T* sums = partial.data() + part * taps * g.c;
+      for (int64_t row_index = part * chunk; row_index < std::min(rows, (part + 1) * chunk); ++row_index) {
+        const int64_t n = row_index / g.oh, oy = row_index % g.oh;
+        for (int64_t ox = 0; ox < g.ow; ++ox) {
+          const T* grad = grad_out + ((n * g.oh + oy) * g.ow + ox) * g.c;
+          for (int64_t ky = 0; ky < g.kh; ++ky) {
+            const int64_t iy = oy * g.sh + ky * g.dh - g.ph;
+            if (iy < 0 || iy >= g.ih) continue;
+            for (int64_t kx = 0; kx < g.kw; ++kx) {
+              const int64_t ix = ox * g.sw + kx * g.dw - g.pw;
+              if (ix < 0 || ix >= g.iw) continue;
+              const T* pixel = x + ((n * g.ih + iy) * g.iw + ix) * g.c;
+              T* sum = sums + (ky * g.kw + kx) * g.c;
+              if (shuffled) {
+                #pragma omp simd
+                for (int64_t k = 0; k < g.c; ++k) sum[k] += grad[k] * pixel[channel[k]];
+              } else {
+                #pragma omp simd
+                for (int64_t k = 0; k < g.c; ++k) sum[k] += grad[k] * pixel[k];
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+  for (int64_t k = 0; k < g.c; ++k) {
+    for (int64_t t = 0; t < taps; ++t) {
+      T total = 0;
+      for (int64_t part = 0; part < chunks; ++part) total += partial[(part * taps + t) * g.c + k];
+      grad_w[k * taps + t] = total;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------- entry
+
+std::vector<int64_t> output_shape(at::IntArrayRef input_shape, at::IntArrayRef weight_shape, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation) {
+  std::vector<int64_t> shape{input_shape[0], weight_shape[0]};
+  for (int d = 0; d < 2; ++d)
+    shape.push_back((input_shape[2 + d] + 2 * padding[d] - dilation[d] * (weight_shape[2 + d] - 1) - 1) / stride[d] +
+                    1);
+  return shape;
+}
+
+at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t shuffle) {
+  const bool nhwc = is_nhwc(input);
+  const at::Tensor x = nhwc ? input : input.contiguous();
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const auto shape = output_shape(x.sizes(), w.sizes(), stride, padding, dilation);
+  at::Tensor out = empty_like_layout(shape, x, nhwc);
+  const Geometry g = geometry(x.sizes(), w.sizes(), shape, stride, padding, dilation, shuffle);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "groupconv_depthwise_forward", [&] {
+    const scalar_t* bias_ptr = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+    if (nhwc)
+      forward_nhwc(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), bias_ptr, out.data_ptr<scalar_t>(), g);
+    else
+      forward_nchw(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), bias_ptr, out.data_ptr<scalar_t>(), g);
+  });
+  return out;
+}
+
+at::Tensor backward_input(const at::Tensor& grad_output, const at::Tensor& weight, at::IntArrayRef input_shape,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t shuffle) {
+  const bool nhwc = is_nhwc(grad_output);
+  const at::Tensor grad = nhwc ? grad_output : grad_output.contiguous();
+  const at::Tensor w = weight.contiguous();
+  at::Tensor grad_in = empty_like_layout(input_shape, grad, nhwc);
+  const Geometry g = geometry(input_shape, w.sizes(), grad.sizes(), stride, padding, dilation, shuffle);
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "groupconv_depthwise_backward_input", [&] {
+    if (nhwc)
+      backward_input_nhwc(grad.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), g);
+    else
+      backward_input_nchw(grad.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), g);
+  });
+  return grad_in;
+}
+
+at::Tensor backward_weight(const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef weight_shape,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                           int64_t shuffle) {
+  // Both tensors in one layout: the input's (a mismatched gradient is converted, one pass).
+  const bool nhwc = is_nhwc(input);
+  const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor x = input.contiguous(format);
+  const at::Tensor grad = grad_output.contiguous(format);
+  at::Tensor grad_w = at::empty(weight_shape, grad.options());
+  const Geometry g = geometry(x.sizes(), weight_shape, grad.sizes(), stride, padding, dilation, shuffle);
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "groupconv_depthwise_backward_weight", [&] {
+    if (nhwc)
+      backward_weight_nhwc(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), grad_w.data_ptr<scalar_t>(), g);
+    else
+      backward_weight_nchw(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), grad_w.data_ptr<scalar_t>(), g);
+  });
+  return grad_w;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "groupconv's native CPU kernels: depthwise convolution with a fused channel shuffle";
+  m.def("depthwise_forward", &forward);
+  m.def("depthwise_backward_input", &backward_input);
+  m.def("depthwise_backward_weight", &backward_weight);
+}

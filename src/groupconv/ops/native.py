@@ -1,0 +1,145 @@
+"""groupconv's compiled CPU kernels (src/groupconv/csrc/) as a backend, and the code that builds them.
+
+The kernels are C++ compiled with torch's cpp_extension on first use (or ahead of time by
+`python -m groupconv.ops.native`, which scripts/setup.sh runs) with -O3 -march=native and OpenMP,
+and cached by torch under ~/.cache/torch_extensions: later processes load the built library in
+well under a second. Only gcc is needed; the ninja build tool comes from the package registries.
+
+If the build fails, or GROUPCONV_NATIVE=0, the backend reports why in `not_supported_reasons`
+(so `groupconv backends` and `ops.explain_conv` show it), warns once, and every call goes to the
+other backends: the library keeps working.
+
+Kernels today: depthwise convolution (one input channel per group, any depth multiplier in NCHW,
+multiplier 1 in channels_last), 1-D and 2-D, any stride, padding and dilation, float32 and
+float64, forward and both gradients, with the channel shuffle fused into the reads.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from .arguments import ConvArguments
+from .dispatch import Backend, ConvProblem, Problem
+
+ENV_NATIVE = "GROUPCONV_NATIVE"
+SOURCES = [Path(__file__).resolve().parent.parent / "csrc" / "depthwise.cpp"]
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+_module = None
+_error: str | None = None
+
+
+def _put_ninja_on_path() -> None:
+    """torch's builder runs `ninja`; the pip package installs it next to the venv's python, not on PATH."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    bin_dir = getattr(ninja, "BIN_DIR", None)
+    if bin_dir and bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
+def load(verbose: bool = False):
+    """The compiled module, building it if needed; None (and `unavailable_reason()` says why) if it cannot be had."""
+    global _module, _error
+    if _module is not None or _error is not None:
+        return _module
+    if os.environ.get(ENV_NATIVE, "1").strip().lower() in ("0", "false", "off", "no"):
+        _error = f"turned off by {ENV_NATIVE}=0"
+        return None
+    try:
+        from torch.utils import cpp_extension
+
+        _put_ninja_on_path()
+        _module = cpp_extension.load(
+            name="groupconv_native",
+            sources=[str(source) for source in SOURCES],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=verbose,
+        )
+    except Exception as error:  # a compiler, ninja or header problem: keep working without the kernels
+        _error = f"the native CPU kernels could not be built ({type(error).__name__}: {str(error).strip()[-500:]})"
+        warnings.warn(f"groupconv: {_error}; using torch's kernels instead", RuntimeWarning, stacklevel=2)
+    return _module
+
+
+def unavailable_reason() -> str | None:
+    load()
+    return _error
+
+
+def _as_2d(args: ConvArguments) -> tuple[list[int], list[int], list[int]]:
+    """Stride, padding, dilation of a 1-D conv seen as a 2-D conv of height 1."""
+    if args.spatial_dims == 2:
+        return list(args.stride), list(args.padding), list(args.dilation)
+    return [1, *args.stride], [0, *args.padding], [1, *args.dilation]
+
+
+class NativeBackend(Backend):
+    name = "native"
+    description = "groupconv's C++ CPU kernels: depthwise convs with the channel shuffle fused into their reads"
+
+    def not_supported_reasons(self, problem: Problem) -> list[str]:
+        if not isinstance(problem, ConvProblem):
+            return ["only convolutions"]
+        reasons = []
+        args = problem.arguments
+        channels, multiplier = problem.input_shape[1], problem.weight_shape[0] // max(problem.input_shape[1], 1)
+        if problem.device_type != "cpu":
+            reasons.append(f"device {problem.device_type} is not cpu")
+        if problem.dtype not in SUPPORTED_DTYPES:
+            reasons.append(f"dtype {problem.dtype} is not one of {SUPPORTED_DTYPES}")
+        if args.spatial_dims not in (1, 2):
+            reasons.append(f"{args.spatial_dims}-D convolution (1-D and 2-D only)")
+        if not (args.groups == channels and problem.weight_shape[1] == 1):
+            reasons.append(f"not depthwise (groups={args.groups}, {channels} input channels)")
+        if problem.layout not in ("contiguous", "channels_last"):
+            reasons.append(f"layout {problem.layout} (contiguous or channels_last only)")
+        if problem.layout == "channels_last" and multiplier != 1:
+            reasons.append(f"channels_last with depth multiplier {multiplier} (1 only)")
+        if not reasons and unavailable_reason():
+            reasons.append(unavailable_reason())
+        return reasons
+
+    def conv_forward(self, input, weight, bias, args):
+        stride, padding, dilation = _as_2d(args)
+        if args.spatial_dims == 1:
+            out = load().depthwise_forward(input.unsqueeze(2), weight.unsqueeze(2), bias, stride, padding, dilation,
+                                           args.shuffle_groups)
+            return out.squeeze(2)
+        return load().depthwise_forward(input, weight, bias, stride, padding, dilation, args.shuffle_groups)
+
+    def conv_backward_input(self, grad_output, weight, input_shape, args):
+        stride, padding, dilation = _as_2d(args)
+        if args.spatial_dims == 1:
+            n, c, length = input_shape
+            grad = load().depthwise_backward_input(grad_output.unsqueeze(2), weight.unsqueeze(2), [n, c, 1, length],
+                                                   stride, padding, dilation, args.shuffle_groups)
+            return grad.squeeze(2)
+        return load().depthwise_backward_input(grad_output, weight, list(input_shape), stride, padding, dilation,
+                                               args.shuffle_groups)
+
+    def conv_backward_weight(self, grad_output, input, weight_shape, args):
+        stride, padding, dilation = _as_2d(args)
+        if args.spatial_dims == 1:
+            m, one, k = weight_shape
+            grad = load().depthwise_backward_weight(grad_output.unsqueeze(2), input.unsqueeze(2), [m, one, 1, k],
+                                                    stride, padding, dilation, args.shuffle_groups)
+            return grad.squeeze(2)
+        return load().depthwise_backward_weight(grad_output, input, list(weight_shape), stride, padding, dilation,
+                                                args.shuffle_groups)
+
+
+if __name__ == "__main__":  # python -m groupconv.ops.native: build now (scripts/setup.sh does this)
+    module = load(verbose="--verbose" in sys.argv)
+    if module is None:
+        print(f"groupconv native kernels: not available: {_error}")
+        sys.exit(1)
+    print(f"groupconv native kernels: ready ({module.__file__})")

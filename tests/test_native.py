@@ -1,0 +1,78 @@
+"""The compiled CPU kernels beyond the oracle tests: model-size shapes, thread-count independence, graceful absence."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import groupconv
+from groupconv import ops
+from groupconv.ops import native
+
+pytestmark = pytest.mark.skipif(native.unavailable_reason() is not None,
+                                reason=f"native kernels unavailable: {native.unavailable_reason()}")
+
+
+def run(x, w, stride, shuffle_groups, threads):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = x.detach().requires_grad_()
+        w = w.detach().requires_grad_()
+        with ops.use_backend("native"):
+            out = groupconv.conv2d(x, w, None, stride, 1, 1, w.shape[0], shuffle_groups=shuffle_groups)
+            grad_x, grad_w = torch.autograd.grad(out, (x, w), torch.ones_like(out) * torch.arange(out.numel()).view_as(
+                out).remainder(7).to(out.dtype))
+        return out, grad_x, grad_w
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_shufflenet_unit_depthwise_matches_torch(channels_last, stride):
+    """ShuffleNet 1x g=8, stage 2: 96 channels at 28x28 read through the 8-group shuffle."""
+    x = torch.randn(3, 96, 28, 28)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(96, 1, 3, 3)
+    out, grad_x, grad_w = run(x, w, stride, 8, torch.get_num_threads())
+    xr, wr = x.detach().requires_grad_(), w.detach().requires_grad_()
+    expected = F.conv2d(torch.nn.functional.channel_shuffle(xr, 8), wr, None, stride, 1, 1, 96)
+    weights = torch.ones_like(expected) * torch.arange(expected.numel()).view_as(expected).remainder(7).float()
+    expected_grads = torch.autograd.grad(expected, (xr, wr), weights)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad_x, expected_grads[0])
+    torch.testing.assert_close(grad_w, expected_grads[1], rtol=1e-4, atol=1e-3)  # sums of 3 x 28 x 28 products
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_results_do_not_depend_on_the_thread_count(channels_last):
+    x = torch.randn(4, 24, 13, 11)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(24, 1, 3, 3)
+    one = run(x, w, 2, 3, threads=1)
+    two = run(x, w, 2, 3, threads=2)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
+def test_without_the_kernels_everything_still_works():
+    """GROUPCONV_NATIVE=0 (or a failed build): the backend says why and the others run every call."""
+    code = (
+        "import torch, groupconv\n"
+        "from groupconv import ops\n"
+        "x, w = torch.randn(2, 8, 6, 6), torch.randn(8, 1, 3, 3)\n"
+        "print(ops.explain_conv(x, w, padding=1, groups=8))\n"
+        "out = groupconv.conv2d(x, w, padding=1, groups=8)\n"
+        "assert torch.allclose(out, torch.nn.functional.conv2d(x, w, padding=1, groups=8), atol=1e-6)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**__import__("os").environ, "GROUPCONV_NATIVE": "0"})
+    assert result.returncode == 0, result.stderr
+    assert "native: turned off by GROUPCONV_NATIVE=0" in result.stdout
+    assert "-> aten: can run" in result.stdout
