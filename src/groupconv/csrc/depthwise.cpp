@@ -26,6 +26,12 @@ struct Geometry {
   int64_t kh, kw, sh, sw, ph, pw, dh, dw;
   int64_t shuffle;
 
+  // Iterations per parallel task such that each task does at least ~32K multiply-adds: smaller work
+  // runs on the calling thread, since waking the thread pool costs more than the work itself.
+  static int64_t grain(int64_t multiply_adds_per_iteration) {
+    return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, multiply_adds_per_iteration));
+  }
+
   int64_t perm(int64_t k) const { return shuffle == 1 ? k : (k % shuffle) * (c / shuffle) + k / shuffle; }
   // The output-column range [lo, hi) whose tap kx lands inside the input row: 0 <= ox*sw + kx*dw - pw < iw.
   void columns(int64_t kx, int64_t& lo, int64_t& hi) const {
@@ -72,7 +78,8 @@ at::Tensor empty_like_layout(at::IntArrayRef shape, const at::Tensor& like, bool
 
 template <typename T>
 void forward_nchw(const T* x, const T* w, const T* bias, T* out, const Geometry& g) {
-  at::parallel_for(0, g.n * g.m, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = Geometry::grain(g.oh * g.ow * g.kh * g.kw);
+  at::parallel_for(0, g.n * g.m, grain, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t n = plane / g.m, k = plane % g.m;
       const T* src = x + (n * g.c + g.perm(k / g.multiplier)) * g.ih * g.iw;
@@ -107,7 +114,8 @@ void forward_nchw(const T* x, const T* w, const T* bias, T* out, const Geometry&
 template <typename T>
 void backward_input_nchw(const T* grad_out, const T* w, T* grad_in, const Geometry& g) {
   // One thread owns each input plane: it gathers the contributions of the group's output channels.
-  at::parallel_for(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = Geometry::grain(g.multiplier * g.oh * g.ow * g.kh * g.kw);
+  at::parallel_for(0, g.n * g.c, grain, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t n = plane / g.c, shuffled = plane % g.c;  // position of this plane after the shuffle
       T* dst = grad_in + (n * g.c + g.perm(shuffled)) * g.ih * g.iw;
@@ -145,7 +153,8 @@ void backward_input_nchw(const T* grad_out, const T* w, T* grad_in, const Geomet
 template <typename T>
 void backward_weight_nchw(const T* grad_out, const T* x, T* grad_w, const Geometry& g) {
   // One thread owns each output channel's filter and sums over the batch in order.
-  at::parallel_for(0, g.m, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = Geometry::grain(g.n * g.oh * g.ow * g.kh * g.kw);
+  at::parallel_for(0, g.m, grain, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       T* filter = grad_w + k * g.kh * g.kw;
       for (int64_t ky = 0; ky < g.kh; ++ky) {
@@ -204,7 +213,8 @@ void forward_nhwc(const T* x, const T* w, const T* bias, T* out, const Geometry&
   const std::vector<int64_t> reads = read_channels(g);
   const int64_t* channel = reads.data();
   const bool shuffled = g.shuffle != 1;
-  at::parallel_for(0, g.n * g.oh, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = Geometry::grain(g.ow * g.kh * g.kw * g.c);
+  at::parallel_for(0, g.n * g.oh, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row_index = begin; row_index < end; ++row_index) {
       const int64_t n = row_index / g.oh, oy = row_index % g.oh;
       for (int64_t ox = 0; ox < g.ow; ++ox) {
@@ -240,7 +250,8 @@ void backward_input_nhwc(const T* grad_out, const T* w, T* grad_in, const Geomet
   const std::vector<int64_t> reads = read_channels(g);
   const int64_t* channel = reads.data();
   const bool shuffled = g.shuffle != 1;
-  at::parallel_for(0, g.n * g.ih, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = Geometry::grain(g.iw * g.kh * g.kw * g.c);
+  at::parallel_for(0, g.n * g.ih, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> acc(g.c);
     for (int64_t row_index = begin; row_index < end; ++row_index) {
       const int64_t n = row_index / g.ih, iy = row_index % g.ih;
@@ -284,7 +295,8 @@ void backward_weight_nhwc(const T* grad_out, const T* x, T* grad_w, const Geomet
   const int64_t rows = g.n * g.oh, taps = g.kh * g.kw;
   const int64_t chunk = std::max<int64_t>(1, (rows + 63) / 64), chunks = (rows + chunk - 1) / chunk;
   std::vector<T> partial(chunks * taps * g.c, T(0));
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = Geometry::grain(chunk * g.ow * g.kh * g.kw * g.c);
+  at::parallel_for(0, chunks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t part = begin; part < end; ++part) {
       T* sums = partial.data() + part * taps * g.c;
       for (int64_t row_index = part * chunk; row_index < std::min(rows, (part + 1) * chunk); ++row_index) {
