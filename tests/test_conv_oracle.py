@@ -173,6 +173,21 @@ def test_low_precision_matches_torch(backend, dtype, case):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_output_can_be_modified_in_place(backend):
+    """Models apply ReLU(inplace=True) to conv outputs: every backend's output must allow it, with correct gradients."""
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+    weight_shape, padding, groups = first_supported_conv(backend, x)
+    w = torch.randn(weight_shape, dtype=torch.float64, requires_grad=True)
+    with ops.use_backend(backend):
+        out = torch.relu_(groupconv.conv2d(x, w, padding=padding, groups=groups))
+        grads = torch.autograd.grad(out.sum(), (x, w))
+    expected = torch.relu(F.conv2d(x, w, padding=padding, groups=groups))
+    torch.testing.assert_close(out, expected)
+    for grad, expected_grad in zip(grads, torch.autograd.grad(expected.sum(), (x, w))):
+        torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batch(backend):
     x = torch.randn(0, 8, 5, 5, requires_grad=True)
     weight_shape, padding, groups = first_supported_conv(backend, x)

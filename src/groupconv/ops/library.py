@@ -24,11 +24,15 @@ def _arguments(stride, padding, dilation, groups, shuffle_groups) -> ConvArgumen
 
 
 def _owned(out: Tensor, memory_format: torch.memory_format, *inputs: Tensor | None) -> Tensor:
-    """`out` in the layout the fake impl promises, never sharing memory with an input (a custom op's contract).
+    """`out` in the layout the fake impl promises, not a view, never sharing memory with an input (a custom
+    op's contract).
 
-    A backend may return a view of its input (a shuffle with one group is the identity).
+    A backend may return a view of its input (a shuffle with one group is the identity) or of an
+    intermediate (gemm's matmul result, reshaped).
     """
     out = out.contiguous(memory_format=memory_format)
+    if out._is_view():  # a view of the backend's own intermediate: autograd must see a fresh tensor (in-place ReLU)
+        out = out.detach()
     storage = out.untyped_storage().data_ptr()
     if any(t is not None and t.untyped_storage().data_ptr() == storage for t in inputs):
         out = out.clone(memory_format=memory_format)
