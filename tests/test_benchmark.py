@@ -45,7 +45,7 @@ def test_torch_twin_computes_the_same_function_without_groupconv_layers():
 
 def test_benchmark_command_writes_tables_and_plot(tmp_path, capsys):
     out = tmp_path / "bench"
-    argv = ["benchmark", "layers", "sweep", "models", "--models", "shufflenet_g8_wd4", "--batch", "2",
+    argv = ["benchmark", "layers", "sweep", "shuffle", "models", "--models", "shufflenet_g8_wd4", "--batch", "2",
             "--repeats", "1", "--limit", "2", "--image-size", "32", "--peak-gflops", "500", "--bandwidth-gbs", "60",
             "--out", str(out)]
     assert main(argv) == 0
@@ -59,6 +59,8 @@ def test_benchmark_command_writes_tables_and_plot(tmp_path, capsys):
         assert [int(r["groups"]) for r in csv.DictReader(f)][:9] == [1, 2, 4, 8, 16, 32, 64, 128, 256]
     assert (out / "sweep.png").stat().st_size > 10_000
     assert (out / "models.csv").exists()
+    with (out / "shuffle.csv").open() as f:
+        assert [r["unit"][:20] for r in csv.DictReader(f)] == ["ShuffleNet 1x g=3 un", "ShuffleNet 1x g=8 un"]
 
 
 def test_benchmark_command_rejects_bad_options(capsys):

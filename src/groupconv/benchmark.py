@@ -8,6 +8,8 @@ drift on shared machines; ratios hold):
   forward and forward+backward, torch in NCHW and channels_last against groupconv, next to the
   roofline floor max(FLOPs / peak, bytes / bandwidth) of the machine measured in the same run.
 - `group_sweep`: one conv at G = 1, 2, 4, ... against the ideal t(G=1) / G line.
+- `shuffle_cost`: a ShuffleNet unit with and without its channel shuffle, groupconv and torch: the
+  fused shuffle should cost (nearly) nothing.
 - `model_benchmark`: train-step and inference images/s of a model built from groupconv layers
   and of the same model rebuilt from plain torch.nn layers (`to_torch_layers`).
 """
@@ -104,7 +106,7 @@ class LayerShape:
 
 
 def zoo_layer_shapes(model_names=ZOO_MODELS, kinds=("grouped", "depthwise", "pointwise-grouped")) -> list[LayerShape]:
-    """The distinct grouped convs (groups > 1) of the models, in order of first appearance, at the models' input size."""
+    """The distinct grouped convs (groups > 1) of the models, in order of first appearance, at their input size."""
     shapes: dict[tuple, LayerShape] = {}
     for name in model_names:
         with torch.device("meta"):
@@ -295,6 +297,48 @@ def plot_sweep(points: list[SweepPoint], path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+@dataclass
+class ShuffleCost:
+    unit: str
+    groupconv_shuffle_ms: float
+    groupconv_plain_ms: float
+    torch_shuffle_ms: float
+    torch_plain_ms: float
+
+    @property
+    def groupconv_overhead(self) -> float:
+        """Extra time of the shuffled unit over the plain one (0.05 = 5%)."""
+        return self.groupconv_shuffle_ms / self.groupconv_plain_ms - 1
+
+    @property
+    def torch_overhead(self) -> float:
+        return self.torch_shuffle_ms / self.torch_plain_ms - 1
+
+
+def shuffle_cost(groups=(3, 8), batch: int = 32, repeats: int = 5, progress=print) -> list[ShuffleCost]:
+    """Forward+backward of a stage-2 ShuffleNet 1x unit (28x28, not downsampling) with and without its shuffle."""
+    from .models.shufflenet import STAGE_CHANNELS, ShuffleUnit
+
+    results = []
+    for g in groups:
+        channels = STAGE_CHANNELS[g][0]
+        times = {}
+        for shuffle in (True, False):
+            torch.manual_seed(0)
+            unit = ShuffleUnit(channels, channels, g, downsample=False, ignore_group=False, shuffle=shuffle)
+            x = torch.randn(batch, channels, 28, 28)
+            times["groupconv", shuffle] = 1e3 * time_layer(unit, x, True, repeats)
+            times["torch", shuffle] = 1e3 * time_layer(to_torch_layers(unit), x, True, repeats)
+        result = ShuffleCost(f"ShuffleNet 1x g={g} unit {channels}ch 28x28", times["groupconv", True],
+                             times["groupconv", False], times["torch", True], times["torch", False])
+        results.append(result)
+        if progress:
+            progress(f"{result.unit:36} groupconv {result.groupconv_shuffle_ms:8.2f} ms vs "
+                     f"{result.groupconv_plain_ms:8.2f} without shuffle ({100 * result.groupconv_overhead:+.1f}%); torch {result.torch_shuffle_ms:8.2f} "
+                     f"vs {result.torch_plain_ms:8.2f} ({100 * result.torch_overhead:+.1f}%)")
+    return results
 
 
 def to_torch_layers(model: torch.nn.Module) -> torch.nn.Module:

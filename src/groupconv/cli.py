@@ -115,7 +115,7 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = ["layers", "sweep", "models"]
+BENCHMARKS = ["layers", "sweep", "shuffle", "models"]
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
@@ -150,6 +150,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
         points = benchmark.group_sweep(batch=args.batch, repeats=args.repeats)
         benchmark.write_csv(out / "sweep.csv", [vars(p) for p in points])
         benchmark.plot_sweep(points, out / "sweep.png")
+    if "shuffle" in what:
+        print("\nThe channel shuffle's cost: a ShuffleNet unit with and without it, forward+backward")
+        results = benchmark.shuffle_cost(batch=args.batch, repeats=args.repeats)
+        benchmark.write_csv(out / "shuffle.csv", [{**vars(r), "groupconv_overhead": round(r.groupconv_overhead, 4),
+                                                   "torch_overhead": round(r.torch_overhead, 4)} for r in results])
     if "models" in what:
         print("\nWhole models: groupconv's layers against the same model from plain torch.nn layers")
         print(benchmark.MODEL_HEADER)
@@ -177,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("benchmark", help="time groupconv against torch on the zoo's layers and models")
     # No argparse `choices`: Python 3.11 checks an empty nargs="*" list against them and refuses it.
-    bench.add_argument("what", nargs="*", metavar="{layers,sweep,models}", help=f"which to run (default: all of {' '.join(BENCHMARKS)})")
+    bench.add_argument("what", nargs="*", metavar="{layers,sweep,shuffle,models}", help=f"which to run (default: all of {' '.join(BENCHMARKS)})")
     bench.add_argument("--models", nargs="+", default=list(ZOO_MODELS), metavar="NAME",
                        help=f"models whose layers (and which whole models) to time (default: {' '.join(ZOO_MODELS)})")
     bench.add_argument("--batch", type=int, default=32, help="batch size (default: 32, as baseline.md)")
