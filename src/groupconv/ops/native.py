@@ -108,33 +108,32 @@ class NativeBackend(Backend):
             reasons.append(unavailable_reason())
         return reasons
 
+    # A 1-D conv runs as a 2-D conv of height 1: tensors and shapes gain a unit dimension before the length.
     def conv_forward(self, input, weight, bias, args):
-        stride, padding, dilation = _as_2d(args)
-        if args.spatial_dims == 1:
-            out = load().depthwise_forward(input.unsqueeze(2), weight.unsqueeze(2), bias, stride, padding, dilation,
-                                           args.shuffle_groups)
-            return out.squeeze(2)
-        return load().depthwise_forward(input, weight, bias, stride, padding, dilation, args.shuffle_groups)
+        one_d = args.spatial_dims == 1
+        out = load().depthwise_forward(_lift(input, one_d), _lift(weight, one_d), bias, *_as_2d(args),
+                                       args.shuffle_groups)
+        return out.squeeze(2) if one_d else out
 
     def conv_backward_input(self, grad_output, weight, input_shape, args):
-        stride, padding, dilation = _as_2d(args)
-        if args.spatial_dims == 1:
-            n, c, length = input_shape
-            grad = load().depthwise_backward_input(grad_output.unsqueeze(2), weight.unsqueeze(2), [n, c, 1, length],
-                                                   stride, padding, dilation, args.shuffle_groups)
-            return grad.squeeze(2)
-        return load().depthwise_backward_input(grad_output, weight, list(input_shape), stride, padding, dilation,
-                                               args.shuffle_groups)
+        one_d = args.spatial_dims == 1
+        grad = load().depthwise_backward_input(_lift(grad_output, one_d), _lift(weight, one_d),
+                                               _lift_shape(input_shape, one_d), *_as_2d(args), args.shuffle_groups)
+        return grad.squeeze(2) if one_d else grad
 
     def conv_backward_weight(self, grad_output, input, weight_shape, args):
-        stride, padding, dilation = _as_2d(args)
-        if args.spatial_dims == 1:
-            m, one, k = weight_shape
-            grad = load().depthwise_backward_weight(grad_output.unsqueeze(2), input.unsqueeze(2), [m, one, 1, k],
-                                                    stride, padding, dilation, args.shuffle_groups)
-            return grad.squeeze(2)
-        return load().depthwise_backward_weight(grad_output, input, list(weight_shape), stride, padding, dilation,
-                                                args.shuffle_groups)
+        one_d = args.spatial_dims == 1
+        grad = load().depthwise_backward_weight(_lift(grad_output, one_d), _lift(input, one_d),
+                                                _lift_shape(weight_shape, one_d), *_as_2d(args), args.shuffle_groups)
+        return grad.squeeze(2) if one_d else grad
+
+
+def _lift(tensor: torch.Tensor, one_d: bool) -> torch.Tensor:
+    return tensor.unsqueeze(2) if one_d else tensor
+
+
+def _lift_shape(shape, one_d: bool) -> list[int]:
+    return [*shape[:2], 1, *shape[2:]] if one_d else list(shape)
 
 
 if __name__ == "__main__":  # python -m groupconv.ops.native: build now (scripts/setup.sh does this)
