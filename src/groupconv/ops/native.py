@@ -9,7 +9,8 @@ If the build fails, or GROUPCONV_NATIVE=0, the backend reports why in `not_suppo
 (so `groupconv backends` and `ops.explain_conv` show it), warns once, and every call goes to the
 other backends: the library keeps working.
 
-Kernels today: depthwise convolution (one input channel per group, any depth multiplier in NCHW,
+Kernels today: the channel shuffle (contiguous: one plane copy per channel; channels_last: a
+gather within each pixel; every dtype), and depthwise convolution (one input channel per group, any depth multiplier in NCHW,
 multiplier 1 in channels_last), 1-D and 2-D, any stride, padding and dilation, float32 and
 float64, forward and both gradients, with the channel shuffle fused into the reads.
 """
@@ -24,10 +25,10 @@ from pathlib import Path
 import torch
 
 from .arguments import ConvArguments
-from .dispatch import Backend, ConvProblem, Problem
+from .dispatch import Backend, ConvProblem, Problem, ShuffleProblem
 
 ENV_NATIVE = "GROUPCONV_NATIVE"
-SOURCES = [Path(__file__).resolve().parent.parent / "csrc" / "depthwise.cpp"]
+SOURCES = [Path(__file__).resolve().parent.parent / "csrc" / "cpu_kernels.cpp"]
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 _module = None
@@ -84,11 +85,11 @@ def _as_2d(args: ConvArguments) -> tuple[list[int], list[int], list[int]]:
 
 class NativeBackend(Backend):
     name = "native"
-    description = "groupconv's C++ CPU kernels: depthwise convs with the channel shuffle fused into their reads"
+    description = "groupconv's C++ CPU kernels: channel shuffle; depthwise convs with the shuffle fused into their reads"
 
     def not_supported_reasons(self, problem: Problem) -> list[str]:
-        if not isinstance(problem, ConvProblem):
-            return ["only convolutions"]
+        if isinstance(problem, ShuffleProblem):
+            return self._shuffle_reasons(problem)
         reasons = []
         args = problem.arguments
         channels, multiplier = problem.input_shape[1], problem.weight_shape[0] // max(problem.input_shape[1], 1)
@@ -107,6 +108,21 @@ class NativeBackend(Backend):
         if not reasons and unavailable_reason():
             reasons.append(unavailable_reason())
         return reasons
+
+    def _shuffle_reasons(self, problem: ShuffleProblem) -> list[str]:
+        reasons = []
+        if problem.device_type != "cpu":
+            reasons.append(f"device {problem.device_type} is not cpu")
+        if problem.layout == "strided":
+            reasons.append("layout strided (contiguous or channels_last only)")
+        if problem.dtype.is_complex:
+            reasons.append(f"dtype {problem.dtype}")
+        if not reasons and unavailable_reason():
+            reasons.append(unavailable_reason())
+        return reasons
+
+    def channel_shuffle(self, x, groups):
+        return load().channel_shuffle(x, groups)
 
     # A 1-D conv runs as a 2-D conv of height 1: tensors and shapes gain a unit dimension before the length.
     def conv_forward(self, input, weight, bias, args):

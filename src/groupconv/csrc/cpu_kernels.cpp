@@ -1,4 +1,4 @@
-// Depthwise convolution on CPU (groups == input channels, one input channel per group), forward,
+// groupconv's CPU kernels. Depthwise convolution (groups == input channels, one input channel per group), forward,
 // backward-input and backward-weight, NCHW and NHWC (channels_last), float32 and float64, with an
 // optional channel shuffle fused into the reads: the conv reads input channel perm(k) where a
 // materialised shuffle would have put it at position k, so the shuffle costs no pass over memory.
@@ -398,11 +398,48 @@ at::Tensor backward_weight(const at::Tensor& grad_output, const at::Tensor& inpu
   return grad_w;
 }
 
+// ----------------------------------------------------------------------------------- channel shuffle
+// Output channel k is input channel perm(k): in NCHW / NCDHW a copy of whole planes, channels-last a
+// gather within each pixel. One pass over memory, as a copy.
+
+at::Tensor channel_shuffle(const at::Tensor& input, int64_t groups) {
+  // Channels innermost (channels_last or channels_last_3d): gather within each pixel; else whole planes.
+  const bool nhwc = !input.is_contiguous() &&
+                    ((input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
+                     (input.dim() == 5 && input.is_contiguous(at::MemoryFormat::ChannelsLast3d)));
+  const at::Tensor x = nhwc ? input : input.contiguous();
+  at::Tensor out = at::empty_like(x);  // keeps x's layout
+  const int64_t n = x.size(0), c = x.size(1), pixels = x.numel() / std::max<int64_t>(1, n * c);
+  Geometry g{};
+  g.c = c;
+  g.shuffle = groups;
+  AT_DISPATCH_ALL_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, x.scalar_type(), "groupconv_channel_shuffle", [&] {
+    const scalar_t* src = x.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    if (nhwc) {
+      const std::vector<int64_t> reads = read_channels(g);
+      at::parallel_for(0, n * pixels, Geometry::grain(c), [&](int64_t begin, int64_t end) {
+        for (int64_t p = begin; p < end; ++p)
+          for (int64_t k = 0; k < c; ++k) dst[p * c + k] = src[p * c + reads[k]];
+      });
+    } else {
+      at::parallel_for(0, n * c, Geometry::grain(pixels), [&](int64_t begin, int64_t end) {
+        for (int64_t plane = begin; plane < end; ++plane) {
+          const int64_t sample = plane / c, k = plane % c;
+          std::copy_n(src + (sample * c + g.perm(k)) * pixels, pixels, dst + plane * pixels);
+        }
+      });
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "groupconv's native CPU kernels: depthwise convolution with a fused channel shuffle";
+  m.doc() = "groupconv's native CPU kernels: depthwise convolution with a fused channel shuffle; channel shuffle";
   m.def("depthwise_forward", &forward);
   m.def("depthwise_backward_input", &backward_input);
   m.def("depthwise_backward_weight", &backward_weight);
+  m.def("channel_shuffle", &channel_shuffle);
 }
