@@ -1,4 +1,5 @@
 """The compiled CPU kernels beyond the oracle tests: model-size shapes, thread-count independence, graceful absence."""
+# The oracle tests (test_conv_oracle.py) force every backend, this one included, on random configurations.
 
 import subprocess
 import sys
@@ -47,6 +48,22 @@ def test_shufflenet_unit_depthwise_matches_torch(channels_last, stride):
     torch.testing.assert_close(grad_x, expected_grads[0])
     torch.testing.assert_close(grad_w, expected_grads[1], rtol=1e-4, atol=1e-3)  # sums of 3 x 28 x 28 products
     assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_resnext_grouped_conv_matches_torch(stride):
+    """ResNeXt-29 32x4d's 3x3 conv: 128 channels in 32 groups of 4, NCHW."""
+    x = torch.randn(2, 128, 16, 16, requires_grad=True)
+    w = torch.randn(128, 4, 3, 3, requires_grad=True)
+    weights = torch.randn(2, 128, 16 // stride, 16 // stride)
+    with ops.use_backend("native"):
+        out = groupconv.conv2d(x, w, None, stride, 1, 1, 32)
+        grads = torch.autograd.grad(out, (x, w), weights)
+    expected = F.conv2d(x, w, None, stride, 1, 1, 32)
+    expected_grads = torch.autograd.grad(expected, (x, w), weights)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[0], expected_grads[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[1], expected_grads[1], rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -1,5 +1,5 @@
-// groupconv's CPU kernels. Depthwise convolution (groups == input channels, one input channel per group), forward,
-// backward-input and backward-weight, NCHW and NHWC (channels_last), float32 and float64, with an
+// groupconv's CPU kernels. Grouped convolution with narrow groups (NCHW) and depthwise convolution (NCHW and
+// NHWC / channels_last), forward, backward-input and backward-weight, float32 and float64, with an
 // optional channel shuffle fused into the reads: the conv reads input channel perm(k) where a
 // materialised shuffle would have put it at position k, so the shuffle costs no pass over memory.
 //
@@ -21,7 +21,8 @@
 namespace {
 
 struct Geometry {
-  int64_t n, c, m, multiplier;  // batch, input channels, output channels, output channels per group
+  int64_t n, c, m;               // batch, input channels, output channels
+  int64_t in_per_group, multiplier;  // input and output channels per group (depthwise: 1, multiplier)
   int64_t ih, iw, oh, ow;
   int64_t kh, kw, sh, sw, ph, pw, dh, dw;
   int64_t shuffle;
@@ -48,7 +49,8 @@ Geometry geometry(at::IntArrayRef input_shape, at::IntArrayRef weight_shape, at:
   g.n = input_shape[0];
   g.c = input_shape[1];
   g.m = weight_shape[0];
-  g.multiplier = g.m / g.c;
+  g.in_per_group = weight_shape[1];
+  g.multiplier = g.m / (g.c / g.in_per_group);
   g.ih = input_shape[2];
   g.iw = input_shape[3];
   g.oh = output_shape[2];
@@ -76,36 +78,46 @@ at::Tensor empty_like_layout(at::IntArrayRef shape, const at::Tensor& like, bool
 
 // ------------------------------------------------------------------------------------------ NCHW
 
+// NCHW handles grouped convs with narrow groups too: an output plane sums the in_per_group input
+// planes of its group (a depthwise conv has one), each a row-vectorised 2-D correlation.
+
+template <typename T>
+void accumulate_plane(const T* src, const T* filter, T* dst, const Geometry& g) {
+  for (int64_t oy = 0; oy < g.oh; ++oy) {
+    T* row = dst + oy * g.ow;
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      const int64_t iy = oy * g.sh + ky * g.dh - g.ph;
+      if (iy < 0 || iy >= g.ih) continue;
+      const T* in_row = src + iy * g.iw;
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        int64_t lo, hi;
+        g.columns(kx, lo, hi);
+        const T weight = filter[ky * g.kw + kx];
+        const T* in = in_row + kx * g.dw - g.pw;
+        if (g.sw == 1) {
+          #pragma omp simd
+          for (int64_t ox = lo; ox < hi; ++ox) row[ox] += weight * in[ox];
+        } else {
+          #pragma omp simd
+          for (int64_t ox = lo; ox < hi; ++ox) row[ox] += weight * in[ox * g.sw];
+        }
+      }
+    }
+  }
+}
+
 template <typename T>
 void forward_nchw(const T* x, const T* w, const T* bias, T* out, const Geometry& g) {
-  const int64_t grain = Geometry::grain(g.oh * g.ow * g.kh * g.kw);
+  const int64_t taps = g.kh * g.kw;
+  const int64_t grain = Geometry::grain(g.in_per_group * g.oh * g.ow * taps);
   at::parallel_for(0, g.n * g.m, grain, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t n = plane / g.m, k = plane % g.m;
-      const T* src = x + (n * g.c + g.perm(k / g.multiplier)) * g.ih * g.iw;
-      const T* filter = w + k * g.kh * g.kw;
+      const int64_t n = plane / g.m, k = plane % g.m, first = (k / g.multiplier) * g.in_per_group;
       T* dst = out + plane * g.oh * g.ow;
       std::fill(dst, dst + g.oh * g.ow, bias ? bias[k] : T(0));
-      for (int64_t oy = 0; oy < g.oh; ++oy) {
-        T* row = dst + oy * g.ow;
-        for (int64_t ky = 0; ky < g.kh; ++ky) {
-          const int64_t iy = oy * g.sh + ky * g.dh - g.ph;
-          if (iy < 0 || iy >= g.ih) continue;
-          const T* in_row = src + iy * g.iw;
-          for (int64_t kx = 0; kx < g.kw; ++kx) {
-            int64_t lo, hi;
-            g.columns(kx, lo, hi);
-            const T weight = filter[ky * g.kw + kx];
-            const T* in = in_row + kx * g.dw - g.pw;
-            if (g.sw == 1) {
-              #pragma omp simd
-              for (int64_t ox = lo; ox < hi; ++ox) row[ox] += weight * in[ox];
-            } else {
-              #pragma omp simd
-              for (int64_t ox = lo; ox < hi; ++ox) row[ox] += weight * in[ox * g.sw];
-            }
-          }
-        }
+      for (int64_t c = 0; c < g.in_per_group; ++c) {
+        const T* src = x + (n * g.c + g.perm(first + c)) * g.ih * g.iw;
+        accumulate_plane(src, w + (k * g.in_per_group + c) * taps, dst, g);
       }
     }
   });
@@ -118,12 +130,13 @@ void backward_input_nchw(const T* grad_out, const T* w, T* grad_in, const Geomet
   at::parallel_for(0, g.n * g.c, grain, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t n = plane / g.c, shuffled = plane % g.c;  // position of this plane after the shuffle
+      const int64_t group = shuffled / g.in_per_group, c = shuffled % g.in_per_group;
       T* dst = grad_in + (n * g.c + g.perm(shuffled)) * g.ih * g.iw;
       std::fill(dst, dst + g.ih * g.iw, T(0));
       for (int64_t j = 0; j < g.multiplier; ++j) {
-        const int64_t k = shuffled * g.multiplier + j;
+        const int64_t k = group * g.multiplier + j;
         const T* src = grad_out + (n * g.m + k) * g.oh * g.ow;
-        const T* filter = w + k * g.kh * g.kw;
+        const T* filter = w + (k * g.in_per_group + c) * g.kh * g.kw;
         for (int64_t oy = 0; oy < g.oh; ++oy) {
           const T* row = src + oy * g.ow;
           for (int64_t ky = 0; ky < g.kh; ++ky) {
@@ -152,18 +165,21 @@ void backward_input_nchw(const T* grad_out, const T* w, T* grad_in, const Geomet
 
 template <typename T>
 void backward_weight_nchw(const T* grad_out, const T* x, T* grad_w, const Geometry& g) {
-  // One thread owns each output channel's filter and sums over the batch in order.
+  // One thread owns each filter (an output channel and one input channel of its group) and sums over the batch
+  // in order.
   const int64_t grain = Geometry::grain(g.n * g.oh * g.ow * g.kh * g.kw);
-  at::parallel_for(0, g.m, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      T* filter = grad_w + k * g.kh * g.kw;
+  at::parallel_for(0, g.m * g.in_per_group, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t k = index / g.in_per_group, c = index % g.in_per_group;
+      const int64_t channel = g.perm((k / g.multiplier) * g.in_per_group + c);
+      T* filter = grad_w + index * g.kh * g.kw;
       for (int64_t ky = 0; ky < g.kh; ++ky) {
         for (int64_t kx = 0; kx < g.kw; ++kx) {
           int64_t lo, hi;
           g.columns(kx, lo, hi);
           T total = 0;
           for (int64_t n = 0; n < g.n; ++n) {
-            const T* src = x + (n * g.c + g.perm(k / g.multiplier)) * g.ih * g.iw;
+            const T* src = x + (n * g.c + channel) * g.ih * g.iw;
             const T* grad = grad_out + (n * g.m + k) * g.oh * g.ow;
             for (int64_t oy = 0; oy < g.oh; ++oy) {
               const int64_t iy = oy * g.sh + ky * g.dh - g.ph;
@@ -189,7 +205,7 @@ void backward_weight_nchw(const T* grad_out, const T* x, T* grad_w, const Geomet
 }
 
 // ------------------------------------------------------------------------------------------ NHWC
-// One output channel per input channel (multiplier 1). Channels are the contiguous inner loop; the
+// Depthwise only: one output channel per input channel (multiplier 1). Channels are the contiguous inner loop; the
 // weight is repacked as [tap][channel] so that a tap's weights are contiguous too.
 
 template <typename T>
@@ -353,7 +369,7 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const c10:
   const auto shape = output_shape(x.sizes(), w.sizes(), stride, padding, dilation);
   at::Tensor out = empty_like_layout(shape, x, nhwc);
   const Geometry g = geometry(x.sizes(), w.sizes(), shape, stride, padding, dilation, shuffle);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "groupconv_depthwise_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "groupconv_conv_forward", [&] {
     const scalar_t* bias_ptr = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
     if (nhwc)
       forward_nhwc(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), bias_ptr, out.data_ptr<scalar_t>(), g);
@@ -370,7 +386,7 @@ at::Tensor backward_input(const at::Tensor& grad_output, const at::Tensor& weigh
   const at::Tensor w = weight.contiguous();
   at::Tensor grad_in = empty_like_layout(input_shape, grad, nhwc);
   const Geometry g = geometry(input_shape, w.sizes(), grad.sizes(), stride, padding, dilation, shuffle);
-  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "groupconv_depthwise_backward_input", [&] {
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "groupconv_conv_backward_input", [&] {
     if (nhwc)
       backward_input_nhwc(grad.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), g);
     else
@@ -389,7 +405,7 @@ at::Tensor backward_weight(const at::Tensor& grad_output, const at::Tensor& inpu
   const at::Tensor grad = grad_output.contiguous(format);
   at::Tensor grad_w = at::empty(weight_shape, grad.options());
   const Geometry g = geometry(x.sizes(), weight_shape, grad.sizes(), stride, padding, dilation, shuffle);
-  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "groupconv_depthwise_backward_weight", [&] {
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "groupconv_conv_backward_weight", [&] {
     if (nhwc)
       backward_weight_nhwc(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), grad_w.data_ptr<scalar_t>(), g);
     else
@@ -437,9 +453,10 @@ at::Tensor channel_shuffle(const at::Tensor& input, int64_t groups) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "groupconv's native CPU kernels: depthwise convolution with a fused channel shuffle; channel shuffle";
-  m.def("depthwise_forward", &forward);
-  m.def("depthwise_backward_input", &backward_input);
-  m.def("depthwise_backward_weight", &backward_weight);
+  m.doc() = "groupconv's native CPU kernels: narrow-group and depthwise convolution with a fused channel shuffle; "
+            "channel shuffle";
+  m.def("conv_forward", &forward);
+  m.def("conv_backward_input", &backward_input);
+  m.def("conv_backward_weight", &backward_weight);
   m.def("channel_shuffle", &channel_shuffle);
 }

@@ -1,7 +1,7 @@
 """groupconv's compiled CPU kernels (src/groupconv/csrc/) as a backend, and the code that builds them.
 
 The kernels are C++ compiled with torch's cpp_extension on first use (or ahead of time by
-`python -m groupconv.ops.native`, which scripts/setup.sh runs) with -O3 -march=native and OpenMP,
+`groupconv.ops.native.main()`, which scripts/setup.sh runs) with -O3 -march=native and OpenMP,
 and cached by torch under ~/.cache/torch_extensions: later processes load the built library in
 well under a second. Only gcc is needed; the ninja build tool comes from the package registries.
 
@@ -10,9 +10,10 @@ If the build fails, or GROUPCONV_NATIVE=0, the backend reports why in `not_suppo
 other backends: the library keeps working.
 
 Kernels today: the channel shuffle (contiguous: one plane copy per channel; channels_last: a
-gather within each pixel; every dtype), and depthwise convolution (one input channel per group, any depth multiplier in NCHW,
-multiplier 1 in channels_last), 1-D and 2-D, any stride, padding and dilation, float32 and
-float64, forward and both gradients, with the channel shuffle fused into the reads.
+gather within each pixel; every dtype), and direct convolution for narrow groups (up to 16 input
+channels per group: ResNeXt's 4, ShuffleNet's depthwise 1; any depth multiplier) in NCHW and
+depthwise (multiplier 1) in channels_last; 1-D and 2-D, any stride, padding and dilation,
+float32 and float64, forward and both gradients, with the channel shuffle fused into the reads.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from .dispatch import Backend, ConvProblem, Problem, ShuffleProblem
 ENV_NATIVE = "GROUPCONV_NATIVE"
 SOURCES = [Path(__file__).resolve().parent.parent / "csrc" / "cpu_kernels.cpp"]
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
+# Wider groups are matrix-multiply territory (oneDNN, gemm); the direct kernels suit narrow ones.
+MAX_IN_PER_GROUP = 16
 
 _module = None
 _error: str | None = None
@@ -85,26 +88,28 @@ def _as_2d(args: ConvArguments) -> tuple[list[int], list[int], list[int]]:
 
 class NativeBackend(Backend):
     name = "native"
-    description = "groupconv's C++ CPU kernels: channel shuffle; depthwise convs with the shuffle fused into their reads"
+    description = ("groupconv's C++ CPU kernels: channel shuffle; narrow-group and depthwise convs with the shuffle "
+                   "fused into their reads")
 
     def not_supported_reasons(self, problem: Problem) -> list[str]:
         if isinstance(problem, ShuffleProblem):
             return self._shuffle_reasons(problem)
         reasons = []
         args = problem.arguments
-        channels, multiplier = problem.input_shape[1], problem.weight_shape[0] // max(problem.input_shape[1], 1)
+        channels, in_per_group = problem.input_shape[1], problem.weight_shape[1]
+        depthwise = args.groups == channels and in_per_group == 1
         if problem.device_type != "cpu":
             reasons.append(f"device {problem.device_type} is not cpu")
         if problem.dtype not in SUPPORTED_DTYPES:
             reasons.append(f"dtype {problem.dtype} is not one of {SUPPORTED_DTYPES}")
         if args.spatial_dims not in (1, 2):
             reasons.append(f"{args.spatial_dims}-D convolution (1-D and 2-D only)")
-        if not (args.groups == channels and problem.weight_shape[1] == 1):
-            reasons.append(f"not depthwise (groups={args.groups}, {channels} input channels)")
+        if in_per_group > MAX_IN_PER_GROUP:
+            reasons.append(f"{in_per_group} input channels per group (at most {MAX_IN_PER_GROUP}: narrow groups only)")
         if problem.layout not in ("contiguous", "channels_last"):
             reasons.append(f"layout {problem.layout} (contiguous or channels_last only)")
-        if problem.layout == "channels_last" and multiplier != 1:
-            reasons.append(f"channels_last with depth multiplier {multiplier} (1 only)")
+        if problem.layout == "channels_last" and not (depthwise and problem.weight_shape[0] == channels):
+            reasons.append("channels_last runs depthwise convs with depth multiplier 1 only")
         if not reasons and unavailable_reason():
             reasons.append(unavailable_reason())
         return reasons
@@ -127,19 +132,19 @@ class NativeBackend(Backend):
     # A 1-D conv runs as a 2-D conv of height 1: tensors and shapes gain a unit dimension before the length.
     def conv_forward(self, input, weight, bias, args):
         one_d = args.spatial_dims == 1
-        out = load().depthwise_forward(_lift(input, one_d), _lift(weight, one_d), bias, *_as_2d(args),
+        out = load().conv_forward(_lift(input, one_d), _lift(weight, one_d), bias, *_as_2d(args),
                                        args.shuffle_groups)
         return out.squeeze(2) if one_d else out
 
     def conv_backward_input(self, grad_output, weight, input_shape, args):
         one_d = args.spatial_dims == 1
-        grad = load().depthwise_backward_input(_lift(grad_output, one_d), _lift(weight, one_d),
+        grad = load().conv_backward_input(_lift(grad_output, one_d), _lift(weight, one_d),
                                                _lift_shape(input_shape, one_d), *_as_2d(args), args.shuffle_groups)
         return grad.squeeze(2) if one_d else grad
 
     def conv_backward_weight(self, grad_output, input, weight_shape, args):
         one_d = args.spatial_dims == 1
-        grad = load().depthwise_backward_weight(_lift(grad_output, one_d), _lift(input, one_d),
+        grad = load().conv_backward_weight(_lift(grad_output, one_d), _lift(input, one_d),
                                                 _lift_shape(weight_shape, one_d), *_as_2d(args), args.shuffle_groups)
         return grad.squeeze(2) if one_d else grad
 
@@ -152,9 +157,12 @@ def _lift_shape(shape, one_d: bool) -> list[int]:
     return [*shape[:2], 1, *shape[2:]] if one_d else list(shape)
 
 
-if __name__ == "__main__":  # python -m groupconv.ops.native: build now (scripts/setup.sh does this)
-    module = load(verbose="--verbose" in sys.argv)
+def main(argv: list[str] | None = None) -> int:
+    """Build the kernels now and say where they are (scripts/setup.sh runs this)."""
+    argv = sys.argv[1:] if argv is None else argv
+    module = load(verbose="--verbose" in argv)
     if module is None:
         print(f"groupconv native kernels: not available: {_error}")
-        sys.exit(1)
+        return 1
     print(f"groupconv native kernels: ready ({module.__file__})")
+    return 0
