@@ -55,8 +55,10 @@ def test_highest_priority_backend_that_can_run_is_chosen(float64_only):
 
 
 def test_explain_lists_each_backend_and_its_reasons(float64_only):
-    text = ops.explain_conv(torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3), groups=2)
+    # 20 input channels per group: too wide for the native kernels, so aten is the first that can run it
+    text = ops.explain_conv(torch.randn(1, 40, 5, 5), torch.randn(4, 20, 3, 3), groups=2)
     assert "float64-only: dtype=torch.float32 is not float64" in text
+    assert "native: 20 input channels per group" in text
     assert "-> aten: can run" in text and "gemm: kernel (3, 3) is not 1x1" in text
     one_d = ConvArguments(stride=(1,), padding=(0,), dilation=(1,), groups=2)
     like = torch.randn(1, dtype=torch.float64)
