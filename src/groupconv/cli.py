@@ -14,6 +14,8 @@ from . import ops
 from .analysis import count_multiply_adds, count_parameters, layer_connectivity, median_seconds, render_connectivity
 from .analysis import roofline as analysis_roofline
 from .benchmark import ZOO_MODELS
+from .analysis.cli import add_commands as add_analysis_commands
+from .train.cli import add_commands as add_training_commands
 
 
 def _demo_layers(channels: int, groups: int) -> dict[str, torch.nn.Module]:
@@ -200,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--markdown", action="store_true", help="print a markdown table")
     zoo.set_defaults(run=run_models)
 
+    add_training_commands(commands)  # train, eval, experiment
+    add_analysis_commands(commands)  # analyze, profile, correlate, draw, report
     return parser
 
 

@@ -1,0 +1,149 @@
+"""The `groupconv` subcommands of groupconv.train (wired into groupconv.cli): train, eval and experiment.
+
+Every command's function takes the parsed arguments and returns an exit code. A user mistake
+(ConfigError, DatasetError, CheckpointError: all ValueErrors) is printed as
+`groupconv COMMAND: error: ...` with exit code 2 and no traceback; Ctrl-C during training saves a
+checkpoint and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+
+from ..data import DATASETS, DatasetError
+from .checkpoint import CheckpointError
+from .config import ConfigError, add_config_arguments, load_config_file, resolve_config
+from .run_directory import CONFIG_FILE
+
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
+EXIT_INTERRUPTED = 130  # the shell's convention for a process stopped by SIGINT
+
+TRAIN_EPILOG = """examples:
+  groupconv train                                          # ShuffleNet on the embedded digits, ~2 minutes on 2 cores
+  groupconv train --model grouped_cnn1d_mnist1d --dataset mnist1d --epochs 30 --lr 0.05
+  groupconv train --dataset cifar10 --data-dir data/ --model shufflenet_g3_wd2 --augment flip
+  groupconv train --config runs/X/config.json --seed 1     # replay a run with another seed
+  groupconv train --resume runs/X --epochs 30              # continue (or extend) a run
+  torchrun --nproc-per-node 2 -m groupconv train ...       # distributed data parallel
+
+Options given on the command line override those of --config (or of the resumed run's config.json).
+Datasets: """ + "; ".join(f"{name}: {text}" for name, text in DATASETS.items())
+
+
+def _reported(command: str, function):
+    """Run function(args); a user mistake becomes `groupconv COMMAND: error: ...` and exit code 2."""
+
+    @functools.wraps(function)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return function(args)
+        except USER_ERRORS as error:
+            print(f"groupconv {command}: error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"groupconv {command}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+    return run
+
+
+def given_options(args: argparse.Namespace, exclude: tuple[str, ...]) -> dict:
+    """The TrainConfig options given on the command line (unset ones are absent: argparse.SUPPRESS)."""
+    return {k: v for k, v in vars(args).items() if k not in exclude}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .loop import train
+
+    given = given_options(args, ("config", "resume", "run", "command"))
+    layers = []
+    if args.resume is not None:
+        if args.config is not None:
+            raise ConfigError("--resume continues a run with its own config.json; --config cannot be combined "
+                              "with it (give single options to change them)")
+        run_dir = Path(args.resume)
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise ConfigError(f"--resume={run_dir}: {run_dir / CONFIG_FILE} does not exist, so it is not a "
+                              f"groupconv run directory")
+        if given.get("output") not in (None, str(run_dir)):
+            raise ConfigError(f"--resume={run_dir} writes into that directory; --output={given['output']} "
+                              f"cannot differ")
+        layers += [load_config_file(run_dir / CONFIG_FILE), {"output": str(run_dir)}]
+    elif args.config is not None:
+        # A config replays the training, not its destination: the run gets its own directory (or --output).
+        replay = load_config_file(args.config)
+        replay.pop("output", None)
+        replay.pop("overwrite", None)
+        layers.append(replay)
+    config = resolve_config(*layers, given)
+    summary = train(config, resume=args.resume is not None)
+    return EXIT_INTERRUPTED if summary["interrupted"] else 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_checkpoint
+
+    overrides = {"dataset": args.dataset, "data_dir": args.data_dir, "image_size": args.image_size,
+                 "model": args.model}
+    evaluate_checkpoint(args.checkpoint, args.which, overrides, args.batch_size, args.device, args.output)
+    return 0
+
+
+def run_experiment(args: argparse.Namespace) -> int:
+    from .experiment import run_experiments
+
+    run_experiments(args)
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add train, eval and experiment; each sets `run=` to a function(args) -> exit code."""
+    train = commands.add_parser(
+        "train", help="train a model from the zoo on a dataset (default: a small ShuffleNet on digits)",
+        description="Train a model, writing a run directory: config.json, metrics.csv/json, loss.png, "
+                    "accuracy.png, last.safetensors and best.safetensors. Ctrl-C saves a checkpoint and exits; "
+                    "--resume continues it.",
+        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("--config", metavar="FILE", default=None,
+                       help="a JSON config (e.g. a run's config.json) whose values replace the defaults; its "
+                            "output and overwrite are ignored, so a replay gets a new run directory")
+    train.add_argument("--resume", metavar="RUN_DIR", default=None,
+                       help="continue the run in RUN_DIR from its last.safetensors, with its config.json")
+    add_config_arguments(train)
+    train.set_defaults(run=_reported("train", run_train))
+
+    evaluate = commands.add_parser(
+        "eval", help="accuracy, loss and confusion matrix of a trained checkpoint on a test split",
+        description="Score a checkpoint (a run directory or a .safetensors file) on its dataset's test split; "
+                    "prints accuracy, loss and the confusion matrix and writes confusion.png and eval.json.")
+    evaluate.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
+                          help="a run directory of `groupconv train`, or one of its .safetensors checkpoints")
+    evaluate.add_argument("--which", choices=("best", "last"), default="best",
+                          help="which checkpoint of a run directory (default: best)")
+    evaluate.add_argument("--dataset", choices=list(DATASETS), default=None,
+                          help="score on this dataset instead of the run's (same number of classes)")
+    evaluate.add_argument("--data-dir", default=None, help="where the dataset lives (default: the run's)")
+    evaluate.add_argument("--image-size", type=int, default=None,
+                          help="resize images to this size (default: the run's)")
+    evaluate.add_argument("--model", default=None,
+                          help="build this model instead of the run's (the checkpoint must fit it)")
+    evaluate.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
+    evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    evaluate.add_argument("--output", default=None, metavar="DIR",
+                          help="where confusion.png and eval.json go (default: eval-<checkpoint>/ beside it)")
+    evaluate.set_defaults(run=_reported("eval", run_eval))
+
+    from .experiment import add_experiment_arguments
+
+    experiment = commands.add_parser(
+        "experiment", help="the seeds' claims on embedded data: groups, equal cost, shuffle; mean ± std over seeds",
+        description="Train families of small ShuffleNets on an embedded dataset with several seeds and print "
+                    "a table of mean ± std (parameters, multiply-adds, accuracy, train time), saved as CSV "
+                    "and PNG. Studies: groups (G = 1/2/4/8 at equal width), equal-macs (G = 1/2/4/8, layers "
+                    "widened so multiply-adds match G=1), shuffle (with and without channel shuffle at G = 3 "
+                    "and 8).")
+    add_experiment_arguments(experiment)
+    experiment.set_defaults(run=_reported("experiment", run_experiment))

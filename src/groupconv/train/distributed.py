@@ -1,0 +1,76 @@
+"""Distributed data parallel through torch.distributed: set up from torchrun's environment, or one process.
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT; without them this is a single
+process and nothing here touches torch.distributed. gloo on CPU, NCCL on GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .config import ConfigError
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 logs and writes the run directory; the others only compute."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def choose_device(option: str, local_rank: int) -> torch.device:
+    if option == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(option)
+    except RuntimeError:
+        raise ConfigError(f"--device={option!r} is not a device: use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device={option} but CUDA is not available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def setup_distributed(device_option: str) -> Distributed:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = choose_device(device_option, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    return Distributed(rank, world_size, local_rank, device)
+
+
+def cleanup_distributed(context: Distributed) -> None:
+    if context.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor, context: Distributed) -> torch.Tensor:
+    """Sum a tensor over processes (a copy; the input is left as it was)."""
+    if not context.enabled:
+        return tensor
+    total = tensor.detach().clone().to(context.device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.to(tensor.device)
+
+
+def barrier(context: Distributed) -> None:
+    if context.enabled:
+        dist.barrier()

@@ -1,0 +1,261 @@
+"""`groupconv experiment`: the seeds' claims about grouped convolutions, measured with several seeds.
+
+Studies (each a list of variants of one compact ShuffleNet, trained with the same recipe):
+- groups:     G = 1, 2, 4, 8 at equal width: fewer parameters and multiply-adds as G grows; accuracy?
+- equal-macs: G = 1, 2, 4, 8 with each net's channels widened until its multiply-adds match G = 1's
+              (what ShuffleNet's Table 1 does): does the width that grouping buys pay off?
+- shuffle:    G = 3 and 8, with and without channel shuffle (ShuffleNet's Table 3 ablation).
+
+The compact ShuffleNet (`shufflenet_compact`) is the zoo's ShuffleNet unit (groupconv.models.shufflenet)
+in a short stack (1, 2, 1 units per stage) with channels set directly, so that G = 1..8 share one
+width; it is small enough that a variant trains on digits in seconds. Every trial is an ordinary
+run directory (replay with `groupconv train --config DIR/runs/NAME-seedK/config.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import nn as gnn
+from ..analysis import count_multiply_adds, count_parameters
+from ..models.shufflenet import ShuffleUnit
+from ..data import load_dataset
+from .config import ConfigError, resolve_config
+from .models1d import add_training_model
+
+INIT_CHANNELS = 24
+UNITS = (1, 2, 1)
+EQUAL_WIDTH_CHANNELS = (96, 192, 384)  # divisible as every G in 1..8 needs: bottleneck C/4 by 3 and 8
+STUDIES = ("groups", "equal-macs", "shuffle")
+
+
+class CompactShuffleNet(nn.Module):
+    """Stem (3x3 conv, stride 1), three stages of ShuffleNet units (the first of each downsamples), pool, FC."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, groups: int = 3,
+                 channels: tuple[int, int, int] = EQUAL_WIDTH_CHANNELS, units: tuple[int, ...] = UNITS,
+                 shuffle: bool = True):
+        super().__init__()
+        if len(channels) != len(units) or channels[0] <= INIT_CHANNELS:
+            raise ValueError(f"channels={list(channels)} needs one entry per stage of units={list(units)}, the first "
+                             f"above the stem's {INIT_CHANNELS}")
+        self.stem = nn.Sequential(gnn.Conv2d(in_chans, INIT_CHANNELS, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(INIT_CHANNELS), nn.ReLU(inplace=True))
+        stages, in_channels = [], INIT_CHANNELS
+        for stage_index, (out_channels, count) in enumerate(zip(channels, units)):
+            for unit_index in range(count):
+                first = unit_index == 0
+                stages.append(ShuffleUnit(in_channels, out_channels, groups, downsample=first,
+                                          ignore_group=first and stage_index == 0, shuffle=shuffle))
+                in_channels = out_channels
+        self.stages = nn.Sequential(*stages)
+        self.output = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.stages(self.stem(x)).mean(dim=(2, 3)))
+
+
+def shufflenet_compact(groups: int = 3, channels=EQUAL_WIDTH_CHANNELS, units=UNITS, shuffle: bool = True,
+                       **kwargs) -> CompactShuffleNet:
+    """A short ShuffleNet with the stage channels given directly (see groupconv.train.experiment)."""
+    return CompactShuffleNet(groups=groups, channels=tuple(channels), units=tuple(units), shuffle=shuffle, **kwargs)
+
+
+add_training_model(shufflenet_compact, (3, 32, 32))
+
+
+@dataclass(frozen=True)
+class Variant:
+    study: str
+    label: str
+    model_kwargs: dict
+
+    @property
+    def name(self) -> str:
+        return f"{self.study}-{self.label}"
+
+
+def model_cost(model_kwargs: dict, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, int]:
+    """(parameters, multiply-adds per image) of a compact ShuffleNet, counted on the meta device."""
+    with torch.device("meta"):
+        model = shufflenet_compact(num_classes=num_classes, in_chans=input_shape[0], **model_kwargs)
+        x = torch.zeros(1, *input_shape)
+    return count_parameters(model), count_multiply_adds(model.eval(), x)
+
+
+def equal_macs_channels(groups: int, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Stage channels (c, 2c, 4c) for `groups`, c a multiple of 4G, whose multiply-adds are closest to G = 1's."""
+    target = model_cost({"groups": 1, "channels": EQUAL_WIDTH_CHANNELS}, input_shape, 10)[1]
+    step = 4 * groups
+    first = range(step * (INIT_CHANNELS // step + 1), 4 * EQUAL_WIDTH_CHANNELS[0] + 1, step)  # wider than the stem
+    candidates = [(c, 2 * c, 4 * c) for c in first]
+    def distance(channels):
+        return abs(model_cost({"groups": groups, "channels": channels}, input_shape, 10)[1] - target)
+
+    return min(candidates, key=distance)
+
+
+def study_variants(study: str, input_shape: tuple[int, ...]) -> list[Variant]:
+    width = list(EQUAL_WIDTH_CHANNELS)
+    if study == "groups":
+        return [Variant(study, f"g{g}", {"groups": g, "channels": width}) for g in (1, 2, 4, 8)]
+    if study == "equal-macs":
+        return [Variant(study, f"g{g}", {"groups": g, "channels": list(equal_macs_channels(g, input_shape))})
+                for g in (1, 2, 4, 8)]
+    return [Variant(study, f"g{g}-{'shuffle' if s else 'noshuffle'}", {"groups": g, "channels": width, "shuffle": s})
+            for g in (3, 8) for s in (True, False)]
+
+
+def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--studies", default=",".join(STUDIES),
+                        help=f"comma-separated studies to run, of {', '.join(STUDIES)} (default: all)")
+    parser.add_argument("--dataset", default="digits", choices=("digits", "cifar10", "cifar100", "folder"),
+                        help="image dataset to train on (default: digits, embedded)")
+    parser.add_argument("--data-dir", default=None, help="where cifar10/cifar100/folder data live")
+    parser.add_argument("--image-size", type=int, default=16, help="image height and width (default: 16)")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs per trial (default: 10)")
+    parser.add_argument("--seeds", type=int, default=3, help="trials per variant, seeds 0..N-1 (default: 3)")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    parser.add_argument("--lr", type=float, default=0.05, help="peak SGD learning rate (default: 0.05)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch (default: 0, one per idle core, decided once for all trials)")
+    parser.add_argument("--output", default=None, metavar="DIR",
+                        help="where results go (default: runs/experiment-<timestamp>)")
+    parser.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty DIR")
+
+
+def _check_arguments(args: argparse.Namespace) -> list[str]:
+    studies = [s.strip() for s in args.studies.split(",") if s.strip()]
+    unknown = [s for s in studies if s not in STUDIES]
+    if unknown or not studies:
+        raise ConfigError(f"--studies={args.studies!r}: choose from {', '.join(STUDIES)}")
+    for option in ("epochs", "seeds", "batch_size", "image_size"):
+        if getattr(args, option) < 1:
+            raise ConfigError(f"--{option.replace('_', '-')}={getattr(args, option)} must be at least 1")
+    if args.threads < 0:
+        raise ConfigError(f"--threads={args.threads} must not be negative")
+    return studies
+
+
+def summarise(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def run_experiments(args: argparse.Namespace) -> list[dict]:
+    """Train every variant of the chosen studies with every seed; print and save the table (CSV, JSON, PNG)."""
+    from .loop import idle_cores, train
+
+    studies = _check_arguments(args)
+    output = Path(args.output or f"runs/experiment-{time.strftime('%Y%m%d-%H%M%S')}")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
+        raise ConfigError(f"--output={output} already exists: pass --overwrite to write into it, or another "
+                          f"--output")
+    output.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(args.dataset, args.data_dir, args.image_size)  # fail early on bad data, and learn its shape
+    threads = args.threads or idle_cores()  # decided once: train times are compared across trials
+    input_shape = data.input_shape
+    variants = [v for study in studies for v in study_variants(study, input_shape)]
+    print(f"groupconv experiment: {len(variants)} variants x {args.seeds} seeds, {args.epochs} epochs each on "
+          f"{args.dataset} {input_shape}; results in {output}", flush=True)
+
+    trials = []
+    for variant in variants:
+        parameters, macs = model_cost(variant.model_kwargs, input_shape, data.num_classes)
+        for seed in range(args.seeds):
+            config = resolve_config({
+                "model": "shufflenet_compact", "model_kwargs": copy.deepcopy(variant.model_kwargs),
+                "dataset": args.dataset, "data_dir": args.data_dir, "image_size": args.image_size,
+                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": seed, "threads": threads,
+                "output": str(output / "runs" / f"{variant.name}-seed{seed}"), "overwrite": True,
+                "progress": False})
+            summary = train(config, verbose=False)
+            if summary["interrupted"]:  # Ctrl-C stopped this trial (its checkpoint is saved): stop the experiment
+                raise KeyboardInterrupt
+            history = summary["history"]
+            trial = {"study": variant.study, "variant": variant.label, "seed": seed,
+                     "model_kwargs": json.dumps(variant.model_kwargs), "parameters": parameters,
+                     "multiply_adds": macs, "test_accuracy": history[-1]["test_accuracy"],
+                     "train_seconds": sum(row["seconds"] for row in history)}
+            trials.append(trial)
+            print(f"  {variant.name:28} seed {seed}: accuracy {trial['test_accuracy']:.2%}, "
+                  f"{trial['train_seconds']:.1f} s", flush=True)
+
+    return write_summary(output, trials, args.seeds)
+
+
+def write_summary(output: Path, trials: list[dict], seeds: int) -> list[dict]:
+    """trials.csv (one row per trial), summary.csv/.json/.md (per variant) and summary.png; prints the table."""
+    rows = summary_rows(trials)
+    write_csv(output / "trials.csv", trials)
+    write_csv(output / "summary.csv", rows)
+    (output / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
+    table = format_table(rows, seeds)
+    print("\n" + table)
+    (output / "summary.md").write_text(table + "\n")
+    plot_summary(output / "summary.png", rows)
+    print(f"\nwritten: {output / 'summary.csv'}, {output / 'trials.csv'}, {output / 'summary.png'}")
+    return rows
+
+
+def summary_rows(trials: list[dict]) -> list[dict]:
+    rows = []
+    for key in dict.fromkeys((t["study"], t["variant"]) for t in trials):
+        group = [t for t in trials if (t["study"], t["variant"]) == key]
+        accuracy, accuracy_std = summarise([t["test_accuracy"] for t in group])
+        # The median: the first trial of a variant also pays the dispatcher's one-off tuning of its new shapes.
+        seconds = statistics.median(t["train_seconds"] for t in group)
+        rows.append({"study": key[0], "variant": key[1], "model_kwargs": group[0]["model_kwargs"],
+                     "parameters": group[0]["parameters"], "multiply_adds": group[0]["multiply_adds"],
+                     "seeds": len(group), "accuracy_mean": accuracy, "accuracy_std": accuracy_std,
+                     "train_seconds_median": seconds})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def format_table(rows: list[dict], seeds: int) -> str:
+    lines = [f"| study | variant | channels | params | MACs/img | test accuracy (mean ± std, {seeds} seeds) | "
+             f"train s (median) |", "|---|---|---|---:|---:|---:|---:|"]
+    for row in rows:
+        channels = "/".join(map(str, json.loads(row["model_kwargs"])["channels"]))
+        lines.append(f"| {row['study']} | {row['variant']} | {channels} | {row['parameters']:,} | "
+                     f"{row['multiply_adds'] / 1e6:.2f}M | {row['accuracy_mean']:.2%} ± {row['accuracy_std']:.2%} | "
+                     f"{row['train_seconds_median']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_summary(path: Path, rows: list[dict]) -> None:
+    """One panel per study: accuracy (mean ± std error bars) per variant, annotated with params and MACs."""
+    from .plots import _pyplot
+
+    plt = _pyplot()
+    studies = list(dict.fromkeys(row["study"] for row in rows))
+    figure, axes = plt.subplots(1, len(studies), figsize=(4.5 * len(studies), 3.8), squeeze=False)
+    for axis, study in zip(axes[0], studies):
+        group = [row for row in rows if row["study"] == study]
+        positions = range(len(group))
+        axis.errorbar(positions, [100 * r["accuracy_mean"] for r in group],
+                      yerr=[100 * r["accuracy_std"] for r in group], fmt="o", capsize=4)
+        axis.set_xticks(list(positions), [f"{r['variant']}\n{r['parameters'] / 1e3:.0f}k p\n"
+                                          f"{r['multiply_adds'] / 1e6:.1f}M MAC" for r in group], fontsize=7)
+        axis.set_title(study)
+        axis.set_ylabel("test accuracy (%)")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
