@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -186,8 +187,10 @@ def draw_connections(layouts, path, panel_pixels: tuple[int, int] = (360, 600), 
         for side in ("top", "right", "left"):
             axes.spines[side].set_visible(False)
         per_output = layout.in_channels // layout.groups
-        axes.set_title(f"{layout.title or layout.name()}\n{layout.in_channels} -> {layout.out_channels}, "
-                       f"each output reads {per_output}", fontsize=8)
+        # Wrapped to the panel's width: layer names in a title are long and would be clipped at the figure's edge.
+        title = textwrap.fill(f"{layout.title or layout.name()}", width=max(24, panel_pixels[0] // 7))
+        axes.set_title(f"{title}\n{layout.in_channels} -> {layout.out_channels}, each output reads {per_output}",
+                       fontsize=8)
     save_figure(figure, path)
     return width, height
 
