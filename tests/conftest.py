@@ -11,6 +11,15 @@ from hypothesis import HealthCheck, settings
 os.environ.setdefault("GROUPCONV_TUNE", "0")
 os.environ.setdefault("GROUPCONV_CACHE_DIR", tempfile.mkdtemp(prefix="groupconv-test-cache-"))
 
+# Without a GPU, tests/test_triton.py runs the Triton kernels in Triton's interpreter. Triton reads
+# TRITON_INTERPRET when it is imported (its own standard-library functions are decorated then) and
+# `import groupconv` imports it (through torch.utils.flop_counter), so the variable is set here, before
+# any test module is collected. It changes nothing else: CPU tensors never reach triton otherwise
+# (inductor's CPU code is C++; tests/test_compile_export.py passes with it set), and the backend runs
+# CPU tensors only under its own opt-in, GROUPCONV_TRITON_ON_CPU, which test_triton.py sets per test.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Hypothesis: no per-example deadline (first calls compile/allocate), a fixed budget, a CI profile that
 # derandomises so a red CI run can be reproduced exactly.
 settings.register_profile(

@@ -161,6 +161,7 @@ BACKENDS = ops.list_backends()
 @pytest.mark.parametrize("backend", BACKENDS)
 @given(case=conv_cases())
 def test_float64_matches_torch(backend, case):
+    first_supported_conv(backend, torch.empty(1, 8, 5, 5, dtype=torch.float64))  # skips a backend that runs none here
     check_against_oracle(case, torch.float64, backend)
 
 
@@ -208,6 +209,7 @@ def test_automatic_dispatch_matches_torch(case):
 @given(case=conv_cases(dims=st.sampled_from([2, 3])))
 def test_output_layout_follows_input(backend, case):
     """A channels_last input gives a channels_last output, as with torch; anything else a contiguous one."""
+    first_supported_conv(backend, torch.empty(1, 8, 5, 5))  # skips a backend that runs none here
     x, w, b = make_tensors(case, torch.float32)
     assume(not ops.get_backend(backend).not_supported_reasons(forward_problem(case, x, w, b)))
     fmt = CHANNELS_LAST[case.dims]

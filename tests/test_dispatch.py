@@ -40,7 +40,7 @@ def float64_only():
 
 
 def test_builtin_backends_are_listed_in_dispatch_order():
-    assert ops.list_backends() == ["native", "gemm", "aten", "reference"]
+    assert ops.list_backends() == ["native", "gemm", "triton", "aten", "reference"]
     assert all(ops.get_backend(name).description for name in ops.list_backends())
 
 

@@ -6,14 +6,24 @@ import statistics
 import time
 from typing import Callable
 
+import torch
+
+
+def _wait_for_device() -> None:
+    """CUDA kernels run asynchronously: without waiting, a wall clock measures only their launch."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
 
 def median_seconds(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> float:
-    """Median wall time of fn() over `repeats` runs after `warmup` untimed runs."""
+    """Median wall time of fn() over `repeats` runs after `warmup` untimed runs (GPU work included)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        _wait_for_device()
         start = time.perf_counter()
         fn()
+        _wait_for_device()
         times.append(time.perf_counter() - start)
     return statistics.median(times)

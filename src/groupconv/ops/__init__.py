@@ -4,6 +4,7 @@ Backends registered here, highest priority first (with tuning on, the fast ones 
 against each other per problem and the fastest is kept; see tuning.py):
   native     C++ CPU kernels (csrc/): depthwise convs with the shuffle fused into their reads
   gemm       1x1 grouped convs as batched matrix multiplies
+  triton     Triton kernels for CUDA tensors (implicit GEMM and direct), timed against cuDNN per problem
   aten       torch's own convolution (the baseline the fast backends must beat)
   reference  the specification (slow, obviously correct; never chosen by the tuner)
 """
@@ -28,10 +29,13 @@ from .functional import channel_shuffle, conv1d, conv2d, conv3d, conv_problem, e
 from .gemm import GemmBackend
 from .native import NativeBackend
 from .reference import ReferenceBackend
+from .triton import TritonBackend
 from .tuning import cache_path, clear_tuning_cache, set_tuning, tuning_enabled
 
 register_backend(ReferenceBackend(), priority=0)
 register_backend(AtenBackend(), priority=10)
+# Above aten, so that on a GPU it is tried first (and timed against cuDNN when tuning); the CPU backends refuse CUDA.
+register_backend(TritonBackend(), priority=15)
 register_backend(GemmBackend(), priority=20)
 register_backend(NativeBackend(), priority=30)
 

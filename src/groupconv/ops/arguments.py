@@ -213,3 +213,20 @@ def memory_format_of(tensor: torch.Tensor) -> torch.memory_format:
     if tensor.dim() == 5 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last_3d):
         return torch.channels_last_3d
     return torch.contiguous_format
+
+
+# Kernels written for 2-D run a 1-D conv as a 2-D conv of height 1: tensors and shapes gain a unit dimension
+# before the length, and the arguments a neutral one (stride 1, padding 0, dilation 1).
+def arguments_as_2d(args: ConvArguments) -> tuple[list[int], list[int], list[int]]:
+    """Stride, padding, dilation of a 1-D or 2-D conv, as those of a 2-D conv."""
+    if args.spatial_dims == 2:
+        return list(args.stride), list(args.padding), list(args.dilation)
+    return [1, *args.stride], [0, *args.padding], [1, *args.dilation]
+
+
+def lift_to_2d(tensor: torch.Tensor, one_d: bool) -> torch.Tensor:
+    return tensor.unsqueeze(2) if one_d else tensor
+
+
+def lift_shape_to_2d(shape, one_d: bool) -> list[int]:
+    return [*shape[:2], 1, *shape[2:]] if one_d else list(shape)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .arguments import ConvArguments
+from .arguments import arguments_as_2d, lift_shape_to_2d, lift_to_2d
 from .dispatch import Backend, ConvProblem, Problem, ShuffleProblem
 
 ENV_NATIVE = "GROUPCONV_NATIVE"
@@ -79,13 +79,6 @@ def unavailable_reason() -> str | None:
     return _error
 
 
-def _as_2d(args: ConvArguments) -> tuple[list[int], list[int], list[int]]:
-    """Stride, padding, dilation of a 1-D conv seen as a 2-D conv of height 1."""
-    if args.spatial_dims == 2:
-        return list(args.stride), list(args.padding), list(args.dilation)
-    return [1, *args.stride], [0, *args.padding], [1, *args.dilation]
-
-
 class NativeBackend(Backend):
     name = "native"
     description = ("groupconv's C++ CPU kernels: channel shuffle; narrow-group and depthwise convs with the shuffle "
@@ -129,32 +122,26 @@ class NativeBackend(Backend):
     def channel_shuffle(self, x, groups):
         return load().channel_shuffle(x, groups)
 
-    # A 1-D conv runs as a 2-D conv of height 1: tensors and shapes gain a unit dimension before the length.
+    # A 1-D conv runs as a 2-D conv of height 1 (arguments.lift_to_2d).
     def conv_forward(self, input, weight, bias, args):
         one_d = args.spatial_dims == 1
-        out = load().conv_forward(_lift(input, one_d), _lift(weight, one_d), bias, *_as_2d(args),
-                                       args.shuffle_groups)
+        out = load().conv_forward(lift_to_2d(input, one_d), lift_to_2d(weight, one_d), bias,
+                                  *arguments_as_2d(args), args.shuffle_groups)
         return out.squeeze(2) if one_d else out
 
     def conv_backward_input(self, grad_output, weight, input_shape, args):
         one_d = args.spatial_dims == 1
-        grad = load().conv_backward_input(_lift(grad_output, one_d), _lift(weight, one_d),
-                                               _lift_shape(input_shape, one_d), *_as_2d(args), args.shuffle_groups)
+        grad = load().conv_backward_input(lift_to_2d(grad_output, one_d), lift_to_2d(weight, one_d),
+                                          lift_shape_to_2d(input_shape, one_d), *arguments_as_2d(args),
+                                          args.shuffle_groups)
         return grad.squeeze(2) if one_d else grad
 
     def conv_backward_weight(self, grad_output, input, weight_shape, args):
         one_d = args.spatial_dims == 1
-        grad = load().conv_backward_weight(_lift(grad_output, one_d), _lift(input, one_d),
-                                                _lift_shape(weight_shape, one_d), *_as_2d(args), args.shuffle_groups)
+        grad = load().conv_backward_weight(lift_to_2d(grad_output, one_d), lift_to_2d(input, one_d),
+                                           lift_shape_to_2d(weight_shape, one_d), *arguments_as_2d(args),
+                                           args.shuffle_groups)
         return grad.squeeze(2) if one_d else grad
-
-
-def _lift(tensor: torch.Tensor, one_d: bool) -> torch.Tensor:
-    return tensor.unsqueeze(2) if one_d else tensor
-
-
-def _lift_shape(shape, one_d: bool) -> list[int]:
-    return [*shape[:2], 1, *shape[2:]] if one_d else list(shape)
 
 
 def main(argv: list[str] | None = None) -> int:

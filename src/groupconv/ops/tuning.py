@@ -66,7 +66,9 @@ def cache_path() -> Path:
     root = os.environ.get(ENV_CACHE_DIR)
     if not root:
         root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "groupconv"
-    machine = hashlib.sha1(f"{platform.machine()}|{_cpu_name()}".encode()).hexdigest()[:10]
+    # The GPUs too: a decision between Triton and cuDNN measured on one card does not hold on another.
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    machine = hashlib.sha1(f"{platform.machine()}|{_cpu_name()}|{'|'.join(gpus)}".encode()).hexdigest()[:10]
     return Path(root) / f"tuning-torch{torch.__version__}-{machine}.json"
 
 
