@@ -109,3 +109,35 @@ def test_an_unreadable_cache_is_measured_again_and_replaced(tuning):
 def test_set_tuning_rejects_non_booleans():
     with pytest.raises(TypeError, match="enabled='yes' must be True, False or None"):
         ops.set_tuning("yes")
+
+
+class BrokenAten(AtenBackend):
+    """A backend whose forward raises: measuring must leave it out, warn, and pick a working one."""
+
+    name = "broken-aten"
+    description = "test backend"
+
+    def conv_forward(self, *args):
+        raise RuntimeError("kernel exploded")
+
+
+def test_a_backend_that_fails_while_measured_is_not_chosen(tuning):
+    broken = BrokenAten()
+    ops.register_backend(broken, priority=200)
+    try:
+        x, w, call = grouped_conv_call()
+        with pytest.warns(RuntimeWarning, match="'broken-aten' failed while being measured: kernel exploded"):
+            torch.testing.assert_close(call(), F.conv2d(x, w, padding=1, groups=4))
+        entry = json.loads(ops.cache_path().read_text())[repr(ops.conv_problem(x, w, padding=1, groups=4))]
+        assert entry["backend"] == "aten" and "broken-aten" not in entry["seconds"]
+    finally:
+        ops.unregister_backend(broken.name)
+
+
+def test_contenders_are_timed_in_alternation():
+    from groupconv.analysis.timing import median_seconds_interleaved
+
+    order = []
+    seconds = median_seconds_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                                         repeats=2, warmup=1)
+    assert order == ["a", "b", "a", "b", "a", "b"] and set(seconds) == {"a", "b"}

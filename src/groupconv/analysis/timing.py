@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -27,3 +27,24 @@ def median_seconds(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) 
         _wait_for_device()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def median_seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 7, warmup: int = 1
+                               ) -> dict[str, float]:
+    """Median wall time of each fn, timed in alternation: round r times every fn once before round r + 1.
+
+    On a shared machine the load changes from second to second; timing the contenders side by side
+    lets each see the same load, where timing one after the other can crown whichever ran in a quiet spell.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _wait_for_device()
+            start = time.perf_counter()
+            fn()
+            _wait_for_device()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}

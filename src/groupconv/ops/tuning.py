@@ -1,7 +1,7 @@
 """Measure once, remember: which backend is fastest for a problem, cached in memory and on disk.
 
 When more than one fast backend can run a problem, the dispatcher times each on the call's own
-tensors (one warm-up, then the median of a few runs), keeps the fastest, and writes the decision
+tensors (one warm-up, then the median of a few runs timed in alternation), keeps the fastest, and writes the decision
 to a JSON file keyed by the problem (op, shapes, stride/padding/dilation/groups, layout, dtype,
 device, thread count). The file name carries the torch version and the CPU, so a decision is
 never reused on another machine or build. Later processes read the file and measure nothing.
@@ -118,11 +118,22 @@ def problem_key(problem) -> str:
     return repr(problem)
 
 
-def measure(run: Callable[[], object], repeats: int = TIMED_RUNS) -> float:
-    """Median wall time of `run` after one warm-up call."""
-    from ..analysis.timing import median_seconds  # the project's one timing rule; imported late (no cycle)
+def measure(runs: dict[str, Callable[[], object]], repeats: int = TIMED_RUNS) -> dict[str, float]:
+    """Median wall time of each run after one warm-up call, timed in alternation (the same load for all).
 
-    return median_seconds(run, repeats=repeats, warmup=1)
+    A run that raises (in its warm-up) is left out with a warning: a backend that fails is simply not chosen.
+    """
+    from ..analysis.timing import median_seconds_interleaved  # the project's timing rule; imported late (no cycle)
+
+    working = {}
+    for name, run in runs.items():
+        try:
+            run()
+        except Exception as error:
+            _warn_once(f"backend {name!r} failed while being measured: {error}")
+        else:
+            working[name] = run
+    return median_seconds_interleaved(working, repeats=repeats, warmup=0) if working else {}
 
 
 def choose(problem, contenders: Sequence, run: Callable) -> object:
@@ -133,12 +144,7 @@ def choose(problem, contenders: Sequence, run: Callable) -> object:
     remembered = decisions.get(key)
     if remembered is not None and remembered.get("backend") in by_name:
         return by_name[remembered["backend"]]
-    timings = {}
-    for backend in contenders:
-        try:
-            timings[backend.name] = measure(lambda: run(backend))
-        except Exception as error:  # a backend that fails here is simply not chosen; the others still run
-            _warn_once(f"backend {backend.name!r} failed while being measured on {problem}: {error}")
+    timings = measure({backend.name: (lambda backend=backend: run(backend)) for backend in contenders})
     if not timings:
         raise RuntimeError(f"every capable backend failed on {problem}")
     best = min(timings, key=timings.get)
