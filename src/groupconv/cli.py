@@ -11,6 +11,7 @@ import torch
 from . import models
 from . import nn as gnn
 from . import ops
+from .allocator import keep_freed_memory
 from .analysis import count_multiply_adds, count_parameters, layer_connectivity, median_seconds, render_connectivity
 from .analysis import roofline as analysis_roofline
 from .benchmark import ZOO_MODELS
@@ -135,8 +136,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
         if name not in BENCHMARKS:
             args.parser.error(f"{name!r} is not a benchmark: choose from {', '.join(BENCHMARKS)}")
     out = Path(args.out)
+    kept = args.keep_memory and keep_freed_memory()
     print(f"groupconv benchmark: {torch.get_num_threads()} threads, batch {args.batch}, median of {args.repeats} "
-          f"runs, float32; results in {out}/")
+          f"runs, float32, freed memory {'kept for reuse' if kept else 'returned to the system'} (both sides); "
+          f"results in {out}/")
     if "layers" in what:
         ceilings = analysis_roofline.machine_ceilings(args.peak_gflops, args.bandwidth_gbs)
         print(f"ceilings: {ceilings.source}")
@@ -194,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--image-size", type=int, default=None, help="models: input size (default: each model's own)")
     bench.add_argument("--peak-gflops", type=float, default=None, help="compute ceiling (default: measured now)")
     bench.add_argument("--bandwidth-gbs", type=float, default=None, help="memory ceiling (default: measured now)")
+    bench.add_argument("--keep-memory", action=argparse.BooleanOptionalAction, default=True,
+                       help="keep freed CPU memory for reuse (groupconv.allocator), for groupconv and torch alike; "
+                            "--no-keep-memory measures glibc's default, a page fault per large tensor (default: on)")
     bench.add_argument("--out", default="benchmark-results", help="directory for CSV files and the sweep plot")
     bench.set_defaults(run=run_benchmark, parser=bench)
 

@@ -72,6 +72,9 @@ class TrainConfig:
     channels_last: bool = option(False, "channels_last memory format for 2-D models")
     compile: bool = option(False, "torch.compile the model")
     workers: int = option(0, "DataLoader worker processes (in-memory datasets need none)")
+    keep_memory: bool = option(True, "keep freed CPU memory for reuse instead of returning it to the system after "
+                                     "every large tensor (groupconv.allocator: no page faults at every step; the "
+                                     "process keeps its peak footprint)")
     threads: int = option(0, "CPU threads per process for torch; 0: one per idle core (the cores this process "
                              "may use minus the 1-minute load average, at least 1; divided among torchrun's processes)")
     # where results go

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from ..allocator import keep_freed_memory
 from ..analysis import count_parameters
 from ..data import LoadedDataset, load_dataset
 from .builders import (augment, augmentation_generator, build_model, build_optimizer, build_scheduler,
@@ -228,6 +229,8 @@ def _train(config: TrainConfig, context: Distributed, resume: bool, stop_after_e
     run_dir = prepare_run_directory(config, resume) if context.is_main else None
     started = time.perf_counter()
     torch.set_num_threads(config.threads or idle_cores(context.world_size))
+    if config.keep_memory and context.device.type == "cpu":
+        keep_freed_memory()
     seed_everything(config.seed, config.deterministic)
     # Rank 0 fetches (maybe downloads) first so that processes never race writing the same file.
     if context.is_main:
