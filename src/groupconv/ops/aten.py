@@ -9,12 +9,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .arguments import memory_format_of
 from .dispatch import Backend
 from .reference import channel_shuffle, channel_unshuffle
 
 _FORWARD = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_BACKWARD_INPUT = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
-_BACKWARD_WEIGHT = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight, 3: torch.nn.grad.conv3d_weight}
+
+
+def _convolution_backward(grad_output, input, weight, args, output_mask):
+    zeros = [0] * args.spatial_dims  # output_padding: none for a forward convolution
+    return torch.ops.aten.convolution_backward(grad_output, input, weight, None, list(args.stride), list(args.padding),
+                                               list(args.dilation), False, zeros, args.groups, output_mask)
 
 
 def _shuffled(x: torch.Tensor, shuffle_groups: int) -> torch.Tensor:
@@ -29,17 +34,19 @@ class AtenBackend(Backend):
         x = _shuffled(input, args.shuffle_groups)
         return _FORWARD[args.spatial_dims](x, weight, bias, args.stride, args.padding, args.dilation, args.groups)
 
+    # Each gradient alone needs the other operand only for its shape and memory format. The placeholder is an
+    # empty tensor in the layout of the real one: torch.nn.grad's expanded placeholders have no layout, which
+    # sends oneDNN down its NCHW path with a conversion of every channels_last operand (3x slower).
     def conv_backward_input(self, grad_output, weight, input_shape, args):
-        grad = _BACKWARD_INPUT[args.spatial_dims](
-            list(input_shape), weight, grad_output, args.stride, args.padding, args.dilation, args.groups
-        )
+        placeholder = torch.empty(input_shape, dtype=grad_output.dtype, device=grad_output.device,
+                                  memory_format=memory_format_of(grad_output))
+        grad = _convolution_backward(grad_output, placeholder, weight, args, [True, False, False])[0]
         return channel_unshuffle(grad, args.shuffle_groups) if args.shuffle_groups > 1 else grad
 
     def conv_backward_weight(self, grad_output, input, weight_shape, args):
         x = _shuffled(input, args.shuffle_groups)
-        return _BACKWARD_WEIGHT[args.spatial_dims](
-            x, list(weight_shape), grad_output, args.stride, args.padding, args.dilation, args.groups
-        )
+        placeholder = x.new_empty(weight_shape)
+        return _convolution_backward(grad_output, x, placeholder, args, [False, True, False])[1]
 
     def channel_shuffle(self, x, groups):
         return torch.channel_shuffle(x, groups)
