@@ -2,6 +2,7 @@
 
 import csv
 
+import pytest
 import torch
 
 import groupconv.nn as gnn
@@ -58,7 +59,11 @@ def test_benchmark_command_writes_tables_and_plot(tmp_path, capsys):
     with (out / "sweep.csv").open() as f:
         assert [int(r["groups"]) for r in csv.DictReader(f)][:9] == [1, 2, 4, 8, 16, 32, 64, 128, 256]
     assert (out / "sweep.png").stat().st_size > 10_000
-    assert (out / "models.csv").exists()
+    with (out / "models.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["model"] == "shufflenet_g8_wd4" and all(
+        float(row[f"{who}{layout}_{mode}_images_per_second"]) > 0
+        for who in ("torch", "groupconv") for layout in ("", "_cl") for mode in ("train", "infer"))
     with (out / "shuffle.csv").open() as f:
         assert [r["unit"][:20] for r in csv.DictReader(f)] == ["ShuffleNet 1x g=3 un", "ShuffleNet 1x g=8 un"]
 
@@ -71,3 +76,15 @@ def test_benchmark_command_rejects_bad_options(capsys):
         except SystemExit as exit:
             assert exit.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_same_flops_comparison_sets_groupconv_g8_against_stock_torch_g1():
+    def result(name, torch_nchw, torch_cl, ours_nchw, ours_cl):
+        return benchmark.ModelResult(name, (3, 224, 224), 32, torch_nchw, torch_cl, ours_nchw, ours_cl, 1, 1, 1, 1)
+
+    g1 = result("shufflenet_g1_w1", 50.0, 80.0, 48.0, 79.0)
+    g8 = result("shufflenet_g8_w1", 30.0, 35.0, 33.0, 40.0)
+    assert g8.train_speedup == pytest.approx(40 / 30) and g8.train_speedup_over_best_torch == pytest.approx(40 / 35)
+    text = benchmark.same_flops_comparison([g1, g8])
+    assert "g=8 with groupconv 40.0 img/s vs g=1 with stock torch 50.0" in text and ": 0.80x (0.50x)" in text
+    assert benchmark.same_flops_comparison([g8]) is None

@@ -28,7 +28,7 @@ import torch
 from . import models
 from . import nn as gnn
 from .analysis.roofline import MachineCeilings, machine_ceilings
-from .analysis.timing import median_seconds
+from .analysis.timing import median_seconds, median_seconds_interleaved
 
 # The networks whose layer shapes the issue's targets name (baseline.md).
 ZOO_MODELS = ("shufflenet_g1_w1", "shufflenet_g3_w1", "shufflenet_g8_w1", "resnext29_32x4d", "mobilenet_w1",
@@ -365,50 +365,76 @@ def to_torch_layers(model: torch.nn.Module) -> torch.nn.Module:
 
 @dataclass
 class ModelResult:
+    """Images per second of one model: torch.nn's twin and groupconv's, each in NCHW and channels_last."""
+
     model: str
     input_size: tuple[int, ...]
     batch: int
     torch_train_images_per_second: float
+    torch_cl_train_images_per_second: float
     groupconv_train_images_per_second: float
+    groupconv_cl_train_images_per_second: float
     torch_infer_images_per_second: float
+    torch_cl_infer_images_per_second: float
     groupconv_infer_images_per_second: float
+    groupconv_cl_infer_images_per_second: float
+
+    def best(self, who: str, mode: str) -> float:
+        """The faster layout's images/s of `who` (torch, groupconv) in `mode` (train, infer)."""
+        return max(getattr(self, f"{who}_{mode}_images_per_second"), getattr(self, f"{who}_cl_{mode}_images_per_second"))
 
     @property
     def train_speedup(self) -> float:
-        return self.groupconv_train_images_per_second / self.torch_train_images_per_second
+        """groupconv (its faster layout) over stock torch as most models run it: NCHW."""
+        return self.best("groupconv", "train") / self.torch_train_images_per_second
+
+    @property
+    def train_speedup_over_best_torch(self) -> float:
+        return self.best("groupconv", "train") / self.best("torch", "train")
 
     @property
     def infer_speedup(self) -> float:
-        return self.groupconv_infer_images_per_second / self.torch_infer_images_per_second
+        return self.best("groupconv", "infer") / self.torch_infer_images_per_second
+
+    def record(self) -> dict:
+        return {**asdict(self), "train_speedup": round(self.train_speedup, 3),
+                "train_speedup_over_best_torch": round(self.train_speedup_over_best_torch, 3),
+                "infer_speedup": round(self.infer_speedup, 3)}
 
 
-def _images_per_second(model: torch.nn.Module, x: torch.Tensor, train: bool, repeats: int) -> float:
+def _train_step(model: torch.nn.Module, x: torch.Tensor):
     labels = torch.zeros(x.shape[0], dtype=torch.long)
-    if train:
-        model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(model(x), labels).backward()
-            optimizer.step()
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), labels).backward()
+        optimizer.step()
 
-        seconds = median_seconds(step, repeats=repeats)
-    else:
-        model.eval()
+    return step
+
+
+def _inference(model: torch.nn.Module, x: torch.Tensor):
+    model.eval()
+
+    def run():
         with torch.no_grad():
-            seconds = median_seconds(lambda: model(x), repeats=repeats)
-    return x.shape[0] / seconds
+            model(x)
+
+    return run
 
 
 # The models of the issue's training targets (ResNeXt-50 is left out: a minute per step on 2 cores).
 MODEL_BENCHMARK_DEFAULTS = ("shufflenet_g1_w1", "shufflenet_g3_w1", "shufflenet_g8_w1", "resnext29_32x4d",
                             "mobilenet_w1")
+LAYOUTS = {"": torch.contiguous_format, "_cl": torch.channels_last}
 
 
 def model_benchmark(names=MODEL_BENCHMARK_DEFAULTS, batch: int = 32, repeats: int = 3, image_size: int | None = None,
                     progress=print) -> list[ModelResult]:
-    """Train-step (SGD, cross-entropy) and inference images/s, groupconv's model against its torch.nn twin."""
+    """Train-step (SGD, cross-entropy) and inference images/s of groupconv's model and its torch.nn twin, NCHW and
+    channels_last; the four contenders of a mode are timed in alternation, so they see the same machine load."""
     results = []
     for name in names:
         torch.manual_seed(0)
@@ -418,25 +444,48 @@ def model_benchmark(names=MODEL_BENCHMARK_DEFAULTS, batch: int = 32, repeats: in
         if image_size is not None:
             height = width = image_size
         x = torch.randn(batch, channels, height, width)
-        result = ModelResult(name, (channels, height, width), batch,
-                             _images_per_second(theirs, x, True, repeats), _images_per_second(ours, x, True, repeats),
-                             _images_per_second(theirs, x, False, repeats), _images_per_second(ours, x, False, repeats))
+        images_per_second = {}
+        for mode, make in (("train", _train_step), ("infer", _inference)):
+            contenders = {}
+            for who, model in (("torch", theirs), ("groupconv", ours)):
+                for suffix, layout in LAYOUTS.items():
+                    contenders[f"{who}{suffix}_{mode}_images_per_second"] = make(
+                        copy.deepcopy(model).to(memory_format=layout), x.contiguous(memory_format=layout))
+            seconds = median_seconds_interleaved(contenders, repeats=repeats, warmup=2)
+            images_per_second.update({key: batch / value for key, value in seconds.items()})
+        result = ModelResult(name, (channels, height, width), batch, **images_per_second)
         results.append(result)
         if progress:
             progress(format_model_row(result))
     return results
 
 
-MODEL_HEADER = (f"{'model':20} {'input':>11} {'train img/s torch':>18} {'groupconv':>10} {'speedup':>8} "
-                f"{'infer img/s torch':>18} {'groupconv':>10} {'speedup':>8}")
+MODEL_HEADER = (f"{'model':18} {'input':>8} | {'train img/s: torch':>18} {'torch CL':>8} {'ours':>6} {'ours CL':>7} "
+                f"{'vs NCHW':>7} {'vs best':>7} | {'infer img/s: torch':>18} {'torch CL':>8} {'ours':>6} "
+                f"{'ours CL':>7} {'vs NCHW':>7}")
 
 
 def format_model_row(r: ModelResult) -> str:
     size = "x".join(map(str, r.input_size[1:]))
-    return (f"{r.model:20} {size:>11} {r.torch_train_images_per_second:18.1f} "
-            f"{r.groupconv_train_images_per_second:10.1f} {r.train_speedup:7.2f}x "
-            f"{r.torch_infer_images_per_second:18.1f} {r.groupconv_infer_images_per_second:10.1f} "
-            f"{r.infer_speedup:7.2f}x")
+    return (f"{r.model:18} {size:>8} | {r.torch_train_images_per_second:18.1f} {r.torch_cl_train_images_per_second:8.1f} "
+            f"{r.groupconv_train_images_per_second:6.1f} {r.groupconv_cl_train_images_per_second:7.1f} "
+            f"{r.train_speedup:6.2f}x {r.train_speedup_over_best_torch:6.2f}x | "
+            f"{r.torch_infer_images_per_second:18.1f} {r.torch_cl_infer_images_per_second:8.1f} "
+            f"{r.groupconv_infer_images_per_second:6.1f} {r.groupconv_cl_infer_images_per_second:7.1f} "
+            f"{r.infer_speedup:6.2f}x")
+
+
+def same_flops_comparison(results: list[ModelResult]) -> str | None:
+    """The issue's first target: ShuffleNet 1x g=8 trained with groupconv against stock torch's g=1 (same FLOPs)."""
+    by_name = {r.model: r for r in results}
+    if "shufflenet_g1_w1" not in by_name or "shufflenet_g8_w1" not in by_name:
+        return None
+    g1, g8 = by_name["shufflenet_g1_w1"], by_name["shufflenet_g8_w1"]
+    return (f"ShuffleNet 1x, same FLOPs: g=8 with groupconv {g8.best('groupconv', 'train'):.1f} img/s vs g=1 with "
+            f"stock torch {g1.torch_train_images_per_second:.1f} (NCHW; {g1.best('torch', 'train'):.1f} in its faster "
+            f"layout): {g8.best('groupconv', 'train') / g1.torch_train_images_per_second:.2f}x "
+            f"({g8.best('groupconv', 'train') / g1.best('torch', 'train'):.2f}x); stock torch g=8 is "
+            f"{g8.torch_train_images_per_second / g1.torch_train_images_per_second:.2f}x its g=1")
 
 
 def write_csv(path: str | Path, records: list[dict]) -> None:

@@ -165,8 +165,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
         print(benchmark.MODEL_HEADER)
         names = [name for name in args.models if name in benchmark.MODEL_BENCHMARK_DEFAULTS] or args.models
         results = benchmark.model_benchmark(names, args.batch, args.repeats, args.image_size)
-        benchmark.write_csv(out / "models.csv", [{**vars(r), "train_speedup": round(r.train_speedup, 3),
-                                                  "infer_speedup": round(r.infer_speedup, 3)} for r in results])
+        print("(vs NCHW: groupconv in its faster layout over torch NCHW; vs best: over torch in its faster layout)")
+        if comparison := benchmark.same_flops_comparison(results):
+            print(comparison)
+        benchmark.write_csv(out / "models.csv", [r.record() for r in results])
     return 0
 
 
