@@ -319,3 +319,30 @@ def test_nan_and_inf_propagate_as_in_torch(backend):
     assert out.isnan().any() and out.isinf().any()
     finite = expected.isfinite()
     assert torch.allclose(out[finite], expected[finite], atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("needs", ["input", "weight", "both"])
+def test_each_gradient_alone_and_both_together(backend, needs):
+    """A frozen weight (fine-tuning) or an input without gradient (the first layer) takes the single-gradient ops;
+    a training step takes the combined one. All three paths match torch."""
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
+    weight_shape, padding, groups = first_supported_conv(backend, x)
+    w = torch.randn(weight_shape, dtype=torch.float64)
+    x.requires_grad_(needs in ("input", "both"))
+    w.requires_grad_(needs in ("weight", "both"))
+    wanted = [t for t in (x, w) if t.requires_grad]
+    grad_output = torch.randn_like(F.conv2d(x, w, padding=padding, groups=groups))
+    with ops.use_backend(backend):
+        ours = torch.autograd.grad(groupconv.conv2d(x, w, padding=padding, groups=groups), wanted, grad_output)
+    expected = torch.autograd.grad(F.conv2d(x, w, padding=padding, groups=groups), wanted, grad_output)
+    for mine, theirs in zip(ours, expected, strict=True):
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_the_combined_backward_has_a_double_backward():
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    grad_output = torch.randn(2, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradgradcheck(
+        lambda go, a, b: torch.ops.groupconv.conv_backward(go, a, b, [1, 1], [1, 1], [1, 1], 3, 1), (grad_output, x, w))

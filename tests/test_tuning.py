@@ -141,3 +141,19 @@ def test_contenders_are_timed_in_alternation():
     seconds = median_seconds_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
                                          repeats=2, warmup=1)
     assert order == ["a", "b", "a", "b", "a", "b"] and set(seconds) == {"a", "b"}
+
+
+def test_a_decision_is_measured_again_when_a_new_backend_can_run_the_problem(tuning):
+    _, _, call = grouped_conv_call()
+    call()
+    assert tuning.forward_calls == 1 + 3
+    newcomer = SlowedAten()
+    newcomer.name = "newcomer"
+    ops.register_backend(newcomer, priority=50)
+    try:
+        call()  # the remembered decision did not weigh the newcomer: all are measured again
+        assert tuning.forward_calls == 2 * (1 + 3) and newcomer.forward_calls == 1 + 3
+        assert set(json.loads(ops.cache_path().read_text()).popitem()[1]["seconds"]) == {"slowed-aten", "aten",
+                                                                                           "newcomer"}
+    finally:
+        ops.unregister_backend(newcomer.name)

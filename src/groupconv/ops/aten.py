@@ -48,5 +48,12 @@ class AtenBackend(Backend):
         placeholder = x.new_empty(weight_shape)
         return _convolution_backward(grad_output, x, placeholder, args, [False, True, False])[1]
 
+    def conv_backward(self, grad_output, input, weight, args):
+        x = _shuffled(input, args.shuffle_groups)
+        grad_input, grad_weight, _ = _convolution_backward(grad_output, x, weight, args, [True, True, False])
+        if args.shuffle_groups > 1:
+            grad_input = channel_unshuffle(grad_input, args.shuffle_groups)
+        return grad_input, grad_weight
+
     def channel_shuffle(self, x, groups):
         return torch.channel_shuffle(x, groups)

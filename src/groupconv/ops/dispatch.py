@@ -27,7 +27,7 @@ from .arguments import ConvArguments, memory_format_of
 
 ENV_BACKEND = "GROUPCONV_BACKEND"
 
-CONV_OPS = ("conv_forward", "conv_backward_input", "conv_backward_weight")
+CONV_OPS = ("conv_forward", "conv_backward_input", "conv_backward_weight", "conv_backward")
 
 
 def _layout_name(tensor: torch.Tensor) -> str:
@@ -120,6 +120,11 @@ class Backend:
     def conv_backward_weight(self, grad_output, input, weight_shape, args: ConvArguments) -> torch.Tensor:
         raise NotImplementedError
 
+    def conv_backward(self, grad_output, input, weight, args: ConvArguments) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both gradients (input, weight). By default the two single ops; a backend that shares work overrides it."""
+        return (self.conv_backward_input(grad_output, weight, input.shape, args),
+                self.conv_backward_weight(grad_output, input, weight.shape, args))
+
     def channel_shuffle(self, x: torch.Tensor, groups: int) -> torch.Tensor:
         raise NotImplementedError
 
@@ -199,12 +204,15 @@ def not_supported_reasons(problem: Problem) -> dict[str, list[str]]:
     return {name: get_backend(name).not_supported_reasons(problem) for name in list_backends()}
 
 
-def select_backend(problem: Problem, run: Callable[[Backend], object] | None = None) -> Backend:
+def select_backend(problem: Problem, run: Callable[[Backend], object] | None = None,
+                   strategies: Sequence[Backend] = ()) -> Backend:
     """The backend for `problem`: the forced one, or the automatic choice.
 
     The automatic choice is the highest-priority backend that can run the problem; if `run` is
     given (a function running the call on a backend) and tuning is on, the tunable capable
     backends are measured once with it and the fastest is kept. Either way the choice is cached.
+    `strategies` are unregistered contenders that only the tuner considers (a way of combining
+    the registered backends, such as computing two gradients each on its own best backend).
     """
     forced = forced_backend()
     if forced is not None:
@@ -219,7 +227,7 @@ def select_backend(problem: Problem, run: Callable[[Backend], object] | None = N
     capable = [get_backend(name) for name in list_backends() if not get_backend(name).not_supported_reasons(problem)]
     if not capable:
         raise RuntimeError(f"no registered backend can run {problem}: {not_supported_reasons(problem)}")
-    contenders = [backend for backend in capable if backend.tunable]
+    contenders = [backend for backend in capable if backend.tunable] + list(strategies)
     if len(contenders) > 1 and tuning.tuning_enabled():
         if run is None:  # nothing to measure with (explain): say what priority order gives, remember nothing
             return capable[0]
@@ -239,4 +247,12 @@ def explain(problem: Problem) -> str:
         mark = "->" if name == chosen else "  "
         timing = f" (measured {seconds[name] * 1e3:.3f} ms)" if name in seconds else ""
         lines.append(f"{mark} {name}: " + ("; ".join(reasons) if reasons else "can run") + timing)
+    for name in seconds.keys() - set(list_backends()):  # a measured strategy (conv_backward's "split")
+        mark = "->" if name == _measured_choice(problem) else "  "
+        lines.append(f"{mark} {name}: a strategy over the backends above (measured {seconds[name] * 1e3:.3f} ms)")
     return "\n".join(lines)
+
+
+def _measured_choice(problem: Problem) -> str | None:
+    chosen = _choices.get(problem)
+    return chosen.name if chosen is not None else None
