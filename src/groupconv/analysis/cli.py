@@ -10,28 +10,22 @@ as `groupconv COMMAND: error: ...` with exit code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 
 import torch
 
+from ..command_errors import reported
 from .roofline import MachineCeilings, machine_ceilings
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
+# A bad layer name, channels that do not line up, a missing run directory: the user's mistake, not a bug.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
+
+
 def _reported(command: str, function):
-    """Run function(args); a ValueError or a missing file becomes `groupconv COMMAND: error: ...` and exit code 2."""
-
-    @functools.wraps(function)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return function(args)
-        except (ValueError, FileNotFoundError, NotADirectoryError) as error:
-            print(f"groupconv {command}: error: {error}", file=sys.stderr)
-            return 2
-
-    return run
+    return reported(command, function, USER_ERRORS)
 
 
 def _add_ceiling_options(parser: argparse.ArgumentParser) -> None:

@@ -9,17 +9,15 @@ checkpoint and exits with 130.
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
 from pathlib import Path
 
+from ..command_errors import EXIT_INTERRUPTED, reported
 from ..data import DATASETS, DatasetError
 from .checkpoint import CheckpointError
 from .config import ConfigError, add_config_arguments, load_config_file, resolve_config
 from .run_directory import CONFIG_FILE
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
-EXIT_INTERRUPTED = 130  # the shell's convention for a process stopped by SIGINT
 
 TRAIN_EPILOG = """examples:
   groupconv train                                          # ShuffleNet on the embedded digits, ~2 minutes on 2 cores
@@ -34,20 +32,7 @@ Datasets: """ + "; ".join(f"{name}: {text}" for name, text in DATASETS.items())
 
 
 def _reported(command: str, function):
-    """Run function(args); a user mistake becomes `groupconv COMMAND: error: ...` and exit code 2."""
-
-    @functools.wraps(function)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return function(args)
-        except USER_ERRORS as error:
-            print(f"groupconv {command}: error: {error}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print(f"groupconv {command}: interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
-
-    return run
+    return reported(command, function, USER_ERRORS)
 
 
 def given_options(args: argparse.Namespace, exclude: tuple[str, ...]) -> dict:
