@@ -101,12 +101,13 @@ def shuffled(x, groups):
 
 
 @pytest.mark.parametrize("size", [(1, 1), (2, 5), (7, 7), (9, 16)])
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("padding", [0, 1, 2, "full"])
 @pytest.mark.parametrize("in_per_group, multiplier, shuffle_groups", [(1, 1, 1), (1, 1, 4), (1, 2, 1), (4, 1, 2)])
-def test_3x3_stride_1_padded_plane_path_matches_torch(size, dilation, padding, in_per_group, multiplier,
-                                                      shuffle_groups):
-    """The NCHW 3x3 stride-1 kernels read a zero-padded copy of each plane: every margin, dilation and group width
+def test_3x3_padded_plane_path_matches_torch(size, stride, dilation, padding, in_per_group, multiplier,
+                                             shuffle_groups):
+    """The NCHW 3x3 kernels read a zero-padded copy of each plane: every margin, stride, dilation and group width
     (the oracle tests draw this case too rarely to rely on them), forward and both gradients, in float64."""
     padding = 2 * dilation if padding == "full" else padding
     if any(s + 2 * padding < 2 * dilation + 1 for s in size):
@@ -115,8 +116,8 @@ def test_3x3_stride_1_padded_plane_path_matches_torch(size, dilation, padding, i
     x = torch.randn(2, groups * in_per_group, *size, dtype=torch.float64, requires_grad=True)
     w = torch.randn(groups * multiplier, in_per_group, 3, 3, dtype=torch.float64, requires_grad=True)
     with ops.use_backend("native"):
-        ours = groupconv.conv2d(x, w, None, 1, padding, dilation, groups, shuffle_groups=shuffle_groups)
-    expected = F.conv2d(shuffled(x, shuffle_groups), w, None, 1, padding, dilation, groups)
+        ours = groupconv.conv2d(x, w, None, stride, padding, dilation, groups, shuffle_groups=shuffle_groups)
+    expected = F.conv2d(shuffled(x, shuffle_groups), w, None, stride, padding, dilation, groups)
     torch.testing.assert_close(ours, expected)
     grad_output = torch.randn_like(expected)
     with ops.use_backend("native"):

@@ -111,6 +111,7 @@ void accumulate_plane(const T* src, const T* filter, T* dst, const Geometry& g) 
 // unrolled and the sum in a register: no boundary tests, no pass per tap (rows of 7 to 56 pixels are too short
 // for a loop per tap to pay for its bounds).
 bool is_3x3_stride_1(const Geometry& g) { return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1; }
+bool is_3x3(const Geometry& g) { return g.kh == 3 && g.kw == 3; }
 
 // A rows x columns plane copied into a zeroed buffer `width` wide, `top` rows and `left` columns in.
 template <typename T>
@@ -131,11 +132,11 @@ void accumulate_plane_3x3(const T* src, const T* f, T* dst, T* padded, const Geo
   copy_padded(src, g.ih, g.iw, g.ph, g.pw, width, padded_input_height(g), padded);
   const int64_t dy = g.dh * width, dx = g.dw;
   for (int64_t oy = 0; oy < g.oh; ++oy) {
-    const T* r = padded + oy * width;
+    const T* r = padded + oy * g.sh * width;
     T* row = dst + oy * g.ow;
     #pragma omp simd
     for (int64_t ox = 0; ox < g.ow; ++ox) {
-      const T* p = r + ox;
+      const T* p = r + ox * g.sw;
       row[ox] += f[0] * p[0] + f[1] * p[dx] + f[2] * p[2 * dx] + f[3] * p[dy] + f[4] * p[dy + dx] +
                  f[5] * p[dy + 2 * dx] + f[6] * p[2 * dy] + f[7] * p[2 * dy + dx] + f[8] * p[2 * dy + 2 * dx];
     }
@@ -146,7 +147,7 @@ template <typename T>
 void forward_nchw(const T* x, const T* w, const T* bias, T* out, const Geometry& g) {
   const int64_t taps = g.kh * g.kw;
   const int64_t grain = Geometry::grain(g.in_per_group * g.oh * g.ow * taps);
-  const bool fast_3x3 = is_3x3_stride_1(g);
+  const bool fast_3x3 = is_3x3(g);
   at::parallel_for(0, g.n * g.m, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> padded(fast_3x3 ? padded_input_width(g) * padded_input_height(g) : 0);
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -235,7 +236,7 @@ void backward_weight_nchw(const T* grad_out, const T* x, T* grad_w, const Geomet
   // One thread owns each filter (an output channel and one input channel of its group) and sums over the batch
   // in order.
   const int64_t grain = Geometry::grain(g.n * g.oh * g.ow * g.kh * g.kw);
-  const bool fast_3x3 = is_3x3_stride_1(g);
+  const bool fast_3x3 = is_3x3(g);
   at::parallel_for(0, g.m * g.in_per_group, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> padded(fast_3x3 ? padded_input_width(g) * padded_input_height(g) : 0);
     for (int64_t index = begin; index < end; ++index) {
@@ -252,12 +253,12 @@ void backward_weight_nchw(const T* grad_out, const T* x, T* grad_w, const Geomet
           const T* grad = grad_out + (n * g.m + k) * g.oh * g.ow;
           for (int64_t oy = 0; oy < g.oh; ++oy) {
             const T* row = grad + oy * g.ow;
-            const T* r = padded.data() + oy * width;
+            const T* r = padded.data() + oy * g.sh * width;
             T s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
             #pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
             for (int64_t ox = 0; ox < g.ow; ++ox) {
               const T d = row[ox];
-              const T* p = r + ox;
+              const T* p = r + ox * g.sw;
               s0 += d * p[0]; s1 += d * p[dx]; s2 += d * p[2 * dx];
               s3 += d * p[dy]; s4 += d * p[dy + dx]; s5 += d * p[dy + 2 * dx];
               s6 += d * p[2 * dy]; s7 += d * p[2 * dy + dx]; s8 += d * p[2 * dy + 2 * dx];
