@@ -218,7 +218,9 @@ def test_output_layout_follows_input(backend, case):
         out = run_groupconv(case, x, w, b)
     if channels_last_only:
         assert out.is_contiguous(memory_format=fmt)
-        if case.shuffle_groups == 1:  # torch's own conv does the same (its shuffle would materialise a copy)
+        # torch's own conv does the same (its shuffle would materialise a copy), except on degenerate shapes where
+        # size-1 extents make both layouts one and torch's choice varies by kernel (a 1x1x2 volume, say).
+        if case.shuffle_groups == 1 and min(x.shape[2:]) > 1:
             assert oracle(case, x, w, b).is_contiguous(memory_format=fmt)
     else:
         assert out.is_contiguous()
