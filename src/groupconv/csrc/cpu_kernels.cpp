@@ -310,11 +310,14 @@ void backward_weight_nchw(const T* grad_out, const T* x, T* grad_w, const Geomet
 // weights permuted once (the filter of the output channel that reads q), into a per-thread buffer; the
 // permutation is applied once per pixel when the buffer is written out (or, for the weight gradient, read in).
 
+// Entry [t][k] holds output channel k's tap t; in read order, entry [t][perm(k)] does (the shuffled forward).
 template <typename T>
-std::vector<T> taps_by_channel(const T* w, const Geometry& g) {
+std::vector<T> taps_by_channel(const T* w, const Geometry& g, bool in_read_order = false) {
   std::vector<T> packed(g.kh * g.kw * g.c);
-  for (int64_t k = 0; k < g.c; ++k)
-    for (int64_t t = 0; t < g.kh * g.kw; ++t) packed[t * g.c + k] = w[k * g.kh * g.kw + t];
+  for (int64_t k = 0; k < g.c; ++k) {
+    const int64_t column = in_read_order ? g.perm(k) : k;
+    for (int64_t t = 0; t < g.kh * g.kw; ++t) packed[t * g.c + column] = w[k * g.kh * g.kw + t];
+  }
   return packed;
 }
 
@@ -323,15 +326,6 @@ std::vector<int64_t> read_channels(const Geometry& g) {
   std::vector<int64_t> channels(g.c);
   for (int64_t k = 0; k < g.c; ++k) channels[k] = g.perm(k);
   return channels;
-}
-
-// taps_by_channel in input-channel order: entry [t][perm(k)] holds output channel k's tap t.
-template <typename T>
-std::vector<T> taps_by_read_channel(const T* w, const Geometry& g) {
-  std::vector<T> packed(g.kh * g.kw * g.c);
-  for (int64_t k = 0; k < g.c; ++k)
-    for (int64_t t = 0; t < g.kh * g.kw; ++t) packed[t * g.c + g.perm(k)] = w[k * g.kh * g.kw + t];
-  return packed;
 }
 
 // acc[q] += sum over the taps of weight[t][q] * x[pixel under tap t][q], for one output pixel; channels contiguous.
@@ -355,7 +349,7 @@ inline void accumulate_taps_nhwc(const T* x, const T* taps, T* acc, int64_t n, i
 template <typename T>
 void forward_nhwc(const T* x, const T* w, const T* bias, T* out, const Geometry& g) {
   const bool shuffled = g.shuffle != 1;
-  const std::vector<T> taps = shuffled ? taps_by_read_channel(w, g) : taps_by_channel(w, g);
+  const std::vector<T> taps = taps_by_channel(w, g, shuffled);
   const std::vector<int64_t> reads = read_channels(g);
   const int64_t* channel = reads.data();
   const int64_t grain = Geometry::grain(g.ow * g.kh * g.kw * g.c);
