@@ -129,7 +129,11 @@ def test_a_backend_that_fails_while_measured_is_not_chosen(tuning):
         with pytest.warns(RuntimeWarning, match="'broken-aten' failed while being measured: kernel exploded"):
             torch.testing.assert_close(call(), F.conv2d(x, w, padding=1, groups=4))
         entry = json.loads(ops.cache_path().read_text())[repr(ops.conv_problem(x, w, padding=1, groups=4))]
-        assert entry["backend"] == "aten" and "broken-aten" not in entry["seconds"]
+        assert entry["backend"] == "aten" and entry["seconds"]["broken-aten"] == float("inf")
+        measured_calls = tuning.forward_calls
+        forget_choices()  # as a new process would start: the failure is remembered, nothing is measured again
+        call()
+        assert tuning.forward_calls == measured_calls
     finally:
         ops.unregister_backend(broken.name)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import tempfile
@@ -121,19 +122,21 @@ def problem_key(problem) -> str:
 def measure(runs: dict[str, Callable[[], object]], repeats: int = TIMED_RUNS) -> dict[str, float]:
     """Median wall time of each run after one warm-up call, timed in alternation (the same load for all).
 
-    A run that raises (in its warm-up) is left out with a warning: a backend that fails is simply not chosen.
+    A run that raises (in its warm-up) gets infinite time and a warning: a backend that fails is never chosen, and
+    the decision on disk remembers that it was tried.
     """
     from ..analysis.timing import median_seconds_interleaved  # the project's timing rule; imported late (no cycle)
 
-    working = {}
+    working, failed = {}, {}
     for name, run in runs.items():
         try:
             run()
         except Exception as error:
             _warn_once(f"backend {name!r} failed while being measured: {error}")
+            failed[name] = math.inf
         else:
             working[name] = run
-    return median_seconds_interleaved(working, repeats=repeats, warmup=0) if working else {}
+    return {**(median_seconds_interleaved(working, repeats=repeats, warmup=0) if working else {}), **failed}
 
 
 def choose(problem, contenders: Sequence, run: Callable) -> object:
@@ -147,7 +150,7 @@ def choose(problem, contenders: Sequence, run: Callable) -> object:
             and set(remembered.get("seconds", {})) >= set(by_name)):
         return by_name[remembered["backend"]]
     timings = measure({backend.name: (lambda backend=backend: run(backend)) for backend in contenders})
-    if not timings:
+    if all(math.isinf(seconds) for seconds in timings.values()):
         raise RuntimeError(f"every capable backend failed on {problem}")
     best = min(timings, key=timings.get)
     decisions[key] = {"backend": best, "seconds": timings}
