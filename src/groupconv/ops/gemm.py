@@ -1,4 +1,4 @@
-"""Pointwise (1x1) grouped convolution as one batched matrix multiply per op.
+"""Pointwise (1x1) grouped convolution as one batched matrix multiply per op (NCHW; channels_last: the weight gradient).
 
 A 1x1 conv with G groups on a contiguous (N, C, *spatial) input is, for every sample and group,
 the product of the group's (M/G, C/G) weight with its (C/G, S) slice of the input, S the number
@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from .arguments import memory_format_of
 from .dispatch import Backend, ConvProblem, Problem
 
 # Half types would accumulate the weight gradient in their own precision across samples: left to aten.
@@ -37,8 +38,11 @@ class GemmBackend(Backend):
             reasons.append(f"stride {args.stride} / padding {args.padding} are not 1 / 0")
         if args.shuffle_groups != 1:
             reasons.append(f"fused shuffle (shuffle_groups={args.shuffle_groups}) is not supported")
-        if problem.layout != "contiguous":
-            reasons.append(f"layout {problem.layout} is not contiguous (NCHW)")
+        channels_last_weight_gradient = (problem.op == "conv_backward_weight" and problem.layout == "channels_last"
+                                         and len(problem.weight_shape) == 4)
+        if problem.layout != "contiguous" and not channels_last_weight_gradient:
+            reasons.append(f"layout {problem.layout} is not contiguous (NCHW; channels_last for the weight gradient "
+                           f"of a 2-D conv only)")
         if problem.dtype not in SUPPORTED_DTYPES:
             reasons.append(f"dtype {problem.dtype} is not one of {SUPPORTED_DTYPES}")
         if problem.device_type != "cpu":
@@ -61,6 +65,8 @@ class GemmBackend(Backend):
         return torch.matmul(weight.reshape(g, m // g, c // g).transpose(1, 2), grad).view(input_shape)
 
     def conv_backward_weight(self, grad_output, input, weight_shape, args):
+        if input.dim() == 4 and memory_format_of(input) == torch.channels_last:
+            return _channels_last_weight_gradient(grad_output, input, weight_shape, args.groups)
         n, m, *spatial = grad_output.shape
         c, g = input.shape[1], args.groups
         pixels = math.prod(spatial)
@@ -70,3 +76,17 @@ class GemmBackend(Backend):
         for sample in range(n):
             grad_weight.baddbmm_(grad[sample], x[sample].transpose(1, 2))
         return grad_weight.view(weight_shape)
+
+
+def _channels_last_weight_gradient(grad_output, input, weight_shape, groups):
+    """In channels_last the pixels of every channel group are rows of one (pixels, C) matrix, so the weight gradient
+    of group g is grad[:, g]^T @ x[:, g]: one batched multiply over the groups, reading both tensors in place (oneDNN
+    reorders them first). Its forward and input gradient would need a strided output, which costs a copy: left to
+    aten."""
+    n, c, h, w = input.shape
+    m = grad_output.shape[1]
+    pixels = n * h * w
+    x = input.permute(0, 2, 3, 1).reshape(pixels, groups, c // groups)  # a view: channels_last is (N, H, W, C)
+    grad = grad_output.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(
+        pixels, groups, m // groups)
+    return torch.bmm(grad.permute(1, 2, 0), x.permute(1, 0, 2)).view(weight_shape)
