@@ -28,7 +28,7 @@ import torch
 from . import models
 from . import nn as gnn
 from .analysis.roofline import MachineCeilings, machine_ceilings
-from .analysis.timing import median_seconds, median_seconds_interleaved
+from .analysis.timing import median_seconds_interleaved
 
 # The networks whose layer shapes the issue's targets name (baseline.md).
 ZOO_MODELS = ("shufflenet_g1_w1", "shufflenet_g3_w1", "shufflenet_g8_w1", "resnext29_32x4d", "mobilenet_w1",
@@ -129,11 +129,14 @@ def zoo_layer_shapes(model_names=ZOO_MODELS, kinds=("grouped", "depthwise", "poi
     return list(shapes.values())
 
 
-def time_layer(layer: torch.nn.Module, x: torch.Tensor, backward: bool, repeats: int) -> float:
-    """Median seconds of layer(x), or of layer(x) and its backward pass to input and weight."""
+def layer_step(layer: torch.nn.Module, x: torch.Tensor, backward: bool):
+    """A callable running layer(x), or layer(x) and its backward pass to input and weight."""
     if not backward:
-        with torch.no_grad():
-            return median_seconds(lambda: layer(x), repeats=repeats)
+        def forward():
+            with torch.no_grad():
+                layer(x)
+
+        return forward
     x = x.detach().requires_grad_()
     with torch.no_grad():
         grad = torch.randn_like(layer(x))
@@ -143,7 +146,13 @@ def time_layer(layer: torch.nn.Module, x: torch.Tensor, backward: bool, repeats:
         layer.zero_grad(set_to_none=True)
         layer(x).backward(grad)
 
-    return median_seconds(step, repeats=repeats)
+    return step
+
+
+def time_layers(steps: dict[str, object], repeats: int) -> dict[str, float]:
+    """Milliseconds (median) of each step, the contenders timed in alternation so that they see the same load."""
+    return {name: 1e3 * seconds for name, seconds in median_seconds_interleaved(steps, repeats=repeats,
+                                                                                warmup=2).items()}
 
 
 @dataclass
@@ -189,14 +198,13 @@ def layer_benchmark(shapes: list[LayerShape], batch: int = 32, repeats: int = 5,
         x = torch.randn(batch, shape.in_channels, shape.height, shape.width)
         x_cl = x.contiguous(memory_format=torch.channels_last)
         for backward in ((False, True) if backward_too else (False,)):
-            result = LayerResult(
-                shape.model, shape.layer, shape.label(), shape.kind, "forward+backward" if backward else "forward",
-                torch_nchw_ms=1e3 * time_layer(theirs, x, backward, repeats),
-                torch_channels_last_ms=1e3 * time_layer(theirs, x_cl, backward, repeats),
-                groupconv_ms=1e3 * time_layer(ours, x, backward, repeats),
-                groupconv_channels_last_ms=1e3 * time_layer(ours, x_cl, backward, repeats),
-                floor_ms=1e3 * shape.floor_seconds(batch, ceilings, backward),
-            )
+            ms = time_layers({"torch_nchw_ms": layer_step(theirs, x, backward),
+                              "torch_channels_last_ms": layer_step(theirs, x_cl, backward),
+                              "groupconv_ms": layer_step(ours, x, backward),
+                              "groupconv_channels_last_ms": layer_step(ours, x_cl, backward)}, repeats)
+            result = LayerResult(shape.model, shape.layer, shape.label(), shape.kind,
+                                 "forward+backward" if backward else "forward", **ms,
+                                 floor_ms=1e3 * shape.floor_seconds(batch, ceilings, backward))
             results.append(result)
             if progress:
                 progress(format_layer_row(result))
@@ -256,10 +264,11 @@ def group_sweep(channels: int = 256, size: int = 28, kernels=(3, 1), batch: int 
             ours = shape.groupconv_layer()
             theirs = shape.torch_layer(ours)
             x = torch.randn(batch, channels, size, size)
-            point = SweepPoint(kernel, groups, 1e3 * time_layer(theirs, x, True, repeats),
-                               1e3 * time_layer(theirs, x.contiguous(memory_format=torch.channels_last), True,
-                                                repeats),
-                               1e3 * time_layer(ours, x, True, repeats))
+            ms = time_layers({"torch_nchw_ms": layer_step(theirs, x, True),
+                              "torch_channels_last_ms": layer_step(
+                                  theirs, x.contiguous(memory_format=torch.channels_last), True),
+                              "groupconv_ms": layer_step(ours, x, True)}, repeats)
+            point = SweepPoint(kernel, groups, **ms)
             points.append(point)
             if progress:
                 progress(f"{kernel}x{kernel} G={groups:<4} torch {point.torch_nchw_ms:8.2f} ms  torch CL "
@@ -324,13 +333,14 @@ def shuffle_cost(groups=(3, 8), batch: int = 32, repeats: int = 5, progress=prin
     results = []
     for g in groups:
         channels = STAGE_CHANNELS[g][0]
-        times = {}
+        steps = {}
+        x = torch.randn(batch, channels, 28, 28)
         for shuffle in (True, False):
             torch.manual_seed(0)
             unit = ShuffleUnit(channels, channels, g, downsample=False, ignore_group=False, shuffle=shuffle)
-            x = torch.randn(batch, channels, 28, 28)
-            times["groupconv", shuffle] = 1e3 * time_layer(unit, x, True, repeats)
-            times["torch", shuffle] = 1e3 * time_layer(to_torch_layers(unit), x, True, repeats)
+            steps["groupconv", shuffle] = layer_step(unit, x, True)
+            steps["torch", shuffle] = layer_step(to_torch_layers(unit), x, True)
+        times = time_layers(steps, repeats)
         result = ShuffleCost(f"ShuffleNet 1x g={g} unit {channels}ch 28x28", times["groupconv", True],
                              times["groupconv", False], times["torch", True], times["torch", False])
         results.append(result)
