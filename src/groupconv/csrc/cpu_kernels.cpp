@@ -15,6 +15,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "batch_norm.h"
+
 #include <algorithm>
 #include <vector>
 
@@ -572,9 +574,11 @@ at::Tensor channel_shuffle(const at::Tensor& input, int64_t groups) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "groupconv's native CPU kernels: narrow-group and depthwise convolution with a fused channel shuffle; "
-            "channel shuffle";
+            "channel shuffle; batch normalisation fused with a residual add and ReLU";
   m.def("conv_forward", &forward);
   m.def("conv_backward_input", &backward_input);
   m.def("conv_backward_weight", &backward_weight);
   m.def("channel_shuffle", &channel_shuffle);
+  m.def("batch_norm_forward", &batch_norm_forward);
+  m.def("batch_norm_backward", &batch_norm_backward);
 }

@@ -1,4 +1,4 @@
-"""Layers: drop-ins for torch.nn.ConvNd, and the grouped-convolution family."""
+"""Layers: drop-ins for torch.nn.ConvNd, the grouped-convolution family, and BatchNormAct2d (BN + residual + ReLU)."""
 
 from .accelerate import accelerate
 from .conv import Conv1d, Conv2d, Conv3d
@@ -9,9 +9,10 @@ from .separable import (
     PointwiseGroupedConv2d,
     SpatialSeparableConv2d,
 )
+from .normalization import BatchNormAct2d
 from .shuffle import ChannelShuffle, ShuffledGroupedConv2d
 
 __all__ = [
-    "ChannelShuffle", "Conv1d", "Conv2d", "Conv3d", "DepthwiseConv2d", "DepthwiseSeparableConv2d",
+    "BatchNormAct2d", "ChannelShuffle", "Conv1d", "Conv2d", "Conv3d", "DepthwiseConv2d", "DepthwiseSeparableConv2d",
     "FlattenedConv2d", "PointwiseGroupedConv2d", "ShuffledGroupedConv2d", "SpatialSeparableConv2d", "accelerate",
 ]

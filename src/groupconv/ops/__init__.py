@@ -28,6 +28,7 @@ from .dispatch import (
 from .functional import channel_shuffle, conv1d, conv2d, conv3d, conv_problem, explain_conv
 from .gemm import GemmBackend
 from .native import NativeBackend
+from .normalization import batch_norm
 from .reference import ReferenceBackend
 from .triton import TritonBackend
 from .tuning import cache_path, clear_tuning_cache, set_tuning, tuning_enabled
@@ -40,7 +41,7 @@ register_backend(GemmBackend(), priority=20)
 register_backend(NativeBackend(), priority=30)
 
 __all__ = [
-    "Backend", "ConvProblem", "ShuffleProblem", "cache_path", "channel_shuffle", "clear_tuning_cache", "conv1d",
+    "Backend", "ConvProblem", "ShuffleProblem", "batch_norm", "cache_path", "channel_shuffle", "clear_tuning_cache", "conv1d",
     "conv2d", "conv_problem", "conv3d", "explain", "explain_conv", "forced_backend", "get_backend", "list_backends",
     "not_supported_reasons", "register_backend", "select_backend", "set_backend", "set_tuning", "tuning_enabled",
     "unregister_backend", "use_backend",

@@ -29,7 +29,8 @@ from .arguments import arguments_as_2d, lift_shape_to_2d, lift_to_2d
 from .dispatch import Backend, ConvProblem, Problem, ShuffleProblem
 
 ENV_NATIVE = "GROUPCONV_NATIVE"
-SOURCES = [Path(__file__).resolve().parent.parent / "csrc" / "cpu_kernels.cpp"]
+_CSRC = Path(__file__).resolve().parent.parent / "csrc"
+SOURCES = [_CSRC / "cpu_kernels.cpp", _CSRC / "batch_norm.cpp"]
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 # Wider groups are matrix-multiply territory (oneDNN, gemm); the direct kernels suit narrow ones.
 MAX_IN_PER_GROUP = 16

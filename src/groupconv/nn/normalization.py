@@ -1,0 +1,41 @@
+"""BatchNormAct2d: torch.nn.BatchNorm2d with the residual add and ReLU of a conv block fused into it."""
+
+from __future__ import annotations
+
+import torch
+
+from ..ops.normalization import batch_norm
+
+
+class BatchNormAct2d(torch.nn.BatchNorm2d):
+    """relu(BatchNorm2d(x) + residual), computed in one fused op (groupconv.ops.batch_norm).
+
+    Like timm's BatchNormAct2d: a torch.nn.BatchNorm2d subclass (same arguments, parameters, buffers
+    and state_dict, so checkpoints of a BN + ReLU model load unchanged) whose forward also applies
+    the activation, here ReLU, when `apply_act` (the default). `forward(x, residual)` adds a residual
+    before the activation, as a ResNet or ShuffleNet unit does with its shortcut.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device=None, dtype=None, *, apply_act: bool = True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        if not isinstance(apply_act, bool):
+            raise TypeError(f"apply_act={apply_act!r} must be a bool")
+        self.apply_act = apply_act
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, apply_act={self.apply_act}"
+
+    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_input_dim(input)
+        # torch.nn.BatchNorm2d's rules for the momentum, the step count and which statistics to use.
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+        batch_statistics = self.training or (self.running_mean is None and self.running_var is None)
+        tracked = not self.training or self.track_running_stats
+        return batch_norm(input, self.running_mean if tracked else None, self.running_var if tracked else None,
+                          self.weight, self.bias, batch_statistics, factor, self.eps, residual=residual,
+                          relu=self.apply_act)

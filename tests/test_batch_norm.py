@@ -1,0 +1,200 @@
+"""groupconv.ops.batch_norm and nn.BatchNormAct2d against torch's BatchNorm2d (+ residual) (+ ReLU).
+
+Both paths are checked: the native fused kernel, and torch's ops (what runs where the kernel cannot);
+forward, every gradient, the running statistics, on random shapes in both layouts.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from groupconv import ops
+from groupconv.nn import BatchNormAct2d
+from groupconv.ops import native, normalization
+
+from .conftest import assert_close_scaled
+
+needs_native = pytest.mark.skipif(native.unavailable_reason() is not None,
+                                  reason=f"native kernels unavailable: {native.unavailable_reason()}")
+
+
+@pytest.fixture(params=["native", "torch"])
+def path(request, monkeypatch):
+    """Run the test on the native kernel, then with it reported unavailable (torch's ops)."""
+    if request.param == "native":
+        if native.unavailable_reason() is not None:
+            pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
+    else:
+        monkeypatch.setattr(normalization.native, "unavailable_reason", lambda: "turned off by the test")
+    return request.param
+
+
+def reference(module: torch.nn.BatchNorm2d, x, residual, relu):
+    out = torch.nn.BatchNorm2d.forward(module, x)
+    if residual is not None:
+        out = out + residual
+    return F.relu(out) if relu else out
+
+
+def compare(shape, channels_last, relu, with_residual, training, dtype, affine=True, track=True, momentum=0.1,
+            offset=0.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    channels = shape[1]
+    ours = BatchNormAct2d(channels, momentum=momentum, affine=affine, track_running_stats=track,
+                          dtype=dtype, apply_act=relu)
+    with torch.no_grad():
+        if affine:
+            ours.weight.uniform_(0.5, 1.5, generator=generator)
+            ours.bias.uniform_(-0.5, 0.5, generator=generator)
+        if track:
+            ours.running_mean.uniform_(-1, 1, generator=generator)
+            ours.running_var.uniform_(0.5, 2, generator=generator)
+    theirs = torch.nn.BatchNorm2d(channels, momentum=momentum, affine=affine, track_running_stats=track, dtype=dtype)
+    theirs.load_state_dict(ours.state_dict())
+    ours.train(training)
+    theirs.train(training)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = (torch.randn(shape, generator=generator, dtype=dtype) * 2 + offset).contiguous(memory_format=memory_format)
+    residual = torch.randn(shape, generator=generator, dtype=dtype) if with_residual else None
+    grad = torch.randn(shape, generator=generator, dtype=dtype)
+
+    def run(module, forward):
+        inputs = [x.clone().requires_grad_()] + ([residual.clone().requires_grad_()] if with_residual else [])
+        out = forward(module, *inputs)
+        parameters = [module.weight, module.bias] if affine else []
+        grads = torch.autograd.grad(out, inputs + parameters, grad)
+        return out, grads
+
+    out, grads = run(ours, lambda m, x, r=None: m(x, r))
+    expected, expected_grads = run(theirs, lambda m, x, r=None: reference(m, x, r, relu))
+    assert_close_scaled(out, expected, dtype, "output")
+    assert out.is_contiguous(memory_format=memory_format), "output does not keep the input's layout"
+    names = ["input", "residual"][:1 + with_residual] + (["weight", "bias"] if affine else [])
+    for name, actual, wanted in zip(names, grads, expected_grads):
+        assert_close_scaled(actual, wanted, dtype, f"grad {name}")
+    for name, buffer in theirs.named_buffers():
+        assert_close_scaled(getattr(ours, name), buffer, dtype, name)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("relu", [False, True], ids=["bn", "bn_relu"])
+@pytest.mark.parametrize("with_residual", [False, True], ids=["", "residual"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_matches_torch_float64(path, channels_last, relu, with_residual, training):
+    compare((3, 5, 7, 6), channels_last, relu, with_residual, training, torch.float64)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_matches_torch_float32_larger_than_a_block(path, channels_last):
+    """Planes and row ranges longer than the kernel's 1024-value accumulation blocks."""
+    compare((4, 24, 40, 36), channels_last, True, True, True, torch.float32)
+
+
+@given(batch=st.integers(1, 4), channels=st.integers(1, 12), height=st.integers(1, 9), width=st.integers(2, 9),
+       channels_last=st.booleans(), relu=st.booleans(), with_residual=st.booleans(), training=st.booleans(),
+       affine=st.booleans(), track=st.booleans(), momentum=st.sampled_from([0.1, 0.5, None]),
+       seed=st.integers(0, 2 ** 16))
+def test_random_shapes_and_options_match_torch(batch, channels, height, width, channels_last, relu, with_residual,
+                                               training, affine, track, momentum, seed):
+    if not training and not track:
+        training = True  # eval without running statistics uses the batch's, as torch does: covered by training
+    compare((batch, channels, height, width), channels_last, relu, with_residual, training, torch.float64,
+            affine=affine, track=track, momentum=momentum, seed=seed)
+
+
+@needs_native
+def test_large_mean_keeps_variance_accurate():
+    """A channel far from zero (|mean| = 1000 std): the kernel's one-pass variance is shifted, so it does not cancel."""
+    compare((8, 4, 16, 16), False, False, False, True, torch.float32, offset=2000.0)
+
+
+@needs_native
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_gradcheck(channels_last):
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
+    residual = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(3, dtype=torch.float64).add(0.5).requires_grad_()
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, residual, weight, bias):
+        return ops.batch_norm(x, None, None, weight, bias, True, residual=residual, relu=True)
+
+    assert torch.autograd.gradcheck(f, (x, residual, weight, bias))
+
+
+@needs_native
+def test_native_path_runs_the_custom_op():
+    """On CPU float32 the fused op runs (not torch's batch_norm): the profiler sees groupconv::batch_norm_*."""
+    module = BatchNormAct2d(8)
+    x = torch.randn(2, 8, 5, 5, requires_grad=True)
+    with torch.profiler.profile() as profile:
+        module(x).sum().backward()
+    names = {event.name for event in profile.events()}
+    assert {"groupconv::batch_norm_forward", "groupconv::batch_norm_backward"} <= names
+    assert "aten::native_batch_norm" not in names
+
+
+@needs_native
+def test_results_do_not_depend_on_thread_count():
+    x = torch.randn(6, 16, 20, 20).contiguous(memory_format=torch.channels_last)
+    residual, grad = torch.randn_like(x), torch.randn_like(x)
+    results = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            xr = x.clone().requires_grad_()
+            out = ops.batch_norm(xr, None, None, None, None, True, residual=residual, relu=True)
+            out.backward(grad)
+            results.append((out, xr.grad))
+    finally:
+        torch.set_num_threads(previous)
+    # The per-thread partial sums change with the thread count: float32 rounding, nothing more.
+    for one, two, what in zip(*results, ("output", "grad input")):
+        assert_close_scaled(one, two, torch.float32, what)
+
+
+def test_falls_back_for_what_the_kernel_does_not_take():
+    """bfloat16, a strided view and a broadcast residual run torch's ops, with torch's results."""
+    x = torch.randn(4, 6, 5, 5)
+    cases = [(x.bfloat16(), None), (x.transpose(2, 3), None), (x, torch.randn(1, 6, 1, 1))]
+    for input, residual in cases:
+        assert normalization.native_unsupported_reasons(input, residual)
+        out = ops.batch_norm(input, None, None, None, None, True, residual=residual, relu=True)
+        expected = F.batch_norm(input, None, None, None, None, True)
+        expected = F.relu(expected + residual if residual is not None else expected)
+        torch.testing.assert_close(out, expected)
+
+
+def test_compiles_fullgraph():
+    module = BatchNormAct2d(6)
+    x = torch.randn(2, 6, 4, 4, requires_grad=True)
+    residual = torch.randn(2, 6, 4, 4)
+    expected = torch.nn.BatchNorm2d(6)(x.detach()).add(residual).relu()
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    out = compiled(x, residual)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    assert x.grad is not None and module.weight.grad is not None
+
+
+def test_state_dict_is_batchnorm2d():
+    ours, theirs = BatchNormAct2d(5), torch.nn.BatchNorm2d(5)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: ops.batch_norm(torch.randn(2, 3, 4), None, None, torch.ones(4), None, True), "weight must have shape"),
+    (lambda: ops.batch_norm(torch.randn(2, 3, 4), None, None, None, None, False), "running_mean=None"),
+    (lambda: ops.batch_norm(torch.randn(1, 3, 1, 1), None, None, None, None, True), "more than one value"),
+    (lambda: ops.batch_norm(torch.randn(2, 3, 4), None, None, None, None, True, residual=1.0), "residual must be"),
+    (lambda: ops.batch_norm(torch.randn(3), None, None, None, None, True), "input.dim()=1"),
+    (lambda: BatchNormAct2d(3, apply_act="yes"), "apply_act='yes'"),
+])
+def test_bad_input_names_the_argument(call, message):
+    with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(").replace(")", r"\)")):
+        call()
