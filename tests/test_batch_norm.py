@@ -20,6 +20,15 @@ needs_native = pytest.mark.skipif(native.unavailable_reason() is not None,
                                   reason=f"native kernels unavailable: {native.unavailable_reason()}")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def native_at_every_size():
+    """The tests' shapes are small; the size rule (torch's ops below NATIVE_MIN_VALUES) has its own test."""
+    previous = normalization.NATIVE_MIN_VALUES
+    normalization.NATIVE_MIN_VALUES = 0
+    yield
+    normalization.NATIVE_MIN_VALUES = previous
+
+
 @pytest.fixture(params=["native", "torch"])
 def path(request, monkeypatch):
     """Run the test on the native kernel, then with it reported unavailable (torch's ops)."""
@@ -135,6 +144,18 @@ def test_native_path_runs_the_custom_op():
     names = {event.name for event in profile.events()}
     assert {"groupconv::batch_norm_forward", "groupconv::batch_norm_backward"} <= names
     assert "aten::native_batch_norm" not in names
+
+
+@needs_native
+def test_small_inputs_run_torchs_ops(monkeypatch):
+    monkeypatch.setattr(normalization, "NATIVE_MIN_VALUES", 1000)
+    assert normalization.native_unsupported_reasons(torch.randn(2, 8, 5, 5)) == [
+        "400 values, fewer than 1000: torch's ops are faster there"]
+    assert normalization.native_unsupported_reasons(torch.randn(2, 8, 10, 10)) == []
+    with torch.profiler.profile() as profile:
+        BatchNormAct2d(8)(torch.randn(2, 8, 5, 5, requires_grad=True)).sum().backward()
+    names = {event.name for event in profile.events()}
+    assert "aten::native_batch_norm" in names and "groupconv::batch_norm_forward" not in names
 
 
 @needs_native

@@ -351,14 +351,28 @@ def shuffle_cost(groups=(3, 8), batch: int = 32, repeats: int = 5, progress=prin
     return results
 
 
+class StockBatchNormAct2d(torch.nn.BatchNorm2d):
+    """What stock models (pytorchcv, torchvision) run where groupconv fuses BN, residual and ReLU: torch's BN,
+    then `+ residual`, then an in-place ReLU, each its own op."""
+
+    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        out = super().forward(input)
+        if residual is not None:
+            out = out + residual
+        return torch.nn.functional.relu(out, inplace=True) if self.apply_act else out
+
+
 def to_torch_layers(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of `model` built from plain torch.nn layers: what the model costs in stock PyTorch.
 
     Every groupconv conv becomes the torch conv of its class with the same parameters; a conv that
     reads its input shuffled becomes torch.nn.ChannelShuffle followed by the conv, as a stock
-    implementation (pytorchcv) builds it.
+    implementation (pytorchcv) builds it; a BatchNormAct2d becomes torch's BN, add and ReLU.
     """
     model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, gnn.BatchNormAct2d):
+            module.__class__ = StockBatchNormAct2d
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             torch_class = next((base for base in (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)

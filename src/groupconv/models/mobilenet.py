@@ -27,16 +27,15 @@ STAGE_CHANNELS = ((32,), (64,), (128, 128), (256, 256), (512,) * 6, (1024, 1024)
 
 
 class ConvBlock(nn.Module):
-    """conv -> BN -> ReLU; `conv` is any groupconv layer."""
+    """conv -> BN -> ReLU, the BN and ReLU fused (groupconv.nn.BatchNormAct2d); `conv` is any groupconv layer."""
 
     def __init__(self, conv: nn.Module, out_channels: int):
         super().__init__()
         self.conv = conv
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.activ = nn.ReLU(inplace=True)
+        self.bn = gnn.BatchNormAct2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activ(self.bn(self.conv(x)))
+        return self.bn(self.conv(x))
 
 
 class DepthwiseSeparableBlock(nn.Module):

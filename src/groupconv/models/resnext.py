@@ -36,20 +36,19 @@ class Bottleneck(nn.Module):
         width = int(planes * base_width / 64) * cardinality
         out_channels = planes * self.expansion
         self.conv1 = gnn.Conv2d(in_channels, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        # Each BN takes its ReLU (and bn3 the shortcut sum) fused: groupconv.nn.BatchNormAct2d.
+        self.bn1 = gnn.BatchNormAct2d(width)
         self.conv2 = gnn.Conv2d(width, width, 3, stride=stride, padding=1, groups=cardinality, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
+        self.bn2 = gnn.BatchNormAct2d(width)
         self.conv3 = gnn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
+        self.bn3 = gnn.BatchNormAct2d(out_channels)
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = self.bn1(self.conv1(x))
+        out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return self.bn3(self.conv3(out), shortcut)
 
 
 class ResNeXt(nn.Module):
@@ -71,8 +70,7 @@ class ResNeXt(nn.Module):
         self.in_channels = 64
 
         self.conv1 = gnn.Conv2d(in_chans, 64, 7, stride=1 if small_input else 2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
+        self.bn1 = gnn.BatchNormAct2d(64)
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(64, layers[0], stride=1)
         self.layer2 = self._make_layer(128, layers[1], stride=2)
@@ -102,7 +100,7 @@ class ResNeXt(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 

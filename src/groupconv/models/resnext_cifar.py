@@ -42,22 +42,21 @@ class ResNeXtPath(nn.Module):
     def __init__(self, in_channels: int, path_width: int, out_channels: int | None, stride: int):
         super().__init__()
         self.conv_reduce = gnn.Conv2d(in_channels, path_width, 1, bias=False)
-        self.bn_reduce = nn.BatchNorm2d(path_width)
+        self.bn_reduce = gnn.BatchNormAct2d(path_width)
         self.conv_conv = gnn.Conv2d(path_width, path_width, 3, stride=stride, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(path_width)
-        self.relu = nn.ReLU(inplace=True)
+        self.bn = gnn.BatchNormAct2d(path_width)
         self.conv_expand = None if out_channels is None else gnn.Conv2d(path_width, out_channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn_reduce(self.conv_reduce(x)))
-        x = self.relu(self.bn(self.conv_conv(x)))
+        x = self.bn(self.conv_conv(self.bn_reduce(self.conv_reduce(x))))
         return x if self.conv_expand is None else self.conv_expand(x)
 
 
 class ResNeXtBlock(nn.Module):
-    """What the three block forms share: the shortcut, the residual sum, and conversion from/to form (c)'s weights.
+    """What the three block forms share: the shortcut, the last BN with the residual sum and ReLU fused into it
+    (bn_expand, a groupconv.nn.BatchNormAct2d), and conversion from/to form (c)'s weights.
 
-    Subclasses build the residual branch (`transform`) and name the layers they split into paths.
+    Subclasses build the residual branch up to that BN (`transform`) and name the layers they split into paths.
     """
 
     block_form: str
@@ -72,13 +71,13 @@ class ResNeXtBlock(nn.Module):
             self.shortcut.add_module("shortcut_conv", gnn.Conv2d(in_channels, out_channels, 1, stride=stride,
                                                                  bias=False))
             self.shortcut.add_module("shortcut_bn", nn.BatchNorm2d(out_channels))
-        self.relu = nn.ReLU(inplace=True)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch before its last BN."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.transform(x) + self.shortcut(x))
+        return self.bn_expand(self.transform(x), self.shortcut(x))
 
     def grouped_state_dict(self) -> dict[str, torch.Tensor]:
         """This block's weights and buffers as form (c) names and shapes them: per-path tensors concatenated."""
@@ -115,16 +114,14 @@ class GroupedConvBlock(ResNeXtBlock):
     def __init__(self, in_channels, out_channels, stride, cardinality, width):
         super().__init__(in_channels, out_channels, stride, cardinality, width)
         self.conv_reduce = gnn.Conv2d(in_channels, width, 1, bias=False)
-        self.bn_reduce = nn.BatchNorm2d(width)
+        self.bn_reduce = gnn.BatchNormAct2d(width)
         self.conv_conv = gnn.Conv2d(width, width, 3, stride=stride, padding=1, groups=cardinality, bias=False)
-        self.bn = nn.BatchNorm2d(width)
+        self.bn = gnn.BatchNormAct2d(width)
         self.conv_expand = gnn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn_expand = nn.BatchNorm2d(out_channels)
+        self.bn_expand = gnn.BatchNormAct2d(out_channels)
 
     def transform(self, x):
-        x = self.relu(self.bn_reduce(self.conv_reduce(x)))
-        x = self.relu(self.bn(self.conv_conv(x)))
-        return self.bn_expand(self.conv_expand(x))
+        return self.conv_expand(self.bn(self.conv_conv(self.bn_reduce(self.conv_reduce(x)))))
 
 
 class EarlyConcatenationBlock(ResNeXtBlock):
@@ -138,10 +135,10 @@ class EarlyConcatenationBlock(ResNeXtBlock):
         path_width = width // cardinality
         self.paths = nn.ModuleList(ResNeXtPath(in_channels, path_width, None, stride) for _ in range(cardinality))
         self.conv_expand = gnn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn_expand = nn.BatchNorm2d(out_channels)
+        self.bn_expand = gnn.BatchNormAct2d(out_channels)
 
     def transform(self, x):
-        return self.bn_expand(self.conv_expand(torch.cat([path(x) for path in self.paths], dim=1)))
+        return self.conv_expand(torch.cat([path(x) for path in self.paths], dim=1))
 
 
 class AggregatedTransformBlock(ResNeXtBlock):
@@ -156,13 +153,13 @@ class AggregatedTransformBlock(ResNeXtBlock):
         path_width = width // cardinality
         self.paths = nn.ModuleList(ResNeXtPath(in_channels, path_width, out_channels, stride)
                                    for _ in range(cardinality))
-        self.bn_expand = nn.BatchNorm2d(out_channels)
+        self.bn_expand = gnn.BatchNormAct2d(out_channels)
 
     def transform(self, x):
         total = self.paths[0](x)
         for path in self.paths[1:]:
             total = total + path(x)
-        return self.bn_expand(total)
+        return total
 
 
 BLOCK_CLASSES = {cls.block_form: cls for cls in (AggregatedTransformBlock, EarlyConcatenationBlock,
@@ -193,8 +190,7 @@ class CifarResNeXt(nn.Module):
         stages = (64, 64 * widen_factor, 128 * widen_factor, 256 * widen_factor)
 
         self.conv_1_3x3 = gnn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
-        self.bn_1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
+        self.bn_1 = gnn.BatchNormAct2d(64)
         for index, stride in enumerate((1, 2, 2)):
             name = f"stage_{index + 1}"
             self.add_module(name, self._make_stage(name, stages[index], stages[index + 1], stride))
@@ -254,7 +250,7 @@ class CifarResNeXt(nn.Module):
             raise RuntimeError(f"load_grouped_state_dict: missing keys {missing}, unexpected keys {unexpected}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn_1(self.conv_1_3x3(x)))
+        x = self.bn_1(self.conv_1_3x3(x))
         x = self.stage_3(self.stage_2(self.stage_1(x)))
         return self.classifier(torch.flatten(self.avgpool(x), 1))
 

@@ -125,7 +125,8 @@ def check_shufflenet_arguments(groups, width, stage_channels=None) -> tuple[floa
 
 class ShuffleUnit(nn.Module):
     """1x1 group conv -> BN -> ReLU -> [channel shuffle + 3x3 depthwise, fused] -> BN -> 1x1 group conv -> BN,
-    plus the shortcut, then ReLU.
+    plus the shortcut, then ReLU. Each BN takes what follows it fused (groupconv.nn.BatchNormAct2d): its ReLU,
+    and in a stride-1 unit the shortcut sum.
 
     A downsampling unit (stride 2) average-pools the shortcut (3x3, stride 2, pad 1) and concatenates
     it, so its main branch outputs out_channels - in_channels. The bottleneck width is out_channels // 4
@@ -142,26 +143,23 @@ class ShuffleUnit(nn.Module):
         compress_groups = 1 if ignore_group else groups
 
         self.compress_conv1 = gnn.PointwiseGroupedConv2d(in_channels, mid_channels, compress_groups, bias=False)
-        self.compress_bn1 = nn.BatchNorm2d(mid_channels)
+        self.compress_bn1 = gnn.BatchNormAct2d(mid_channels)
         self.dw_conv2 = gnn.ShuffledGroupedConv2d(mid_channels, mid_channels, 3, stride=2 if downsample else 1,
                                                   padding=1, groups=mid_channels, bias=False,
                                                   shuffle_groups=groups if shuffle else 1)
-        self.dw_bn2 = nn.BatchNorm2d(mid_channels)
+        self.dw_bn2 = gnn.BatchNormAct2d(mid_channels, apply_act=False)  # no ReLU here (paper, Sec. 3.2)
         self.expand_conv3 = gnn.PointwiseGroupedConv2d(mid_channels, branch_channels, groups, bias=False)
-        self.expand_bn3 = nn.BatchNorm2d(branch_channels)
+        self.expand_bn3 = gnn.BatchNormAct2d(branch_channels)
         if downsample:
             self.avgpool = nn.AvgPool2d(kernel_size=3, stride=2, padding=1)
-        self.activ = nn.ReLU(inplace=True)
+            self.activ = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch = self.activ(self.compress_bn1(self.compress_conv1(x)))
-        branch = self.dw_bn2(self.dw_conv2(branch))  # no ReLU after the depthwise conv (paper, Sec. 3.2)
-        branch = self.expand_bn3(self.expand_conv3(branch))
+        branch = self.dw_bn2(self.dw_conv2(self.compress_bn1(self.compress_conv1(x))))
         if self.downsample:
-            out = torch.cat((branch, self.avgpool(x)), dim=1)
-        else:
-            out = branch + x
-        return self.activ(out)
+            # relu(cat(a, b)) = cat(relu(a), relu(b)): the branch's ReLU is fused into its BN.
+            return torch.cat((self.expand_bn3(self.expand_conv3(branch)), self.activ(self.avgpool(x))), dim=1)
+        return self.expand_bn3(self.expand_conv3(branch), x)
 
 
 class ShuffleInitBlock(nn.Module):
@@ -170,12 +168,11 @@ class ShuffleInitBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, small_input: bool = False):
         super().__init__()
         self.conv = gnn.Conv2d(in_channels, out_channels, 3, stride=1 if small_input else 2, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.activ = nn.ReLU(inplace=True)
+        self.bn = gnn.BatchNormAct2d(out_channels)  # BN and ReLU, fused
         self.pool = nn.Identity() if small_input else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.activ(self.bn(self.conv(x))))
+        return self.pool(self.bn(self.conv(x)))
 
 
 class ShuffleNet(nn.Module):
