@@ -92,6 +92,7 @@ def test_accelerate_keeps_outputs_gradients_and_parameters():
     assert [type(m) for m in model if isinstance(m, torch.nn.modules.conv._ConvNd)] == [
         gnn.Conv2d, gnn.Conv2d, gnn.Conv2d, gnn.Conv1d
     ]
+    assert type(model[1]) is gnn.BatchNormAct2d and not model[1].apply_act
     assert [id(p) for p in model.parameters()] == parameters_before
     assert list(model.state_dict()) == state_keys
     out = model(x)
