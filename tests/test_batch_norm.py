@@ -202,6 +202,16 @@ def test_compiles_fullgraph():
     assert x.grad is not None and module.weight.grad is not None
 
 
+@needs_native
+def test_exports_with_the_fused_op():
+    module = BatchNormAct2d(6).eval()
+    x, residual = torch.randn(2, 6, 4, 4), torch.randn(2, 6, 4, 4)
+    exported = torch.export.export(module, (x, residual))
+    targets = [node.target for node in exported.graph.nodes if node.op == "call_function"]
+    assert torch.ops.groupconv.batch_norm_forward.default in targets
+    torch.testing.assert_close(exported.module()(x, residual), module(x, residual))
+
+
 def test_state_dict_is_batchnorm2d():
     ours, theirs = BatchNormAct2d(5), torch.nn.BatchNorm2d(5)
     assert ours.state_dict().keys() == theirs.state_dict().keys()
