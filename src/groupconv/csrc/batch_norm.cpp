@@ -17,6 +17,7 @@
 // a fixed order, so results do not depend on scheduling.
 
 #include "batch_norm.h"
+#include "layout.h"
 
 #include <ATen/Parallel.h>
 
@@ -38,14 +39,9 @@ struct Shape {
   int64_t per_channel() const { return batch * pixels; }
 };
 
-bool is_channels_last(const at::Tensor& x) {
-  return !x.is_contiguous() && ((x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
-                                (x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d)));
-}
-
 Shape shape_of(const at::Tensor& x) {
   TORCH_CHECK(x.dim() >= 2, "batch_norm: input needs a batch and a channel dimension, got shape ", x.sizes());
-  const bool channels_last = is_channels_last(x);
+  const bool channels_last = is_channels_innermost(x);
   TORCH_CHECK(channels_last || x.is_contiguous(), "batch_norm: input must be contiguous or channels_last, strides ",
               x.strides());
   const int64_t batch = x.size(0), channels = x.size(1);

@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 
 #include "batch_norm.h"
+#include "layout.h"
 
 #include <algorithm>
 #include <vector>
@@ -540,9 +541,7 @@ at::Tensor backward_weight(const at::Tensor& grad_output, const at::Tensor& inpu
 
 at::Tensor channel_shuffle(const at::Tensor& input, int64_t groups) {
   // Channels innermost (channels_last or channels_last_3d): gather within each pixel; else whole planes.
-  const bool nhwc = !input.is_contiguous() &&
-                    ((input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
-                     (input.dim() == 5 && input.is_contiguous(at::MemoryFormat::ChannelsLast3d)));
+  const bool nhwc = is_channels_innermost(input);
   const at::Tensor x = nhwc ? input : input.contiguous();
   at::Tensor out = at::empty_like(x);  // keeps x's layout
   const int64_t n = x.size(0), c = x.size(1), pixels = x.numel() / std::max<int64_t>(1, n * c);
