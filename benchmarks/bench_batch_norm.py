@@ -6,6 +6,7 @@ torch.nn.BatchNorm2d -> (+ residual) -> ReLU (the stock model) and as groupconv'
 layouts, in alternation. Prints each row's speedup, and the geometric mean per layout.
 
     .venv/bin/python benchmarks/bench_batch_norm.py [--batch 32] [--repeats 7] [--models shufflenet_g8_w1 ...]
+        [--min-values 0]
 """
 
 from __future__ import annotations
@@ -70,7 +71,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    parser.add_argument("--min-values", type=int, default=normalization.NATIVE_MIN_VALUES,
+                        help="run the fused op from this many values up (default: the library's "
+                             "NATIVE_MIN_VALUES); 0 times it on every shape, to place that threshold")
     options = parser.parse_args()
+    normalization.NATIVE_MIN_VALUES = options.min_values
     keep_freed_memory()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {options.batch}; "
           f"fused op from {normalization.NATIVE_MIN_VALUES} values up")

@@ -28,22 +28,26 @@ from torch import Tensor
 
 from . import native
 from .arguments import memory_format_of
+from .library import profiled, runs_eagerly
 
 NATIVE_DTYPES = (torch.float32, torch.float64)
-# Below this many values torch's ops win: the custom op's fixed cost (~40 us forward, ~120 us forward and
-# backward, measured in benchmarks/bench_batch_norm.py) outweighs the passes it saves. At 1M values (32 x 192 x
-# 14 x 14) the fused op is ~1.5x faster forward+backward, at 3M+ 2-3x.
-NATIVE_MIN_VALUES = 1 << 20
+# Below this many values torch's ops win: the fused op's fixed cost (~80 us forward, ~130 us forward and backward
+# in eager mode, against torch's ~50 / ~100 for its BN and ReLU) outweighs the passes it saves. Measured with
+# benchmarks/bench_batch_norm.py --min-values 0 and on smaller shapes alike: at 32K values (8x64x8x8) the fused op
+# is 0.9x torch forward+backward, at 128K (32x64x8x8) 1.0-1.2x, at 256K 1.1-1.4x, at 1M and up 1.2-2.7x.
+NATIVE_MIN_VALUES = 1 << 17
 
 
-@torch.library.custom_op("groupconv::batch_norm_forward", mutates_args=())
-def batch_norm_forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
+def _batch_norm_forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
                        running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool, eps: float,
                        relu: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(output, mean, invstd, biased variance), the statistics those of the batch in training, else the running ones."""
     output, mean, invstd, var = native.load().batch_norm_forward(input, weight, bias, residual, running_mean,
                                                                  running_var, training, eps, relu)
     return output, mean, invstd, var
+
+
+batch_norm_forward = torch.library.custom_op("groupconv::batch_norm_forward", _batch_norm_forward, mutates_args=())
 
 
 @batch_norm_forward.register_fake
@@ -53,14 +57,17 @@ def _batch_norm_forward_fake(input, weight, bias, residual, running_mean, runnin
             torch.empty_like(channels))
 
 
-@torch.library.custom_op("groupconv::batch_norm_backward", mutates_args=())
-def batch_norm_backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+def _batch_norm_backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                         residual: Optional[Tensor], mean: Tensor, invstd: Tensor, training: bool, relu: bool,
                         residual_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(grad_input, grad_weight, grad_bias, grad_residual); grad_residual is empty unless residual_grad."""
     grad_input, grad_weight, grad_bias, grad_residual = native.load().batch_norm_backward(
         grad_output, input, weight, bias, residual, mean, invstd, training, relu, residual_grad)
     return grad_input, grad_weight, grad_bias, grad_residual
+
+
+batch_norm_backward = torch.library.custom_op("groupconv::batch_norm_backward", _batch_norm_backward,
+                                              mutates_args=())
 
 
 @batch_norm_backward.register_fake
@@ -81,13 +88,13 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(*output[1:])
 
 
-def _backward(ctx, grad_output, _grad_mean, _grad_invstd, _grad_var):
+def _gradients(ctx, grad_output, backward_op):
     input, weight, bias, residual, mean, invstd = ctx.saved_tensors
     needs_input, needs_weight, needs_bias, needs_residual = ctx.needs_input_grad[:4]
     # Without a ReLU the residual's gradient is grad_output itself: no pass needed for it.
     masked_residual_grad = needs_residual and ctx.relu
     grad_output = grad_output.contiguous(memory_format=memory_format_of(input))
-    grad_input, grad_weight, grad_bias, grad_residual = batch_norm_backward(
+    grad_input, grad_weight, grad_bias, grad_residual = backward_op(
         grad_output, input, weight, bias, residual, mean, invstd, ctx.training, ctx.relu, masked_residual_grad)
     if needs_residual and not ctx.relu:
         grad_residual = grad_output
@@ -96,7 +103,30 @@ def _backward(ctx, grad_output, _grad_mean, _grad_invstd, _grad_var):
             None, None, None, None, None)
 
 
+def _backward(ctx, grad_output, _grad_mean, _grad_invstd, _grad_var):
+    return _gradients(ctx, grad_output, batch_norm_backward)
+
+
 batch_norm_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+class EagerBatchNorm(torch.autograd.Function):
+    """groupconv::batch_norm_forward and its backward for plain eager calls, without the custom op's machinery
+    (~100 us a call forward and backward), as library.EagerConv does for the convolution."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        outputs = _batch_norm_forward(*inputs)
+        _setup_context(ctx, inputs, outputs)
+        return outputs
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_mean, _grad_invstd, _grad_var):
+        # The backward op has no derivative of its own: the custom op (which says so) under create_graph.
+        if torch.is_grad_enabled():
+            return _gradients(ctx, grad_output, batch_norm_backward)
+        with profiled("groupconv::batch_norm_backward"):
+            return _gradients(ctx, grad_output, _batch_norm_backward)
 
 
 def native_unsupported_reasons(input: Tensor, residual: Optional[Tensor] = None, relu: bool = False) -> list[str]:
@@ -157,8 +187,12 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
         return F.relu(out, inplace=True) if relu else out
     if residual is not None:
         residual = residual.contiguous(memory_format=memory_format_of(input))
-    output, mean, _, var = batch_norm_forward(input, weight, bias, residual, running_mean, running_var, training,
-                                              eps, relu)
+    inputs = (input, weight, bias, residual, running_mean, running_var, training, eps, relu)
+    if runs_eagerly(input, weight, bias, residual, running_mean, running_var):
+        with profiled("groupconv::batch_norm_forward"):
+            output, mean, _, var = EagerBatchNorm.apply(*inputs)
+    else:
+        output, mean, _, var = batch_norm_forward(*inputs)
     if training and running_mean is not None and running_var is not None:
         # torch's update: the running variance takes the batch's unbiased variance.
         count = input.numel() // input.shape[1]

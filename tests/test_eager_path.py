@@ -1,0 +1,110 @@
+"""The eager path (library.EagerConv, normalization.EagerBatchNorm) against the custom ops it stands in for.
+
+Plain eager calls skip torch.library's dispatch; everything that must see the custom ops (torch.compile, export,
+dispatch modes such as FlopCounterMode) still does. Both paths run the same implementations, so they must agree
+exactly, forward and every gradient.
+"""
+
+import itertools
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import groupconv
+from groupconv.ops import batch_norm, library, native, normalization
+
+
+def conv_inputs(seed, channels_last, with_bias):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 12, 9, 7, generator=generator, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(12, 4, 3, 3, generator=generator, dtype=torch.float64)
+    b = torch.randn(12, generator=generator, dtype=torch.float64) if with_bias else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("channels_last,with_bias", itertools.product([False, True], [False, True]))
+@pytest.mark.parametrize("needs", ["all", "input", "weight"])
+def test_eager_conv_equals_the_custom_op(channels_last, with_bias, needs):
+    arguments = ([2, 1], [1, 0], [1, 1], 3, 3)  # stride, padding, dilation, groups, shuffle_groups
+    results = []
+    for call in (library.convolution, library.conv_forward):
+        x, w, b = conv_inputs(0, channels_last, with_bias)
+        leaves = {"all": [x, w] + ([b] if with_bias else []), "input": [x], "weight": [w]}[needs]
+        for leaf in leaves:
+            leaf.requires_grad_()
+        out = call(x, w, b, *arguments)
+        grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+        results.append((out, torch.autograd.grad(out, leaves, grad_output)))
+    (eager_out, eager_grads), (op_out, op_grads) = results
+    assert eager_out.grad_fn.name().startswith("EagerConv")
+    assert op_out.grad_fn.name() != eager_out.grad_fn.name()
+    assert eager_out.stride() == op_out.stride()
+    torch.testing.assert_close(eager_out, op_out, rtol=0, atol=0)
+    for eager_grad, op_grad in zip(eager_grads, op_grads, strict=True):
+        torch.testing.assert_close(eager_grad, op_grad, rtol=0, atol=0)
+
+
+def test_eager_conv_double_backward_goes_through_the_custom_ops():
+    x, w, _ = conv_inputs(2, False, False)
+    x.requires_grad_()
+    w.requires_grad_()
+    conv = lambda a, b: groupconv.conv2d(a, b, padding=1, groups=3)  # noqa: E731
+    assert torch.autograd.gradgradcheck(conv, (x, w), fast_mode=True)
+
+
+def test_dispatch_modes_and_compile_see_the_custom_op():
+    x, w, _ = conv_inputs(3, False, False)
+    assert library.runs_eagerly(x, w, None)
+    with FlopCounterMode(display=False) as counter:
+        assert not library.runs_eagerly(x, w, None)
+        groupconv.conv2d(x, w, groups=3)
+    assert torch.ops.groupconv.conv_forward in counter.get_flop_counts()["Global"]
+    # Parameters are plain tensors to torch's dispatch; a subclass with its own __torch_function__ is not.
+    assert library.runs_eagerly(x, torch.nn.Parameter(w))
+
+    class Tagged(torch.Tensor):
+        pass
+
+    tagged = x.as_subclass(Tagged)
+    assert not library.runs_eagerly(tagged, w)
+    assert type(groupconv.conv2d(tagged, w, groups=3)) is Tagged
+
+    seen = []
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def compiled(a, b):
+        seen.append(library.runs_eagerly(a, b))
+        return groupconv.conv2d(a, b, groups=3)
+
+    torch.testing.assert_close(compiled(x, w), groupconv.conv2d(x, w, groups=3))
+    assert seen == [False]
+
+
+@pytest.mark.skipif(native.unavailable_reason() is not None, reason="native kernels unavailable")
+@pytest.mark.parametrize("residual,relu,channels_last", [(False, True, False), (True, True, True),
+                                                          (True, False, False)])
+def test_eager_batch_norm_equals_the_custom_op(monkeypatch, residual, relu, channels_last):
+    monkeypatch.setattr(normalization, "NATIVE_MIN_VALUES", 0)
+    results = []
+    for eager in (True, False):
+        monkeypatch.setattr(normalization, "runs_eagerly", lambda *tensors, eager=eager: eager)
+        generator = torch.Generator().manual_seed(4)
+        x = torch.randn(4, 6, 5, 5, generator=generator, dtype=torch.float64)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        r = torch.randn(x.shape, generator=generator, dtype=torch.float64) if residual else None
+        w = torch.rand(6, generator=generator, dtype=torch.float64) + 0.5
+        b = torch.randn(6, generator=generator, dtype=torch.float64)
+        running_mean, running_var = torch.zeros(6, dtype=torch.float64), torch.ones(6, dtype=torch.float64)
+        leaves = [t.requires_grad_() for t in (x, w, b, r) if t is not None]
+        out = batch_norm(x, running_mean, running_var, w, b, True, 0.1, 1e-5, residual=r, relu=relu)
+        grads = torch.autograd.grad(out, leaves, torch.randn(out.shape, generator=generator, dtype=out.dtype))
+        results.append((out, grads, running_mean, running_var, out.grad_fn.name()))
+    (eager_out, eager_grads, eager_mean, eager_var, eager_node), (op_out, op_grads, op_mean, op_var, op_node) = results
+    assert eager_node.startswith("EagerBatchNorm") and op_node != eager_node
+    for eager_tensor, op_tensor in zip((eager_out, eager_mean, eager_var, *eager_grads),
+                                       (op_out, op_mean, op_var, *op_grads), strict=True):
+        torch.testing.assert_close(eager_tensor, op_tensor, rtol=0, atol=0)
