@@ -47,6 +47,24 @@ def test_eager_conv_equals_the_custom_op(channels_last, with_bias, needs):
         torch.testing.assert_close(eager_grad, op_grad, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_eager_shuffle_equals_the_custom_op(channels_last):
+    results = []
+    for call in (library.shuffle, library.channel_shuffle):
+        x = torch.randn(2, 12, 3, 5, generator=torch.Generator().manual_seed(5))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        out = call(x, 3)
+        grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(6))
+        results.append((out, *torch.autograd.grad(out, x, grad_output), out.grad_fn.name()))
+    (eager_out, eager_grad, eager_node), (op_out, op_grad, op_node) = results
+    assert eager_node.startswith("EagerShuffle") and op_node != eager_node
+    assert eager_out.stride() == op_out.stride()
+    torch.testing.assert_close(eager_out, op_out, rtol=0, atol=0)
+    torch.testing.assert_close(eager_grad, op_grad, rtol=0, atol=0)
+
+
 def test_eager_conv_double_backward_goes_through_the_custom_ops():
     x, w, _ = conv_inputs(2, False, False)
     x.requires_grad_()

@@ -72,7 +72,7 @@ def channel_shuffle(input: torch.Tensor, groups: int) -> torch.Tensor:
         )
     check_groups(groups)
     check_shuffle(input.shape[1], groups, "input channels (input.shape[1])")
-    return library.channel_shuffle(input, groups)
+    return library.shuffle(input, groups)
 
 
 def conv_problem(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, shuffle_groups=1,

@@ -7,8 +7,9 @@ Forward and both backward halves are separate ops so that a fast backend can ser
 separately. The backend is chosen at run time inside the op, so a compiled graph still honours
 `use_backend` and later tuning.
 
-Plain eager calls (`convolution`, what groupconv.conv2d calls) run the same implementations and
-gradient formula through a torch.autograd.Function instead (EagerConv): torch.library's dispatch
+Plain eager calls (`convolution` and `shuffle`, what groupconv.conv2d and channel_shuffle call) run
+the same implementations and gradient formulas through torch.autograd.Functions instead
+(EagerConv, EagerShuffle): torch.library's dispatch
 costs ~100 us a call each way, most of a small layer's time. Everything that must see the ops
 (torch.compile, torch.export, functorch transforms, dispatch modes, tensor subclasses) still does.
 """
@@ -324,11 +325,13 @@ def _backward_backward(ctx, grad_grad_input, grad_grad_weight):
 conv_backward.register_autograd(_backward_backward, setup_context=_backward_setup_context)
 
 
-@torch.library.custom_op("groupconv::channel_shuffle", mutates_args=())
-def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+def _channel_shuffle(x: Tensor, groups: int) -> Tensor:
     problem = ShuffleProblem.build(x, groups)
     out = select_backend(problem, lambda b: b.channel_shuffle(x, groups)).channel_shuffle(x, groups)
     return _owned(out, memory_format_of(x), x)
+
+
+channel_shuffle = torch.library.custom_op("groupconv::channel_shuffle", _channel_shuffle, mutates_args=())
 
 
 @channel_shuffle.register_fake
@@ -347,3 +350,25 @@ def _shuffle_backward(ctx, grad_output):
 
 
 channel_shuffle.register_autograd(_shuffle_backward, setup_context=_shuffle_setup_context)
+
+
+class EagerShuffle(torch.autograd.Function):
+    """groupconv::channel_shuffle and its backward for plain eager calls, as EagerConv does for the convolution. Its
+    backward is a shuffle too, so it is differentiable any number of times."""
+
+    @staticmethod
+    def forward(ctx, x, groups):
+        _shuffle_setup_context(ctx, (x, groups), None)
+        return _channel_shuffle(x, groups)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return shuffle(grad_output, ctx.inverse_groups), None
+
+
+def shuffle(x: Tensor, groups: int) -> Tensor:
+    """channel_shuffle, with autograd: by EagerShuffle where it may run, else by the custom op."""
+    if runs_eagerly(x):
+        with profiled("groupconv::channel_shuffle"):
+            return EagerShuffle.apply(x, groups)
+    return channel_shuffle(x, groups)
