@@ -127,3 +127,52 @@ def test_3x3_padded_plane_path_matches_torch(size, stride, dilation, padding, in
         ours_grads = torch.autograd.grad(ours, (x, w), grad_output)
     for mine, theirs in zip(ours_grads, torch.autograd.grad(expected, (x, w), grad_output)):
         torch.testing.assert_close(mine, theirs)
+
+
+# (in, out, groups): ShuffleNet g8/g3 layers (12 or 20 outputs per group: one vector, padded), ResNeXt-like wide groups
+# (4-vector chunks), 1x1s that widen (192 outputs per group: 4 + 4 + 4 vectors), and odd widths (17, 33: a padded
+# last vector after 2- and 1-vector chunks); 5x7 pixels and batch 3: a pixel remainder after the 8-pixel blocks.
+@pytest.mark.parametrize("in_channels,out_channels,groups", [(96, 96, 8), (60, 240, 3), (384, 96, 8), (256, 512, 4),
+                                                              (16, 384, 2), (34, 66, 2), (51, 99, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_channels_last_pointwise_matches_torch(in_channels, out_channels, groups, dtype, with_bias):
+    """csrc/pointwise.cpp: forward and input gradient; the weight gradient by BLAS in place."""
+    generator = torch.Generator().manual_seed(in_channels + out_channels)
+    x = torch.randn(3, in_channels, 5, 7, generator=generator, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(out_channels, in_channels // groups, 1, 1, generator=generator, dtype=dtype)
+    b = torch.randn(out_channels, generator=generator, dtype=dtype) if with_bias else None
+    grad_output = torch.randn(3, out_channels, 5, 7, generator=generator, dtype=dtype).contiguous(
+        memory_format=torch.channels_last)
+    results = []
+    for conv, backend in ((groupconv.conv2d, "native"), (F.conv2d, None)):
+        leaves = [t.detach().requires_grad_() for t in (x, w, b) if t is not None]
+        with ops.use_backend(backend):
+            out = conv(leaves[0], leaves[1], leaves[2] if with_bias else None, groups=groups)
+            results.append((out, torch.autograd.grad(out, leaves, grad_output)))
+    (out, grads), (expected, expected_grads) = results
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    tolerance = {torch.float32: 1e-4, torch.float64: 1e-11}[dtype]
+    torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=tolerance, atol=tolerance)
+    problem = ops.conv_problem(x, w, b, groups=groups)
+    assert not ops.get_backend("native").not_supported_reasons(problem)
+
+
+def test_channels_last_pointwise_does_not_depend_on_the_thread_count():
+    x = torch.randn(4, 48, 9, 11).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(24, 12, 1, 1)
+    results = []
+    for threads in (1, 2):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            leaves = (x.detach().requires_grad_(), w.detach().requires_grad_())
+            with ops.use_backend("native"):
+                out = groupconv.conv2d(*leaves, groups=4)
+                results.append((out, *torch.autograd.grad(out, leaves, torch.ones_like(out))))
+        finally:
+            torch.set_num_threads(previous)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)

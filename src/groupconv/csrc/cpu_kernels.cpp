@@ -17,6 +17,7 @@
 
 #include "batch_norm.h"
 #include "layout.h"
+#include "pointwise.h"
 
 #include <algorithm>
 #include <vector>
@@ -573,11 +574,14 @@ at::Tensor channel_shuffle(const at::Tensor& input, int64_t groups) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "groupconv's native CPU kernels: narrow-group and depthwise convolution with a fused channel shuffle; "
-            "channel shuffle; batch normalisation fused with a residual add and ReLU";
+            "channel shuffle; batch normalisation fused with a residual add and ReLU; pointwise grouped convolution in "
+            "channels_last";
   m.def("conv_forward", &forward);
   m.def("conv_backward_input", &backward_input);
   m.def("conv_backward_weight", &backward_weight);
   m.def("channel_shuffle", &channel_shuffle);
   m.def("batch_norm_forward", &batch_norm_forward);
   m.def("batch_norm_backward", &batch_norm_backward);
+  m.def("pointwise_forward_nhwc", &pointwise_forward_nhwc);
+  m.def("pointwise_backward_input_nhwc", &pointwise_backward_input_nhwc);
 }

@@ -14,6 +14,8 @@ gather within each pixel; every dtype), and direct convolution for narrow groups
 channels per group: ResNeXt's 4, ShuffleNet's depthwise 1; any depth multiplier) in NCHW and
 depthwise (multiplier 1) in channels_last; 1-D and 2-D, any stride, padding and dilation,
 float32 and float64, forward and both gradients, with the channel shuffle fused into the reads.
+In channels_last also pointwise (1x1) grouped convs of any group width: forward and input gradient
+(csrc/pointwise.cpp), the weight gradient by BLAS reading both operands in place (gemm.py's).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from pathlib import Path
 
 import torch
 
-from .arguments import arguments_as_2d, lift_shape_to_2d, lift_to_2d
+from .arguments import arguments_as_2d, lift_shape_to_2d, lift_to_2d, memory_format_of
 from .dispatch import Backend, ConvProblem, Problem, ShuffleProblem
+from .gemm import channels_last_pointwise_weight_gradient
 
 ENV_NATIVE = "GROUPCONV_NATIVE"
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
-SOURCES = [_CSRC / "cpu_kernels.cpp", _CSRC / "batch_norm.cpp"]
+SOURCES = [_CSRC / "cpu_kernels.cpp", _CSRC / "batch_norm.cpp", _CSRC / "pointwise.cpp"]
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 # Wider groups are matrix-multiply territory (oneDNN, gemm); the direct kernels suit narrow ones.
 MAX_IN_PER_GROUP = 16
@@ -80,6 +83,16 @@ def unavailable_reason() -> str | None:
     return _error
 
 
+def _is_pointwise(weight_shape, args) -> bool:
+    """A 2-D grouped 1x1 conv with stride 1, no padding and no fused shuffle (csrc/pointwise.cpp's, in channels_last)."""
+    return (len(weight_shape) == 4 and tuple(weight_shape[2:]) == (1, 1) and args.groups > 1
+            and tuple(args.stride) == (1, 1) and tuple(args.padding) == (0, 0) and args.shuffle_groups == 1)
+
+
+def _is_channels_last_pointwise(problem: ConvProblem) -> bool:
+    return problem.layout == "channels_last" and _is_pointwise(problem.weight_shape, problem.arguments)
+
+
 class NativeBackend(Backend):
     name = "native"
     description = ("groupconv's C++ CPU kernels: channel shuffle; narrow-group and depthwise convs with the shuffle "
@@ -92,6 +105,8 @@ class NativeBackend(Backend):
         args = problem.arguments
         channels, in_per_group = problem.input_shape[1], problem.weight_shape[1]
         depthwise = args.groups == channels and in_per_group == 1
+        if _is_channels_last_pointwise(problem):
+            return self._pointwise_reasons(problem)
         if problem.device_type != "cpu":
             reasons.append(f"device {problem.device_type} is not cpu")
         if problem.dtype not in SUPPORTED_DTYPES:
@@ -104,6 +119,16 @@ class NativeBackend(Backend):
             reasons.append(f"layout {problem.layout} (contiguous or channels_last only)")
         if problem.layout == "channels_last" and not (depthwise and problem.weight_shape[0] == channels):
             reasons.append("channels_last runs depthwise convs with depth multiplier 1 only")
+        if not reasons and unavailable_reason():
+            reasons.append(unavailable_reason())
+        return reasons
+
+    def _pointwise_reasons(self, problem: ConvProblem) -> list[str]:
+        reasons = []
+        if problem.device_type != "cpu":
+            reasons.append(f"device {problem.device_type} is not cpu")
+        if problem.dtype not in SUPPORTED_DTYPES:
+            reasons.append(f"dtype {problem.dtype} is not one of {SUPPORTED_DTYPES}")
         if not reasons and unavailable_reason():
             reasons.append(unavailable_reason())
         return reasons
@@ -125,12 +150,16 @@ class NativeBackend(Backend):
 
     # A 1-D conv runs as a 2-D conv of height 1 (arguments.lift_to_2d).
     def conv_forward(self, input, weight, bias, args):
+        if _is_pointwise(weight.shape, args) and memory_format_of(input) == torch.channels_last:
+            return load().pointwise_forward_nhwc(input, weight, bias, args.groups)
         one_d = args.spatial_dims == 1
         out = load().conv_forward(lift_to_2d(input, one_d), lift_to_2d(weight, one_d), bias,
                                   *arguments_as_2d(args), args.shuffle_groups)
         return out.squeeze(2) if one_d else out
 
     def conv_backward_input(self, grad_output, weight, input_shape, args):
+        if _is_pointwise(weight.shape, args) and memory_format_of(grad_output) == torch.channels_last:
+            return load().pointwise_backward_input_nhwc(grad_output, weight, args.groups)
         one_d = args.spatial_dims == 1
         grad = load().conv_backward_input(lift_to_2d(grad_output, one_d), lift_to_2d(weight, one_d),
                                           lift_shape_to_2d(input_shape, one_d), *arguments_as_2d(args),
@@ -138,6 +167,9 @@ class NativeBackend(Backend):
         return grad.squeeze(2) if one_d else grad
 
     def conv_backward_weight(self, grad_output, input, weight_shape, args):
+        if _is_pointwise(weight_shape, args) and memory_format_of(input) == torch.channels_last:
+            # A (pixels x C) by (pixels x M) product per group, which BLAS does reading both in place: no kernel here.
+            return channels_last_pointwise_weight_gradient(grad_output, input, weight_shape, args.groups)
         one_d = args.spatial_dims == 1
         grad = load().conv_backward_weight(lift_to_2d(grad_output, one_d), lift_to_2d(input, one_d),
                                            lift_shape_to_2d(weight_shape, one_d), *arguments_as_2d(args),

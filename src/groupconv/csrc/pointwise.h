@@ -1,0 +1,11 @@
+// Pointwise (1x1) grouped convolution on channels_last tensors for CPU: see pointwise.cpp.
+#pragma once
+
+#include <torch/extension.h>
+
+// (N, M, H, W) channels_last output of a 1x1, stride-1, unpadded conv with `groups` groups of a channels_last input.
+at::Tensor pointwise_forward_nhwc(const at::Tensor& input, const at::Tensor& weight,
+                                  const c10::optional<at::Tensor>& bias, int64_t groups);
+
+// The input gradient of that conv, channels_last, from a channels_last output gradient.
+at::Tensor pointwise_backward_input_nhwc(const at::Tensor& grad_output, const at::Tensor& weight, int64_t groups);
