@@ -1,7 +1,7 @@
 """torch's own kernels (oneDNN / cuDNN) as a backend: the baseline every faster backend must beat.
 
-A fused shuffle is materialised here (an extra pass over the input), which is exactly the cost
-the fast backends exist to remove.
+A fused shuffle is materialised here (an extra pass over the input, or for a depthwise conv over
+the output), which is exactly the cost the fast backends exist to remove.
 """
 
 from __future__ import annotations
@@ -31,13 +31,37 @@ def _unshuffled(x: torch.Tensor, shuffle_groups: int) -> torch.Tensor:
     return torch.channel_shuffle(x, x.shape[1] // shuffle_groups) if shuffle_groups > 1 else x
 
 
+# A depthwise conv commutes with the shuffle: reading channel perm(k) with filter k is reading channel j with filter
+# perm^-1(j) and then moving output j to position perm^-1(j), i.e.
+#     conv(shuffle(x), w) = shuffle(conv(x, unshuffle(w)))   (w and the bias permuted along their channels).
+# So the shuffle can be paid on the output instead: a quarter of the pass at stride 2, and the backward needs no
+# shuffled copy of x at all (torch's graph and the plain formulation above shuffle x again for the weight gradient):
+# one unshuffle of grad_output serves both gradients.
+def _shuffles_output(weight: torch.Tensor, args) -> bool:
+    return args.shuffle_groups > 1 and weight.shape[1] == 1 and args.groups == weight.shape[0]
+
+
+def _along_channels(tensor: torch.Tensor, shuffle: bool, groups: int) -> torch.Tensor:
+    """A weight or bias permuted along its first dimension as channel_shuffle permutes channels (or the inverse)."""
+    channels = tensor.shape[0]
+    groups = groups if shuffle else channels // groups
+    return tensor.view(groups, channels // groups, *tensor.shape[1:]).transpose(0, 1).reshape(tensor.shape)
+
+
 class AtenBackend(Backend):
     name = "aten"
     description = "torch's built-in convolution (oneDNN on CPU, cuDNN on GPU); materialises a fused shuffle"
 
     def conv_forward(self, input, weight, bias, args):
+        conv = _FORWARD[args.spatial_dims]
+        if _shuffles_output(weight, args):
+            s = args.shuffle_groups
+            out = conv(input, _along_channels(weight, False, s),
+                       None if bias is None else _along_channels(bias, False, s),
+                       args.stride, args.padding, args.dilation, args.groups)
+            return _shuffled(out, s)
         x = _shuffled(input, args.shuffle_groups)
-        return _FORWARD[args.spatial_dims](x, weight, bias, args.stride, args.padding, args.dilation, args.groups)
+        return conv(x, weight, bias, args.stride, args.padding, args.dilation, args.groups)
 
     # Each gradient alone needs the other operand only for its shape and memory format. The placeholder is an
     # empty tensor in the layout of the real one: torch.nn.grad's expanded placeholders have no layout, which
@@ -45,15 +69,28 @@ class AtenBackend(Backend):
     def conv_backward_input(self, grad_output, weight, input_shape, args):
         placeholder = torch.empty(input_shape, dtype=grad_output.dtype, device=grad_output.device,
                                   memory_format=memory_format_of(grad_output))
+        if _shuffles_output(weight, args):
+            s = args.shuffle_groups
+            return _convolution_backward(_unshuffled(grad_output, s), placeholder, _along_channels(weight, False, s),
+                                         args, [True, False, False])[0]
         grad = _convolution_backward(grad_output, placeholder, weight, args, [True, False, False])[0]
         return _unshuffled(grad, args.shuffle_groups)
 
     def conv_backward_weight(self, grad_output, input, weight_shape, args):
+        placeholder = input.new_empty(weight_shape)
+        if _shuffles_output(placeholder, args):
+            s = args.shuffle_groups
+            grad = _convolution_backward(_unshuffled(grad_output, s), input, placeholder, args, [False, True, False])[1]
+            return _along_channels(grad, True, s)
         x = _shuffled(input, args.shuffle_groups)
-        placeholder = x.new_empty(weight_shape)
         return _convolution_backward(grad_output, x, placeholder, args, [False, True, False])[1]
 
     def conv_backward(self, grad_output, input, weight, args):
+        if _shuffles_output(weight, args):
+            s = args.shuffle_groups
+            grad_input, grad_weight, _ = _convolution_backward(
+                _unshuffled(grad_output, s), input, _along_channels(weight, False, s), args, [True, True, False])
+            return grad_input, _along_channels(grad_weight, True, s)
         x = _shuffled(input, args.shuffle_groups)
         grad_input, grad_weight, _ = _convolution_backward(grad_output, x, weight, args, [True, True, False])
         return _unshuffled(grad_input, args.shuffle_groups), grad_weight
