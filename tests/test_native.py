@@ -137,7 +137,7 @@ def test_3x3_padded_plane_path_matches_torch(size, stride, dilation, padding, in
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_channels_last_pointwise_matches_torch(in_channels, out_channels, groups, dtype, with_bias):
-    """csrc/pointwise.cpp: forward and input gradient; the weight gradient by BLAS in place."""
+    """csrc/pointwise.cpp: forward and both gradients."""
     generator = torch.Generator().manual_seed(in_channels + out_channels)
     x = torch.randn(3, in_channels, 5, 7, generator=generator, dtype=dtype).contiguous(memory_format=torch.channels_last)
     w = torch.randn(out_channels, in_channels // groups, 1, 1, generator=generator, dtype=dtype)

@@ -9,3 +9,7 @@ at::Tensor pointwise_forward_nhwc(const at::Tensor& input, const at::Tensor& wei
 
 // The input gradient of that conv, channels_last, from a channels_last output gradient.
 at::Tensor pointwise_backward_input_nhwc(const at::Tensor& grad_output, const at::Tensor& weight, int64_t groups);
+
+// The weight gradient of that conv (weight_shape: (M, C/groups, 1, 1)), from channels_last operands.
+at::Tensor pointwise_backward_weight_nhwc(const at::Tensor& grad_output, const at::Tensor& input,
+                                         at::IntArrayRef weight_shape, int64_t groups);

@@ -66,7 +66,7 @@ class GemmBackend(Backend):
 
     def conv_backward_weight(self, grad_output, input, weight_shape, args):
         if input.dim() == 4 and memory_format_of(input) == torch.channels_last:
-            return channels_last_pointwise_weight_gradient(grad_output, input, weight_shape, args.groups)
+            return _channels_last_weight_gradient(grad_output, input, weight_shape, args.groups)
         n, m, *spatial = grad_output.shape
         c, g = input.shape[1], args.groups
         pixels = math.prod(spatial)
@@ -78,7 +78,7 @@ class GemmBackend(Backend):
         return grad_weight.view(weight_shape)
 
 
-def channels_last_pointwise_weight_gradient(grad_output, input, weight_shape, groups):
+def _channels_last_weight_gradient(grad_output, input, weight_shape, groups):
     """In channels_last the pixels of every channel group are rows of one (pixels, C) matrix, so the weight gradient
     of group g is grad[:, g]^T @ x[:, g]: one batched multiply over the groups, reading both tensors in place (oneDNN
     reorders them first). Its forward and input gradient would need a strided output, which costs a copy: they are

@@ -14,8 +14,8 @@ gather within each pixel; every dtype), and direct convolution for narrow groups
 channels per group: ResNeXt's 4, ShuffleNet's depthwise 1; any depth multiplier) in NCHW and
 depthwise (multiplier 1) in channels_last; 1-D and 2-D, any stride, padding and dilation,
 float32 and float64, forward and both gradients, with the channel shuffle fused into the reads.
-In channels_last also pointwise (1x1) grouped convs of any group width: forward and input gradient
-(csrc/pointwise.cpp), the weight gradient by BLAS reading both operands in place (gemm.py's).
+In channels_last also pointwise (1x1) grouped convs of any group width, forward and both gradients
+(csrc/pointwise.cpp).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import torch
 
 from .arguments import arguments_as_2d, lift_shape_to_2d, lift_to_2d, memory_format_of
 from .dispatch import Backend, ConvProblem, Problem, ShuffleProblem
-from .gemm import channels_last_pointwise_weight_gradient
 
 ENV_NATIVE = "GROUPCONV_NATIVE"
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
@@ -168,8 +167,7 @@ class NativeBackend(Backend):
 
     def conv_backward_weight(self, grad_output, input, weight_shape, args):
         if _is_pointwise(weight_shape, args) and memory_format_of(input) == torch.channels_last:
-            # A (pixels x C) by (pixels x M) product per group, which BLAS does reading both in place: no kernel here.
-            return channels_last_pointwise_weight_gradient(grad_output, input, weight_shape, args.groups)
+            return load().pointwise_backward_weight_nhwc(grad_output, input, list(weight_shape), args.groups)
         one_d = args.spatial_dims == 1
         grad = load().conv_backward_weight(lift_to_2d(grad_output, one_d), lift_to_2d(input, one_d),
                                            lift_shape_to_2d(weight_shape, one_d), *arguments_as_2d(args),
