@@ -126,3 +126,46 @@ def test_eager_batch_norm_equals_the_custom_op(monkeypatch, residual, relu, chan
     for eager_tensor, op_tensor in zip((eager_out, eager_mean, eager_var, *eager_grads),
                                        (op_out, op_mean, op_var, *op_grads), strict=True):
         torch.testing.assert_close(eager_tensor, op_tensor, rtol=0, atol=0)
+
+
+@pytest.fixture
+def priority_order():
+    """Tuning off: the dispatcher's choice is the capable backend of highest priority, with nothing measured."""
+    groupconv.ops.set_tuning(False)
+    yield
+    groupconv.ops.set_tuning(None)
+
+
+def test_a_call_settled_on_torch_runs_torchs_own_conv(priority_order):
+    """A 3-D conv only torch's kernels run: once the forward and backward choices are made, later calls go straight
+    to F.conv3d (torch's autograd), with the same results."""
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 6, 4, 5, 3, generator=generator, requires_grad=True)
+    w = torch.randn(6, 2, 3, 3, 3, generator=generator, requires_grad=True)
+    b = torch.randn(6, generator=generator, requires_grad=True)
+    first = groupconv.conv3d(x, w, b, padding=1, groups=3)
+    assert first.grad_fn.name().startswith("EagerConv")  # the choices are made by this call and its backward
+    first.sum().backward()
+    for _ in range(2):
+        x.grad = w.grad = b.grad = None
+        out = groupconv.conv3d(x, w, b, padding=1, groups=3)
+        assert out.grad_fn.name() == "ConvolutionBackward0"
+        out.square().sum().backward()
+        grads = [x.grad, w.grad, b.grad]
+    expected = torch.nn.functional.conv3d(x, w, b, padding=1, groups=3)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert out.stride() == expected.stride()
+    for grad, expected_grad in zip(grads, torch.autograd.grad(expected.square().sum(), [x, w, b]), strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
+    with groupconv.ops.use_backend("aten"):  # a forced backend always goes through the ops
+        assert groupconv.conv3d(x, w, b, padding=1, groups=3).grad_fn.name().startswith("EagerConv")
+
+
+@pytest.mark.skipif(native.unavailable_reason() is not None, reason="native kernels unavailable")
+def test_a_call_settled_elsewhere_keeps_the_ops(priority_order):
+    x, w, _ = conv_inputs(8, False, False)
+    x.requires_grad_()
+    for _ in range(3):
+        out = groupconv.conv2d(x, w, padding=1, groups=3)  # 4 input channels per group: the native kernels' by priority
+        out.sum().backward()
+    assert out.grad_fn.name().startswith("EagerConv")

@@ -238,6 +238,15 @@ def select_backend(problem: Problem, run: Callable[[Backend], object] | None = N
     return chosen
 
 
+def remembered_choice(problem: Problem) -> str | None:
+    """The backend the automatic choice has settled on for `problem` in this process (None: not chosen yet, or a
+    backend is forced)."""
+    if forced_backend() is not None:
+        return None
+    chosen = _choices.get(problem)
+    return chosen.name if chosen is not None else None
+
+
 def explain(problem: Problem) -> str:
     """A readable account of the dispatch decision for `problem`."""
     lines = [f"{problem}"]
