@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import groupconv
 from groupconv import ops
 from groupconv.ops.aten import AtenBackend
+from groupconv.ops import tuning as tuning_module
 from groupconv.ops.dispatch import forget_choices
 
 
@@ -32,6 +33,7 @@ class SlowedAten(AtenBackend):
 def tuning(tmp_path, monkeypatch):
     """Tuning on, a private cache directory, and the slowed backend at the top of the priority order."""
     monkeypatch.setenv("GROUPCONV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tuning_module, "MAX_TIMED_RUNS", 3)  # exactly three timed runs: the tests count calls
     slowed = SlowedAten()
     ops.register_backend(slowed, priority=100)
     ops.set_tuning(True)
@@ -54,7 +56,7 @@ def test_the_fastest_backend_is_measured_once_and_remembered_on_disk(tuning):
     problem = ops.conv_problem(x, w, padding=1, groups=4)
     assert ops.select_backend(problem).name == "aten"  # priority says slowed-aten; the measurement says aten
     measured_calls = tuning.forward_calls
-    assert measured_calls == 1 + 3  # one warm-up and three timed runs, never the call itself
+    assert measured_calls == 1 + 3  # one warm-up and three timed runs (the fixture's), never the call itself
 
     decisions = json.loads(ops.cache_path().read_text())
     entry = decisions[repr(problem)]
@@ -136,6 +138,21 @@ def test_a_backend_that_fails_while_measured_is_not_chosen(tuning):
         assert tuning.forward_calls == measured_calls
     finally:
         ops.unregister_backend(broken.name)
+
+
+def test_short_runs_are_timed_more_often():
+    calls = {"short": 0, "long": 0}
+
+    def short():
+        calls["short"] += 1
+
+    def long():
+        calls["long"] += 1
+        time.sleep(tuning_module.TARGET_SECONDS)
+
+    tuning_module.measure({"short": short})
+    tuning_module.measure({"long": long})
+    assert calls == {"short": 1 + tuning_module.MAX_TIMED_RUNS, "long": 1 + tuning_module.TIMED_RUNS}
 
 
 def test_contenders_are_timed_in_alternation():

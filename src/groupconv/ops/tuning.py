@@ -1,9 +1,9 @@
 """Measure once, remember: which backend is fastest for a problem, cached in memory and on disk.
 
 When more than one fast backend can run a problem, the dispatcher times each on the call's own
-tensors (one warm-up, then the median of a few runs timed in alternation), keeps the fastest, and writes the decision
-to a JSON file keyed by the problem (op, shapes, stride/padding/dilation/groups, layout, dtype,
-device, thread count). The file name carries the torch version and the CPU, so a decision is
+tensors (one warm-up, then the median of 3 to 15 runs timed in alternation, more for short ops),
+keeps the fastest, and writes the decision to a JSON file keyed by the problem (op, shapes,
+stride/padding/dilation/groups, layout, dtype, device, thread count). The file name carries the torch version and the CPU, so a decision is
 never reused on another machine or build. Later processes read the file and measure nothing.
 
 Controls: GROUPCONV_TUNE=0 (or `set_tuning(False)`) turns measuring off, and the highest-priority
@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,6 +30,8 @@ import torch
 ENV_TUNE = "GROUPCONV_TUNE"
 ENV_CACHE_DIR = "GROUPCONV_CACHE_DIR"
 TIMED_RUNS = 3
+MAX_TIMED_RUNS = 15
+TARGET_SECONDS = 0.01
 
 _enabled_override: bool | None = None
 _decisions: dict[str, dict] | None = None  # the disk file's contents, loaded on first use
@@ -119,23 +122,31 @@ def problem_key(problem) -> str:
     return repr(problem)
 
 
-def measure(runs: dict[str, Callable[[], object]], repeats: int = TIMED_RUNS) -> dict[str, float]:
+def measure(runs: dict[str, Callable[[], object]], repeats: int | None = None) -> dict[str, float]:
     """Median wall time of each run after one warm-up call, timed in alternation (the same load for all).
 
+    Without `repeats`, short runs are repeated more (TIMED_RUNS at least, up to MAX_TIMED_RUNS, about
+    TARGET_SECONDS of timing per contender): on a shared machine three runs of a 0.2 ms op decide by noise.
     A run that raises (in its warm-up) gets infinite time and a warning: a backend that fails is never chosen, and
     the decision on disk remembers that it was tried.
     """
     from ..analysis.timing import median_seconds_interleaved  # the project's timing rule; imported late (no cycle)
 
-    working, failed = {}, {}
+    working, failed, warm_seconds = {}, {}, []
     for name, run in runs.items():
         try:
+            start = time.perf_counter()
             run()
+            warm_seconds.append(time.perf_counter() - start)
         except Exception as error:
             _warn_once(f"backend {name!r} failed while being measured: {error}")
             failed[name] = math.inf
         else:
             working[name] = run
+    if repeats is None:
+        # The warm-up overestimates a run (first-call costs), so this errs towards fewer repeats.
+        typical = max(min(warm_seconds, default=0.0), 1e-6)
+        repeats = max(TIMED_RUNS, min(MAX_TIMED_RUNS, int(TARGET_SECONDS / typical)))
     return {**(median_seconds_interleaved(working, repeats=repeats, warmup=0) if working else {}), **failed}
 
 
