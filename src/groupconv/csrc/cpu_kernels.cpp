@@ -585,4 +585,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pointwise_forward_nhwc", &pointwise_forward_nhwc);
   m.def("pointwise_backward_input_nhwc", &pointwise_backward_input_nhwc);
   m.def("pointwise_backward_weight_nhwc", &pointwise_backward_weight_nhwc);
+  m.def("pointwise_backward_nhwc", &pointwise_backward_nhwc);
 }

@@ -113,7 +113,7 @@ inline void block(const T* x, int64_t x_stride, const Packed<T>& k, int64_t g, i
 // accumulator registers (4-vector chunks take the pixels 4 at a time) and at least 8 (an FMA's latency times its
 // throughput: fewer independent sums leave the FMA units waiting).
 template <typename T, int64_t PIXELS>
-void pixels(const T* x, int64_t x_stride, const Packed<T>& k, T* y, int64_t y_stride) {
+void pixels_of(const T* x, int64_t x_stride, const Packed<T>& k, T* y, int64_t y_stride) {
   constexpr int64_t lanes = Vector<T>::size;
   constexpr int64_t QUAD_PIXELS = PIXELS < 4 ? PIXELS : 4;
   for (int64_t g = 0; g < k.groups; ++g) {
@@ -157,8 +157,8 @@ void pointwise_nhwc(const T* x, int64_t pixel_count, const Packed<T>& k, T* y) {
       touch(static_cast<const T*>(y + first * y_stride), (last - first) * y_stride);
       int64_t p = first;
       for (; p + PIXEL_BLOCK <= last; p += PIXEL_BLOCK)
-        pixels<T, PIXEL_BLOCK>(x + p * x_stride, x_stride, k, y + p * y_stride, y_stride);
-      for (; p < last; ++p) pixels<T, 1>(x + p * x_stride, x_stride, k, y + p * y_stride, y_stride);
+        pixels_of<T, PIXEL_BLOCK>(x + p * x_stride, x_stride, k, y + p * y_stride, y_stride);
+      for (; p < last; ++p) pixels_of<T, 1>(x + p * x_stride, x_stride, k, y + p * y_stride, y_stride);
     }
   });
 }
@@ -240,9 +240,12 @@ void gradient_group(const T* x, int64_t x_stride, const T* x_end, const T* grad,
   rows(std::integral_constant<int64_t, 1>{});
 }
 
+// The weight gradient and, with `input_k` (the weight packed for the input gradient) and `grad_x`, the input
+// gradient too, chunk by chunk: both read a chunk of grad_y while it is in cache, so the pair costs one pass over
+// grad_y instead of two (for ShuffleNet's expanding 1x1s grad_y is the large tensor).
 template <typename T>
 void pointwise_weight_gradient(const T* grad, const T* x, int64_t pixel_count, int64_t groups, int64_t a, int64_t b,
-                               T* grad_w) {
+                               T* grad_w, const Packed<T>* input_k = nullptr, T* grad_x = nullptr) {
   const int64_t x_stride = groups * a, grad_stride = groups * b, size = groups * b * a;
   const T* x_end = x + pixel_count * x_stride;
   const int64_t chunks = (pixel_count + GRADIENT_CHUNK - 1) / GRADIENT_CHUNK;
@@ -252,6 +255,13 @@ void pointwise_weight_gradient(const T* grad, const T* x, int64_t pixel_count, i
       const int64_t p0 = chunk * GRADIENT_CHUNK, pixels = std::min(GRADIENT_CHUNK, pixel_count - p0);
       touch(x + p0 * x_stride, pixels * x_stride);
       touch(grad + p0 * grad_stride, pixels * grad_stride);
+      if (grad_x) {
+        int64_t p = p0;
+        for (; p + PIXEL_BLOCK <= p0 + pixels; p += PIXEL_BLOCK)
+          pixels_of<T, PIXEL_BLOCK>(grad + p * grad_stride, grad_stride, *input_k, grad_x + p * x_stride, x_stride);
+        for (; p < p0 + pixels; ++p)
+          pixels_of<T, 1>(grad + p * grad_stride, grad_stride, *input_k, grad_x + p * x_stride, x_stride);
+      }
       for (int64_t g = 0; g < groups; ++g)
         gradient_group(x + p0 * x_stride + g * a, x_stride, x_end, grad + p0 * grad_stride + g * b, grad_stride,
                        pixels, a, b, partials.data() + chunk * size + g * b * a);
@@ -304,6 +314,26 @@ at::Tensor pointwise_backward_weight_nhwc(const at::Tensor& grad_output, const a
                               input.size(1) / groups, grad.size(1) / groups, grad_w.data_ptr<scalar_t>());
   });
   return grad_w;
+}
+
+std::vector<at::Tensor> pointwise_backward_nhwc(const at::Tensor& grad_output, const at::Tensor& input,
+                                               const at::Tensor& weight, int64_t groups) {
+  const auto channels_last = at::MemoryFormat::ChannelsLast;
+  TORCH_CHECK(input.dim() == 4 && input.is_contiguous(channels_last),
+              "pointwise NHWC kernel: input must be a channels_last 4-D tensor, got strides ", input.strides());
+  const at::Tensor grad = grad_output.contiguous(channels_last);
+  const at::Tensor w = weight.contiguous();
+  at::Tensor grad_w = at::empty(w.sizes(), grad.options());
+  at::Tensor grad_x = at::empty(input.sizes(), input.options().memory_format(channels_last));
+  const int64_t pixel_count = input.size(0) * input.size(2) * input.size(3);
+  const int64_t a = input.size(1) / groups, b = grad.size(1) / groups;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "groupconv_pointwise_backward_nhwc", [&] {
+    const Packed<scalar_t> input_k = pack(w.data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr), groups, b,
+                                          a, /*transposed=*/false);
+    pointwise_weight_gradient(grad.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), pixel_count, groups, a, b,
+                              grad_w.data_ptr<scalar_t>(), &input_k, grad_x.data_ptr<scalar_t>());
+  });
+  return {grad_x, grad_w};
 }
 
 at::Tensor pointwise_backward_input_nhwc(const at::Tensor& grad_output, const at::Tensor& weight, int64_t groups) {

@@ -3,6 +3,8 @@
 
 #include <torch/extension.h>
 
+#include <vector>
+
 // (N, M, H, W) channels_last output of a 1x1, stride-1, unpadded conv with `groups` groups of a channels_last input.
 at::Tensor pointwise_forward_nhwc(const at::Tensor& input, const at::Tensor& weight,
                                   const c10::optional<at::Tensor>& bias, int64_t groups);
@@ -13,3 +15,7 @@ at::Tensor pointwise_backward_input_nhwc(const at::Tensor& grad_output, const at
 // The weight gradient of that conv (weight_shape: (M, C/groups, 1, 1)), from channels_last operands.
 at::Tensor pointwise_backward_weight_nhwc(const at::Tensor& grad_output, const at::Tensor& input,
                                          at::IntArrayRef weight_shape, int64_t groups);
+
+// Both gradients {grad_input, grad_weight} in one pass over grad_output.
+std::vector<at::Tensor> pointwise_backward_nhwc(const at::Tensor& grad_output, const at::Tensor& input,
+                                               const at::Tensor& weight, int64_t groups);

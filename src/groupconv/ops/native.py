@@ -165,6 +165,11 @@ class NativeBackend(Backend):
                                           args.shuffle_groups)
         return grad.squeeze(2) if one_d else grad
 
+    def conv_backward(self, grad_output, input, weight, args):
+        if _is_pointwise(weight.shape, args) and memory_format_of(input) == torch.channels_last:
+            return tuple(load().pointwise_backward_nhwc(grad_output, input, weight, args.groups))
+        return super().conv_backward(grad_output, input, weight, args)
+
     def conv_backward_weight(self, grad_output, input, weight_shape, args):
         if _is_pointwise(weight_shape, args) and memory_format_of(input) == torch.channels_last:
             return load().pointwise_backward_weight_nhwc(grad_output, input, list(weight_shape), args.groups)
