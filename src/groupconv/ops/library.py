@@ -207,28 +207,35 @@ def _conv_backward(ctx, grad_output):
 conv_forward.register_autograd(_conv_backward, setup_context=_conv_setup_context)
 
 
-class EagerConv(torch.autograd.Function):
-    """groupconv::conv_forward and its backward for plain eager calls, run without the custom op's machinery.
-
-    The same implementation and gradient formula as the custom op. Why: torch.library's Python custom-op dispatch
-    costs ~100 us per call forward and as much backward (measured on a 32x144x7x7 depthwise layer: 260 us forward
-    against torch's 140), which is most of a small layer's time. A backward that must itself be differentiated
-    (create_graph) goes through the custom ops, which carry the double backward."""
+def eager_function(name: str, implementation, setup_context, backward, doc: str) -> type[torch.autograd.Function]:
+    """A torch.autograd.Function that runs a custom op's implementation, setup_context and backward formula without
+    the custom op's machinery: what plain eager calls use (see the module docstring). Its backward node is named
+    `name + "Backward"` in autograd graphs and profiles."""
 
     # forward(ctx, ...) rather than a separate setup_context: that form binds the arguments with inspect on every call.
-    @staticmethod
     def forward(ctx, *inputs):
-        output = _conv_forward(*inputs)
-        _conv_setup_context(ctx, inputs, output)
+        output = implementation(*inputs)
+        setup_context(ctx, inputs, output)
         return output
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        if torch.is_grad_enabled():
-            return _conv_backward(ctx, grad_output)
-        with profiled("groupconv::conv_backward"):
-            return _conv_gradients(ctx, grad_output, _conv_backward_both, _conv_backward_input,
-                                   _conv_backward_weight)
+    return type(name, (torch.autograd.Function,), {"__doc__": doc, "forward": staticmethod(forward),
+                                                   "backward": staticmethod(backward)})
+
+
+def _eager_conv_backward(ctx, grad_output):
+    # A backward that must itself be differentiated (create_graph) goes through the custom ops, which carry the
+    # double backward.
+    if torch.is_grad_enabled():
+        return _conv_backward(ctx, grad_output)
+    with profiled("groupconv::conv_backward"):
+        return _conv_gradients(ctx, grad_output, _conv_backward_both, _conv_backward_input, _conv_backward_weight)
+
+
+EagerConv = eager_function(
+    "EagerConv", _conv_forward, _conv_setup_context, _eager_conv_backward,
+    """groupconv::conv_forward and its backward for plain eager calls. Why: torch.library's Python custom-op dispatch
+    costs ~100 us per call forward and as much backward (measured on a 32x144x7x7 depthwise layer: 260 us forward
+    against torch's 140), which is most of a small layer's time.""")
 
 
 # A Parameter is a plain tensor to torch's dispatch (it disables __torch_function__); other subclasses may not be.
@@ -382,18 +389,11 @@ def _shuffle_backward(ctx, grad_output):
 channel_shuffle.register_autograd(_shuffle_backward, setup_context=_shuffle_setup_context)
 
 
-class EagerShuffle(torch.autograd.Function):
-    """groupconv::channel_shuffle and its backward for plain eager calls, as EagerConv does for the convolution. Its
-    backward is a shuffle too, so it is differentiable any number of times."""
-
-    @staticmethod
-    def forward(ctx, x, groups):
-        _shuffle_setup_context(ctx, (x, groups), None)
-        return _channel_shuffle(x, groups)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return shuffle(grad_output, ctx.inverse_groups), None
+EagerShuffle = eager_function(
+    "EagerShuffle", _channel_shuffle, _shuffle_setup_context,
+    lambda ctx, grad_output: (shuffle(grad_output, ctx.inverse_groups), None),
+    """groupconv::channel_shuffle and its backward for plain eager calls. Its backward is a shuffle too, so it is
+    differentiable any number of times.""")
 
 
 def shuffle(x: Tensor, groups: int) -> Tensor:

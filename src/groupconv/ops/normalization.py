@@ -28,7 +28,7 @@ from torch import Tensor
 
 from . import native
 from .arguments import memory_format_of
-from .library import profiled, runs_eagerly
+from .library import eager_function, profiled, runs_eagerly
 
 NATIVE_DTYPES = (torch.float32, torch.float64)
 # Below this many values torch's ops win: the fused op's fixed cost (~80 us forward, ~130 us forward and backward
@@ -110,23 +110,18 @@ def _backward(ctx, grad_output, _grad_mean, _grad_invstd, _grad_var):
 batch_norm_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-class EagerBatchNorm(torch.autograd.Function):
+def _eager_backward(ctx, grad_output, _grad_mean, _grad_invstd, _grad_var):
+    # The backward op has no derivative of its own: the custom op (which says so) under create_graph.
+    if torch.is_grad_enabled():
+        return _gradients(ctx, grad_output, batch_norm_backward)
+    with profiled("groupconv::batch_norm_backward"):
+        return _gradients(ctx, grad_output, _batch_norm_backward)
+
+
+EagerBatchNorm = eager_function(
+    "EagerBatchNorm", _batch_norm_forward, _setup_context, _eager_backward,
     """groupconv::batch_norm_forward and its backward for plain eager calls, without the custom op's machinery
-    (~100 us a call forward and backward), as library.EagerConv does for the convolution."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        outputs = _batch_norm_forward(*inputs)
-        _setup_context(ctx, inputs, outputs)
-        return outputs
-
-    @staticmethod
-    def backward(ctx, grad_output, _grad_mean, _grad_invstd, _grad_var):
-        # The backward op has no derivative of its own: the custom op (which says so) under create_graph.
-        if torch.is_grad_enabled():
-            return _gradients(ctx, grad_output, batch_norm_backward)
-        with profiled("groupconv::batch_norm_backward"):
-            return _gradients(ctx, grad_output, _batch_norm_backward)
+    (~100 us a call forward and backward), as library.EagerConv does for the convolution.""")
 
 
 def native_unsupported_reasons(input: Tensor, residual: Optional[Tensor] = None, relu: bool = False) -> list[str]:
