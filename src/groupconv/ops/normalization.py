@@ -14,7 +14,8 @@ The kernel runs CPU float32/float64 tensors, contiguous or channels_last, with a
 input's shape; anything else (CUDA, half precision, other strides, a broadcast residual), or a
 build without the native kernels, runs torch's own ops, with the same results. Two custom ops
 (groupconv::batch_norm_forward and groupconv::batch_norm_backward) carry the kernel, so autograd,
-torch.compile and torch.export see it. Not supported on the native path: double backward (torch's
+torch.compile and torch.export see it; plain eager calls run the same functions through
+EagerBatchNorm, without torch.library's per-call cost (library.eager_function). Not supported on the native path: double backward (torch's
 BN has it; use `relu=False` on a composite graph if a gradient penalty needs it).
 """
 
@@ -39,8 +40,8 @@ NATIVE_MIN_VALUES = 1 << 17
 
 
 def _batch_norm_forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
-                       running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool, eps: float,
-                       relu: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                        running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool, eps: float,
+                        relu: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(output, mean, invstd, biased variance), the statistics those of the batch in training, else the running ones."""
     output, mean, invstd, var = native.load().batch_norm_forward(input, weight, bias, residual, running_mean,
                                                                  running_var, training, eps, relu)
@@ -58,8 +59,8 @@ def _batch_norm_forward_fake(input, weight, bias, residual, running_mean, runnin
 
 
 def _batch_norm_backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                        residual: Optional[Tensor], mean: Tensor, invstd: Tensor, training: bool, relu: bool,
-                        residual_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                         residual: Optional[Tensor], mean: Tensor, invstd: Tensor, training: bool, relu: bool,
+                         residual_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(grad_input, grad_weight, grad_bias, grad_residual); grad_residual is empty unless residual_grad."""
     grad_input, grad_weight, grad_bias, grad_residual = native.load().batch_norm_backward(
         grad_output, input, weight, bias, residual, mean, invstd, training, relu, residual_grad)
