@@ -1,8 +1,8 @@
 """groupconv against torch in one run: the per-call cost of groupconv's dispatch, and layer times.
 
-With only the aten backend fast today, groupconv runs torch's kernels behind its checks, custom
-op and dispatcher; this measures what that costs (the "dispatch cost" the kernel issues promise
-never to exceed). Layer shapes are those of ../shared/reference/baseline.md.
+groupconv's layers run behind argument checks, the dispatcher and (in eager mode) an autograd
+Function; this measures what that costs on a tiny conv (the "dispatch cost" the kernel issues
+promise never to exceed), then times a few layer shapes of ../shared/reference/baseline.md.
 
     .venv/bin/python benchmarks/bench_dispatch.py [--batch 8] [--repeats 7]
 """
