@@ -332,22 +332,31 @@ std::vector<int64_t> read_channels(const Geometry& g) {
   return channels;
 }
 
-// acc[q] += sum over the taps of weight[t][q] * x[pixel under tap t][q], for one output pixel; channels contiguous.
-template <typename T>
-inline void accumulate_taps_nhwc(const T* x, const T* taps, T* acc, int64_t n, int64_t oy, int64_t ox,
-                                 const Geometry& g) {
+// f(tap, pixel) for every kernel tap of output pixel (n, oy, ox) that lands inside the input: tap = ky * kw + kx,
+// pixel = the offset of the input pixel it reads in an NHWC tensor (its g.c channels follow).
+template <typename F>
+inline void for_each_tap_nhwc(const Geometry& g, int64_t n, int64_t oy, int64_t ox, const F& f) {
   for (int64_t ky = 0; ky < g.kh; ++ky) {
     const int64_t iy = oy * g.sh + ky * g.dh - g.ph;
     if (iy < 0 || iy >= g.ih) continue;
     for (int64_t kx = 0; kx < g.kw; ++kx) {
       const int64_t ix = ox * g.sw + kx * g.dw - g.pw;
       if (ix < 0 || ix >= g.iw) continue;
-      const T* pixel = x + ((n * g.ih + iy) * g.iw + ix) * g.c;
-      const T* weight = taps + (ky * g.kw + kx) * g.c;
-      #pragma omp simd
-      for (int64_t k = 0; k < g.c; ++k) acc[k] += weight[k] * pixel[k];
+      f(ky * g.kw + kx, ((n * g.ih + iy) * g.iw + ix) * g.c);
     }
   }
+}
+
+// acc[q] += sum over the taps of weight[t][q] * x[pixel under tap t][q], for one output pixel; channels contiguous.
+template <typename T>
+inline void accumulate_taps_nhwc(const T* x, const T* taps, T* acc, int64_t n, int64_t oy, int64_t ox,
+                                 const Geometry& g) {
+  for_each_tap_nhwc(g, n, oy, ox, [&](int64_t tap, int64_t offset) {
+    const T* pixel = x + offset;
+    const T* weight = taps + tap * g.c;
+    #pragma omp simd
+    for (int64_t k = 0; k < g.c; ++k) acc[k] += weight[k] * pixel[k];
+  });
 }
 
 template <typename T>
@@ -445,18 +454,12 @@ void backward_weight_nhwc(const T* grad_out, const T* x, T* grad_w, const Geomet
             for (int64_t k = 0; k < g.c; ++k) gathered[channel[k]] = grad[k];
             grad = gathered.data();
           }
-          for (int64_t ky = 0; ky < g.kh; ++ky) {
-            const int64_t iy = oy * g.sh + ky * g.dh - g.ph;
-            if (iy < 0 || iy >= g.ih) continue;
-            for (int64_t kx = 0; kx < g.kw; ++kx) {
-              const int64_t ix = ox * g.sw + kx * g.dw - g.pw;
-              if (ix < 0 || ix >= g.iw) continue;
-              const T* pixel = x + ((n * g.ih + iy) * g.iw + ix) * g.c;
-              T* sum = sums + (ky * g.kw + kx) * g.c;
-              #pragma omp simd
-              for (int64_t k = 0; k < g.c; ++k) sum[k] += grad[k] * pixel[k];
-            }
-          }
+          for_each_tap_nhwc(g, n, oy, ox, [&](int64_t tap, int64_t offset) {
+            const T* pixel = x + offset;
+            T* sum = sums + tap * g.c;
+            #pragma omp simd
+            for (int64_t k = 0; k < g.c; ++k) sum[k] += grad[k] * pixel[k];
+          });
         }
       }
     }
