@@ -13,7 +13,7 @@
 // registers for PIXELS pixels at a time, while the A inputs stream past: per input channel a, one row of K_g
 // (loaded once) is multiplied by each pixel's x[p, g*A + a] (broadcast). K_g is packed with its rows padded to
 // whole vectors (zeros), so the inner loops have fixed trip counts the compiler vectorises and keeps in registers.
-// Every output element is written by one thread (at::parallel_for over pixel blocks): results do not depend on
+// Every output element is written by one thread (at::parallel_for over chunks of pixels): results do not depend on
 // scheduling.
 
 #include "pointwise.h"
