@@ -176,3 +176,95 @@ def test_channels_last_pointwise_does_not_depend_on_the_thread_count():
             torch.set_num_threads(previous)
     for one, two in zip(*results):
         assert torch.equal(one, two)
+
+
+# (channels, channels per group, kernel height, stride, padding, size): ResNeXt's 3x3 convs (groups of 4, 8 and 16, at
+# stride 1 and 2) and the edges of csrc/narrow_nhwc.cpp: groups of 2, kernel heights 1 and 5, a stride along one axis
+# only, padding 0 and 2, rows whose width leaves 4- and 1-column remainders after the 8-column blocks, 1-pixel rows.
+NARROW_CASES = [
+    (32, 4, 3, (1, 1), (1, 1), (9, 15)),
+    (32, 4, 3, (2, 2), (1, 1), (9, 15)),
+    (64, 8, 3, (1, 1), (1, 1), (6, 13)),
+    (64, 16, 3, (2, 2), (1, 1), (7, 12)),
+    (16, 2, 3, (1, 1), (0, 0), (5, 8)),
+    (48, 4, 5, (1, 2), (2, 1), (7, 11)),
+    (32, 8, 1, (2, 1), (0, 2), (4, 5)),
+    (16, 16, 3, (1, 1), (2, 2), (2, 1)),
+]
+
+
+@pytest.mark.parametrize("channels, per_group, kernel_height, stride, padding, size", NARROW_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_channels_last_narrow_groups_match_torch(channels, per_group, kernel_height, stride, padding, size, dtype,
+                                                 with_bias):
+    """csrc/narrow_nhwc.cpp: forward and both gradients, on each of its group widths and strides."""
+    if per_group * dtype.itemsize > native.VECTOR_BYTES:
+        pytest.skip(f"{per_group} channels per group exceed a vector of {dtype}")
+    generator = torch.Generator().manual_seed(channels * per_group + kernel_height)
+    groups = channels // per_group
+    x = torch.randn(2, channels, *size, generator=generator, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(channels, per_group, kernel_height, 3, generator=generator, dtype=dtype)
+    b = torch.randn(channels, generator=generator, dtype=dtype) if with_bias else None
+    problem = ops.conv_problem(x, w, b, stride, padding, groups=groups)
+    assert problem.layout == "channels_last" and not ops.get_backend("native").not_supported_reasons(problem)
+    input_gradient_too = stride == (1, 1)  # the kernel's input gradient is stride 1 only; aten's serves the others
+    grad_output = torch.randn(F.conv2d(x, w, b, stride, padding, 1, groups).shape, generator=generator, dtype=dtype)
+    results = []
+    for conv, backend in ((groupconv.conv2d, "native"), (F.conv2d, None)):
+        leaves = [t.detach().requires_grad_(i > 0 or input_gradient_too) for i, t in enumerate((x, w, b))
+                  if t is not None]
+        with ops.use_backend(backend):
+            out = conv(leaves[0], leaves[1], leaves[2] if with_bias else None, stride, padding, 1, groups)
+            wanted = [leaf for leaf in leaves if leaf.requires_grad]
+            results.append((out, torch.autograd.grad(out, wanted, grad_output)))
+    (out, grads), (expected, expected_grads) = results
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    tolerance = {torch.float32: 1e-4, torch.float64: 1e-11}[dtype]
+    torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=tolerance, atol=tolerance)
+
+
+def test_channels_last_narrow_groups_refuse_what_they_cannot_run():
+    x = torch.randn(2, 32, 8, 8).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(32, 4, 3, 3)
+    native_backend = ops.get_backend("native")
+    backward_input = ops.conv_problem(x, w, None, 2, 1, groups=8, op="conv_backward_input")
+    assert native_backend.not_supported_reasons(backward_input) == [
+        "channels_last: the input gradient of stride (2, 2) (stride 1 only)"]
+    assert not native_backend.not_supported_reasons(ops.conv_problem(x, w, None, 2, 1, groups=8,
+                                                                     op="conv_backward_weight"))
+    dilated = ops.conv_problem(x, w, None, 1, 2, 2, groups=8)
+    assert native_backend.not_supported_reasons(dilated) == ["channels_last: dilation (2, 2) (1 only)"]
+    three_per_group = ops.conv_problem(torch.randn(1, 48, 4, 4).contiguous(memory_format=torch.channels_last),
+                                       torch.randn(48, 3, 3, 3), groups=16)
+    assert native_backend.not_supported_reasons(three_per_group) == [
+        "channels_last: 3 channels per group (a power of two from 2 to 16)"]
+    # Automatic dispatch still runs the stride-2 training step: each gradient on a backend that can compute it.
+    x.requires_grad_()
+    w.requires_grad_()
+    out = groupconv.conv2d(x, w, None, 2, 1, 1, 8)
+    grads = torch.autograd.grad(out, (x, w), torch.ones_like(out))
+    expected = torch.autograd.grad(F.conv2d(x, w, None, 2, 1, 1, 8), (x, w), torch.ones_like(out))
+    for grad, expected_grad in zip(grads, expected):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
+
+
+def test_channels_last_narrow_groups_do_not_depend_on_the_thread_count():
+    # 40 output rows: 5 chunks of the weight gradient's 8-row minimum, split unevenly between 2 threads.
+    x = torch.randn(4, 32, 10, 9).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(32, 4, 3, 3)
+    results = []
+    for threads in (1, 2):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            leaves = (x.detach().requires_grad_(), w.detach().requires_grad_())
+            with ops.use_backend("native"):
+                out = groupconv.conv2d(*leaves, None, 1, 1, 1, 8)
+                results.append((out, *torch.autograd.grad(out, leaves, torch.ones_like(out))))
+        finally:
+            torch.set_num_threads(previous)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)

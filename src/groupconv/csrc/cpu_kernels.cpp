@@ -17,6 +17,7 @@
 
 #include "batch_norm.h"
 #include "layout.h"
+#include "narrow_nhwc.h"
 #include "pointwise.h"
 
 #include <algorithm>
@@ -577,8 +578,8 @@ at::Tensor channel_shuffle(const at::Tensor& input, int64_t groups) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "groupconv's native CPU kernels: narrow-group and depthwise convolution with a fused channel shuffle; "
-            "channel shuffle; batch normalisation fused with a residual add and ReLU; pointwise grouped convolution in "
-            "channels_last";
+            "channel shuffle; batch normalisation fused with a residual add and ReLU; pointwise and narrow-group "
+            "convolution in channels_last";
   m.def("conv_forward", &forward);
   m.def("conv_backward_input", &backward_input);
   m.def("conv_backward_weight", &backward_weight);
@@ -589,4 +590,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pointwise_backward_input_nhwc", &pointwise_backward_input_nhwc);
   m.def("pointwise_backward_weight_nhwc", &pointwise_backward_weight_nhwc);
   m.def("pointwise_backward_nhwc", &pointwise_backward_nhwc);
+  m.def("narrow_forward_nhwc", &narrow_forward_nhwc);
+  m.def("narrow_backward_input_nhwc", &narrow_backward_input_nhwc);
+  m.def("narrow_backward_weight_nhwc", &narrow_backward_weight_nhwc);
 }

@@ -18,6 +18,8 @@
 
 #include "pointwise.h"
 
+#include "layout.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -131,18 +133,6 @@ void pixels_of(const T* x, int64_t x_stride, const Packed<T>& k, T* y, int64_t y
 
 constexpr int64_t PIXEL_BLOCK = 8;
 constexpr int64_t FORWARD_CHUNK = 64;  // pixels (8 blocks) brought into cache at a time
-
-// Reads `count` values front to back, one per cache line, so that they are in cache for the work that follows:
-// the kernels below read a chunk of pixels group by group (a few lines of every pixel's row at a time), a stride
-// the hardware prefetchers follow badly, while a sequential pass streams at full bandwidth. Measured with one
-// thread on a 256 -> 64 g8 layer at 32x28x28: the weight gradient 4.1 -> 3.3 ms.
-template <typename T>
-inline void touch(const T* values, int64_t count) {
-  T sink = 0;
-  for (int64_t i = 0; i < count; i += 64 / sizeof(T)) sink += values[i];
-  asm volatile("" : : "r"(&sink) : "memory");  // keep the loads
-}
-
 
 template <typename T>
 void pointwise_nhwc(const T* x, int64_t pixel_count, const Packed<T>& k, T* y) {

@@ -15,7 +15,8 @@ channels per group: ResNeXt's 4, ShuffleNet's depthwise 1; any depth multiplier)
 depthwise (multiplier 1) in channels_last; 1-D and 2-D, any stride, padding and dilation,
 float32 and float64, forward and both gradients, with the channel shuffle fused into the reads.
 In channels_last also pointwise (1x1) grouped convs of any group width, forward and both gradients
-(csrc/pointwise.cpp).
+(csrc/pointwise.cpp), and narrow groups of 2 to 16 channels in and out with a kernel 3 wide (ResNeXt's 3x3 convs),
+forward and weight gradient at row stride 1 or 2, input gradient at stride 1 (csrc/narrow_nhwc.cpp).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .dispatch import Backend, ConvProblem, Problem, ShuffleProblem
 
 ENV_NATIVE = "GROUPCONV_NATIVE"
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
-SOURCES = [_CSRC / "cpu_kernels.cpp", _CSRC / "batch_norm.cpp", _CSRC / "pointwise.cpp"]
+SOURCES = [_CSRC / "cpu_kernels.cpp", _CSRC / "batch_norm.cpp", _CSRC / "pointwise.cpp", _CSRC / "narrow_nhwc.cpp"]
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 # Wider groups are matrix-multiply territory (oneDNN, gemm); the direct kernels suit narrow ones.
 MAX_IN_PER_GROUP = 16
@@ -92,10 +93,53 @@ def _is_channels_last_pointwise(problem: ConvProblem) -> bool:
     return problem.layout == "channels_last" and _is_pointwise(problem.weight_shape, problem.arguments)
 
 
+VECTOR_BYTES = 64  # csrc/narrow_nhwc.cpp's vector register: 16 floats, 8 doubles
+
+
+def _narrow_channels_last_refusals(problem: ConvProblem) -> list[str]:
+    """Why csrc/narrow_nhwc.cpp cannot run this channels_last conv (empty: it can)."""
+    args, (out_channels, in_per_group, *kernel) = problem.arguments, problem.weight_shape
+    channels = problem.input_shape[1]
+    lanes = VECTOR_BYTES // problem.dtype.itemsize if problem.dtype in SUPPORTED_DTYPES else 0
+    reasons = []
+    if args.spatial_dims != 2 or kernel[1] != 3:
+        reasons.append(f"kernel {tuple(kernel)} is not 2-D of width 3")
+    if out_channels != channels:
+        reasons.append(f"{out_channels} output channels for {channels} input channels (as many as the input only)")
+    if in_per_group < 2 or in_per_group > lanes or in_per_group & (in_per_group - 1):
+        reasons.append(f"{in_per_group} channels per group (a power of two from 2 to {lanes})")
+    if lanes and channels % lanes:
+        reasons.append(f"{channels} channels (a multiple of {lanes})")
+    if args.spatial_dims == 2 and args.stride[1] not in (1, 2):
+        reasons.append(f"stride {args.stride} (width stride 1 or 2)")
+    if any(d != 1 for d in args.dilation):
+        reasons.append(f"dilation {args.dilation} (1 only)")
+    if args.shuffle_groups != 1:
+        reasons.append(f"fused shuffle (shuffle_groups={args.shuffle_groups}) is not supported")
+    if problem.op in ("conv_backward_input", "conv_backward"):
+        if any(s != 1 for s in args.stride):
+            reasons.append(f"the input gradient of stride {args.stride} (stride 1 only)")
+        if len(kernel) == 2 and any(p > k - 1 for p, k in zip(args.padding, kernel)):
+            reasons.append(f"the input gradient with padding {args.padding} > kernel size - 1")
+    return reasons
+
+
+def _is_channels_last_narrow(problem: ConvProblem) -> bool:
+    return (problem.layout == "channels_last" and problem.weight_shape[1] > 1
+            and not _narrow_channels_last_refusals(problem))
+
+
+def _runs_narrow(tensor: torch.Tensor, weight, args) -> bool:
+    """Whether a call the backend accepted is csrc/narrow_nhwc.cpp's: channels_last, 2 or more channels per group
+    (not depthwise) and no pointwise kernel (not_supported_reasons has refused what that kernel cannot run)."""
+    in_per_group = weight.shape[1] if isinstance(weight, torch.Tensor) else weight[1]
+    return in_per_group > 1 and memory_format_of(tensor) == torch.channels_last and tensor.dim() == 4
+
+
 class NativeBackend(Backend):
     name = "native"
     description = ("groupconv's C++ CPU kernels: channel shuffle; narrow-group and depthwise convs with the shuffle "
-                   "fused into their reads")
+                   "fused into their reads; channels_last pointwise and narrow-group convs")
 
     def not_supported_reasons(self, problem: Problem) -> list[str]:
         if isinstance(problem, ShuffleProblem):
@@ -117,7 +161,7 @@ class NativeBackend(Backend):
         if problem.layout not in ("contiguous", "channels_last"):
             reasons.append(f"layout {problem.layout} (contiguous or channels_last only)")
         if problem.layout == "channels_last" and not (depthwise and problem.weight_shape[0] == channels):
-            reasons.append("channels_last runs depthwise convs with depth multiplier 1 only")
+            reasons.extend(f"channels_last: {reason}" for reason in _narrow_channels_last_refusals(problem))
         if not reasons and unavailable_reason():
             reasons.append(unavailable_reason())
         return reasons
@@ -151,6 +195,8 @@ class NativeBackend(Backend):
     def conv_forward(self, input, weight, bias, args):
         if _is_pointwise(weight.shape, args) and memory_format_of(input) == torch.channels_last:
             return load().pointwise_forward_nhwc(input, weight, bias, args.groups)
+        if _runs_narrow(input, weight, args):
+            return load().narrow_forward_nhwc(input, weight, bias, args.stride, args.padding)
         one_d = args.spatial_dims == 1
         out = load().conv_forward(lift_to_2d(input, one_d), lift_to_2d(weight, one_d), bias,
                                   *arguments_as_2d(args), args.shuffle_groups)
@@ -159,6 +205,8 @@ class NativeBackend(Backend):
     def conv_backward_input(self, grad_output, weight, input_shape, args):
         if _is_pointwise(weight.shape, args) and memory_format_of(grad_output) == torch.channels_last:
             return load().pointwise_backward_input_nhwc(grad_output, weight, args.groups)
+        if _runs_narrow(grad_output, weight, args):
+            return load().narrow_backward_input_nhwc(grad_output, weight, list(input_shape), args.padding)
         one_d = args.spatial_dims == 1
         grad = load().conv_backward_input(lift_to_2d(grad_output, one_d), lift_to_2d(weight, one_d),
                                           lift_shape_to_2d(input_shape, one_d), *arguments_as_2d(args),
@@ -173,6 +221,9 @@ class NativeBackend(Backend):
     def conv_backward_weight(self, grad_output, input, weight_shape, args):
         if _is_pointwise(weight_shape, args) and memory_format_of(input) == torch.channels_last:
             return load().pointwise_backward_weight_nhwc(grad_output, input, list(weight_shape), args.groups)
+        if _runs_narrow(input, weight_shape, args):
+            return load().narrow_backward_weight_nhwc(grad_output, input, list(weight_shape), args.stride,
+                                                      args.padding)
         one_d = args.spatial_dims == 1
         grad = load().conv_backward_weight(lift_to_2d(grad_output, one_d), lift_to_2d(input, one_d),
                                            lift_shape_to_2d(weight_shape, one_d), *arguments_as_2d(args),

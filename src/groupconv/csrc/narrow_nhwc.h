@@ -1,0 +1,21 @@
+// Grouped convolution with narrow groups on channels_last tensors for CPU: see narrow_nhwc.cpp.
+#pragma once
+
+#include <torch/extension.h>
+
+// What the kernels run (native.py checks it before calling): float32 or float64; C channels in and out, a multiple
+// of one vector register's lanes (16 floats, 8 doubles); C/groups input channels per group, a power of two from 2 to
+// the lanes; kernel width 3; row stride 1 or 2; dilation 1.
+
+// (N, C, OH, OW) channels_last output of the conv of a channels_last input.
+at::Tensor narrow_forward_nhwc(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                               at::IntArrayRef stride, at::IntArrayRef padding);
+
+// The input gradient of a stride-1 conv (padding at most kernel size - 1), channels_last.
+at::Tensor narrow_backward_input_nhwc(const at::Tensor& grad_output, const at::Tensor& weight,
+                                      at::IntArrayRef input_shape, at::IntArrayRef padding);
+
+// The weight gradient, from channels_last operands.
+at::Tensor narrow_backward_weight_nhwc(const at::Tensor& grad_output, const at::Tensor& input,
+                                       at::IntArrayRef weight_shape, at::IntArrayRef stride,
+                                       at::IntArrayRef padding);
