@@ -268,3 +268,66 @@ def test_channels_last_narrow_groups_do_not_depend_on_the_thread_count():
             torch.set_num_threads(previous)
     for one, two in zip(*results):
         assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 5, 33), (3, 7, 17, 9), (1, 32, 4, 4), (2, 3, 1, 40)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_memory_format_conversion_matches_torch(shape, dtype):
+    """The tiled transpose (whole 16x16 or 8x8 tiles, and the edge rows and columns past them), both ways."""
+    x = torch.randn(shape, dtype=dtype)
+    as_channels_last = native.to_memory_format(x, torch.channels_last)
+    assert as_channels_last.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(as_channels_last, x)
+    back = native.to_memory_format(as_channels_last, torch.contiguous_format)
+    assert back.is_contiguous() and torch.equal(back, x)
+    assert native.to_memory_format(x, torch.contiguous_format) is x  # already there: no copy
+
+
+# An NCHW conv computed in channels_last: ResNeXt's narrow groups (the native channels_last kernels inside), a
+# stride-2 one (the input gradient on aten's channels_last path), a depthwise conv reading through a shuffle.
+VIA_CHANNELS_LAST_CASES = [((2, 32, 9, 10), (32, 4, 3, 3), 1, 8, 1), ((2, 32, 9, 10), (32, 4, 3, 3), 2, 8, 1),
+                           ((2, 24, 7, 7), (24, 1, 3, 3), 1, 24, 3)]
+
+
+@pytest.mark.parametrize("input_shape, weight_shape, stride, groups, shuffle_groups", VIA_CHANNELS_LAST_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_via_channels_last_matches_torch(input_shape, weight_shape, stride, groups, shuffle_groups, dtype):
+    """Each op of the strategy the tuner may pick for NCHW convs, against torch, results back in NCHW."""
+    from groupconv.ops import library
+    from groupconv.ops.arguments import ConvArguments
+
+    x = torch.randn(input_shape, dtype=dtype)
+    w = torch.randn(weight_shape, dtype=dtype)
+    b = torch.randn(weight_shape[0], dtype=dtype)
+    args = ConvArguments((stride, stride), (1, 1), (1, 1), groups, shuffle_groups)
+    for op in ("conv_forward", "conv_backward_input", "conv_backward_weight", "conv_backward"):
+        problem = ops.conv_problem(x, w, b, stride, 1, 1, groups, shuffle_groups=shuffle_groups, op=op)
+        assert library.ViaChannelsLast.applies(problem)
+    xr, wr, br = (t.clone().requires_grad_() for t in (x, w, b))
+    expected = F.conv2d(shuffled(xr, shuffle_groups), wr, br, stride, 1, 1, groups)
+    grad_output = torch.randn(expected.shape, dtype=dtype)
+    expected_grads = torch.autograd.grad(expected, (xr, wr), grad_output)
+    via = library.VIA_CHANNELS_LAST
+    out = via.conv_forward(x, w, b, args)
+    grad_input = via.conv_backward_input(grad_output, w, x.shape, args)
+    grad_weight = via.conv_backward_weight(grad_output, x, w.shape, args)
+    both = via.conv_backward(grad_output, x, w, args)
+    tolerance = {torch.float32: 1e-4, torch.float64: 1e-11}[dtype]
+    for result, reference in ((out, expected), (grad_input, expected_grads[0]), (grad_weight, expected_grads[1]),
+                              (both[0], expected_grads[0]), (both[1], expected_grads[1])):
+        assert result.is_contiguous()
+        torch.testing.assert_close(result, reference, rtol=tolerance, atol=tolerance)
+
+
+def test_via_channels_last_applies_only_where_the_conversion_changes_the_layout():
+    from groupconv.ops import library
+
+    w = torch.randn(8, 2, 3, 3)
+    applies = lambda x, **kw: library.ViaChannelsLast.applies(ops.conv_problem(x, w, padding=1, groups=4, **kw))
+    assert applies(torch.randn(2, 8, 5, 5))
+    assert not applies(torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last))  # already there
+    assert not applies(torch.randn(2, 8, 1, 1), stride=2)  # 1x1 pixels in and out: NCHW is channels_last too
+    assert not library.ViaChannelsLast.applies(ops.conv_problem(torch.randn(2, 8, 5, 5, dtype=torch.bfloat16),
+                                                                w.bfloat16(), padding=1, groups=4))  # no kernels
+    assert not library.ViaChannelsLast.applies(ops.conv_problem(torch.randn(2, 8, 5), torch.randn(8, 2, 3),
+                                                                groups=4))  # 1-D

@@ -45,8 +45,9 @@ def tuning(tmp_path, monkeypatch):
 
 
 def grouped_conv_call():
-    """A grouped conv that only torch's kernels run fast (20 channels per group is too wide for native)."""
-    x, w = torch.randn(2, 80, 6, 6), torch.randn(8, 20, 3, 3)
+    """A grouped conv that only torch's kernels run fast (20 channels per group is too wide for native), in
+    channels_last: the contenders are the backends alone (an NCHW one would add the via-channels_last strategy)."""
+    x, w = torch.randn(2, 80, 6, 6).contiguous(memory_format=torch.channels_last), torch.randn(8, 20, 3, 3)
     return x, w, lambda: groupconv.conv2d(x, w, padding=1, groups=4)
 
 

@@ -21,6 +21,9 @@
 #include "pointwise.h"
 
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -574,6 +577,90 @@ at::Tensor channel_shuffle(const at::Tensor& input, int64_t groups) {
   return out;
 }
 
+// ----------------------------------------------------------------------------------------- layout change
+// A 4-D tensor copied into the other memory format (NCHW <-> NHWC): per sample, a rows x columns matrix transposed
+// (C x HW into HW x C, or back). torch's permuted copy runs at a third of the copy bandwidth or less on ResNeXt's
+// activations (6 ms for 32x128x32x32 into channels_last, against 1 ms for a plain copy). Here square tiles of one
+// vector register's width (16 floats) are loaded a row per register, transposed in registers, and stored a row per
+// register: every read and write is a whole vector.
+
+template <typename T>
+struct Tile {
+  static constexpr int64_t size = 64 / sizeof(T);
+  typedef T V __attribute__((vector_size(64)));
+  typedef std::conditional_t<sizeof(T) == 8, int64_t, int32_t> Index;
+  typedef Index M __attribute__((vector_size(64)));
+};
+
+// One stage of the transpose: exchanges bit `B` of the row index with bit `B` of the lane index, i.e. swaps the
+// off-diagonal B x B blocks of every 2B x 2B block. All log2(size) stages make the transpose (they commute).
+template <typename T, int64_t B, size_t... LANE>
+inline void transpose_stage(typename Tile<T>::V* rows, std::index_sequence<LANE...>) {
+  using M = typename Tile<T>::M;
+  using Index = typename Tile<T>::Index;
+  constexpr int64_t L = Tile<T>::size;
+  const M low = {static_cast<Index>((LANE & B) ? L + LANE - B : LANE)...};
+  const M high = {static_cast<Index>((LANE & B) ? L + LANE : LANE + B)...};
+#pragma GCC unroll 16
+  for (int64_t i = 0; i < L; ++i) {
+    if (i & B) continue;
+    const auto r0 = rows[i], r1 = rows[i | B];
+    rows[i] = __builtin_shuffle(r0, r1, low);
+    rows[i | B] = __builtin_shuffle(r0, r1, high);
+  }
+}
+
+template <typename T, size_t... STAGE>
+inline void transpose_tile(const T* src, int64_t src_stride, T* dst, int64_t dst_stride,
+                           std::index_sequence<STAGE...>) {
+  constexpr int64_t L = Tile<T>::size;
+  typename Tile<T>::V rows[L];
+#pragma GCC unroll 16
+  for (int64_t i = 0; i < L; ++i) std::memcpy(&rows[i], src + i * src_stride, sizeof(rows[i]));
+  (transpose_stage<T, (int64_t{1} << STAGE)>(rows, std::make_index_sequence<L>{}), ...);
+#pragma GCC unroll 16
+  for (int64_t i = 0; i < L; ++i) std::memcpy(dst + i * dst_stride, &rows[i], sizeof(rows[i]));
+}
+
+template <typename T>
+void transpose_matrices(const T* src, T* dst, int64_t count, int64_t rows, int64_t columns) {
+  constexpr int64_t L = Tile<T>::size;
+  constexpr int64_t STAGES = L == 16 ? 4 : 3;
+  // Tasks: a band of L rows of one matrix (all its columns), so that a task streams L source rows front to back.
+  const int64_t bands = (rows + L - 1) / L;
+  at::parallel_for(0, count * bands, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, L * columns)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t matrix = task / bands, r0 = task % bands * L, r1 = std::min(rows, r0 + L);
+      const T* a = src + matrix * rows * columns;
+      T* b = dst + matrix * rows * columns;
+      int64_t c0 = 0;
+      if (r1 - r0 == L)
+        for (; c0 + L <= columns; c0 += L)
+          transpose_tile<T>(a + r0 * columns + c0, columns, b + c0 * rows + r0, rows,
+                            std::make_index_sequence<STAGES>{});
+      for (int64_t c = c0; c < columns; ++c)  // the last columns, or a band of fewer than L rows
+        for (int64_t r = r0; r < r1; ++r) b[c * rows + r] = a[r * columns + c];
+    }
+  });
+}
+
+at::Tensor to_memory_format(const at::Tensor& input, bool channels_last) {
+  TORCH_CHECK(input.dim() == 4, "to_memory_format: a 4-D tensor is needed, got ", input.dim(), " dimensions");
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  if (input.is_contiguous(format)) return input;
+  const at::Tensor x = input.contiguous(channels_last ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast);
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(format));
+  const int64_t n = x.size(0), c = x.size(1), pixels = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "groupconv_to_memory_format", [&] {
+    if (channels_last)
+      transpose_matrices(x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n, c, pixels);
+    else
+      transpose_matrices(x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n, pixels, c);
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -584,6 +671,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_backward_input", &backward_input);
   m.def("conv_backward_weight", &backward_weight);
   m.def("channel_shuffle", &channel_shuffle);
+  m.def("to_memory_format", &to_memory_format);
   m.def("batch_norm_forward", &batch_norm_forward);
   m.def("batch_norm_backward", &batch_norm_backward);
   m.def("pointwise_forward_nhwc", &pointwise_forward_nhwc);
