@@ -1,5 +1,7 @@
 """The dispatcher: listing, explaining, forcing; a backend that refuses inputs is skipped, and says why."""
 
+import threading
+
 import pytest
 import torch
 
@@ -112,3 +114,32 @@ def test_backend_is_chosen_per_call_inside_a_compiled_graph(float64_only):
     with ops.use_backend("reference"):
         compiled(x)
     assert float64_only.calls == 1
+
+
+def test_gradients_follow_the_block_around_their_forward(monkeypatch):
+    """Autograd runs a CUDA backward on a device thread, whose Python context does not see a use_backend block around
+    backward(); the gradients of a conv called inside a block follow that block instead. A backward launched from
+    another thread, outside any block, stands in for the device thread here (CPU backward runs on the caller's)."""
+    reference = ops.get_backend("reference")
+    calls = []
+    for name in ("conv_backward_input", "conv_backward_weight"):
+        method = getattr(reference, name)
+        monkeypatch.setattr(reference, name, lambda *args, _name=name, _method=method: (calls.append(_name),
+                                                                                       _method(*args))[1])
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    w = torch.randn(8, 2, 3, 3, requires_grad=True)
+    with ops.use_backend("reference"):
+        out = groupconv.conv2d(x, w, padding=1, groups=4)
+    errors = []
+
+    def backward():
+        try:
+            out.backward(torch.randn_like(out))
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    thread = threading.Thread(target=backward)
+    thread.start()
+    thread.join()
+    assert not errors and sorted(calls) == ["conv_backward_input", "conv_backward_weight"]
+    assert ops.forced_backend() is None  # the block's end is still its end

@@ -137,6 +137,33 @@ def test_weight_gradient_split_across_programs(monkeypatch):
     check_case(CASES["wide-groups-implicit-gemm"], torch.float32)
 
 
+def test_gradients_follow_a_forced_backend():
+    """A conv forced onto a backend inside use_backend gets its gradients from that backend too. On a GPU the backward
+    runs on an autograd device thread, whose Python context does not see the block around backward(); forcing the
+    reference (never the automatic choice here) shows where the gradients went."""
+    reference = ops.get_backend("reference")
+    calls = []
+    for name in ("conv_forward", "conv_backward_input", "conv_backward_weight"):
+        method = getattr(reference, name)
+
+        def spy(*args, _name=name, _method=method):
+            calls.append(_name)
+            return _method(*args)
+
+        setattr(reference, name, spy)
+    try:
+        (x, w, b), conv_args = make_case(CASES["depthwise"], torch.float32)
+        x, w = x.requires_grad_(), w.requires_grad_()
+        with ops.use_backend("reference"):
+            out = groupconv.conv2d(x, w, b, **conv_args)
+        with ops.use_backend("reference"):
+            out.backward(torch.randn_like(out))
+    finally:
+        for name in ("conv_forward", "conv_backward_input", "conv_backward_weight"):
+            del reference.__dict__[name]
+    assert sorted(calls) == ["conv_backward_input", "conv_backward_weight", "conv_forward"]
+
+
 def test_empty_batch():
     x = torch.randn(0, 8, 5, 5, device=DEVICE, requires_grad=True)
     w = torch.randn(8, 2, 3, 3, device=DEVICE, requires_grad=True)
@@ -148,7 +175,9 @@ def test_empty_batch():
 
 
 # ----------------------------------------------------------------------------------- what it refuses, and why
-def problem(dtype=torch.float32, device="cpu", weight_shape=(8, 2, 3, 3), input_shape=(1, 8, 6, 6)):
+# Problems on DEVICE unless a test is about CPU tensors: on a GPU machine (no interpreter) a CPU problem
+# carries one more reason, "device cpu is not cuda".
+def problem(dtype=torch.float32, device=DEVICE, weight_shape=(8, 2, 3, 3), input_shape=(1, 8, 6, 6)):
     like = torch.empty(1, dtype=dtype, device=device)
     dims = len(weight_shape) - 2
     args = ConvArguments((1,) * dims, (1,) * dims, (1,) * dims, input_shape[1] // weight_shape[1])
@@ -157,15 +186,17 @@ def problem(dtype=torch.float32, device="cpu", weight_shape=(8, 2, 3, 3), input_
 
 def test_plain_cpu_tensors_are_refused_without_the_opt_in(monkeypatch):
     monkeypatch.delenv(triton_backend.ENV_ON_CPU)
-    reasons = ops.get_backend("triton").not_supported_reasons(problem())
+    reasons = ops.get_backend("triton").not_supported_reasons(problem(device="cpu"))
     assert len(reasons) == 1 and "device cpu is not cuda" in reasons[0] and "GROUPCONV_TRITON_ON_CPU=1" in reasons[0]
     # ... so a CPU conv that only aten and the reference can otherwise run (32 input channels per group) goes to aten.
-    assert ops.select_backend(problem(weight_shape=(64, 32, 3, 3), input_shape=(1, 64, 6, 6))).name == "aten"
+    wide = problem(device="cpu", weight_shape=(64, 32, 3, 3), input_shape=(1, 64, 6, 6))
+    assert ops.select_backend(wide).name == "aten"
 
 
 def test_the_opt_in_alone_does_not_run_cpu_tensors(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert any("is not cuda" in reason for reason in ops.get_backend("triton").not_supported_reasons(problem()))
+    reasons = ops.get_backend("triton").not_supported_reasons(problem(device="cpu"))
+    assert any("is not cuda" in reason for reason in reasons)
 
 
 def test_unsupported_problems_say_why():

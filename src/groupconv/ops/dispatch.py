@@ -107,6 +107,8 @@ class Backend:
     # Whether the tuner may time this backend against the others; the reference (a specification,
     # never the fastest) opts out.
     tunable: bool = True
+    # torch's own kernels: the tuner keeps them unless another contender is clearly faster (tuning.choose).
+    baseline: bool = False
 
     def not_supported_reasons(self, problem: Problem) -> list[str]:
         return []
@@ -179,10 +181,38 @@ def set_backend(name: str | None) -> None:
 
 @contextlib.contextmanager
 def use_backend(name: str | None) -> Iterator[None]:
-    """Force calls inside the block onto one backend (None: automatic choice inside the block)."""
+    """Force calls inside the block onto one backend (None: automatic choice inside the block).
+
+    The gradients of a conv called inside the block follow it too, wherever the backward runs (see
+    `backward_scope`), unless the backward is itself inside a block.
+    """
     if name is not None:
         get_backend(name)
     token = _forced_scoped.set(name if name is not None else "")
+    try:
+        yield
+    finally:
+        _forced_scoped.reset(token)
+
+
+def scoped_backend() -> str | None:
+    """`use_backend`'s value in this context: a backend name, "" (use_backend(None): automatic), None (no block)."""
+    return _forced_scoped.get()
+
+
+@contextlib.contextmanager
+def backward_scope(forward_scope: str | None) -> Iterator[None]:
+    """Around a backward formula: the `use_backend` block its forward ran in (`forward_scope`, its
+    `scoped_backend()`), unless the backward runs inside a block of its own.
+
+    Autograd runs a CUDA backward on a device thread of its own, whose Python context is not the one
+    that called backward(): a block around `loss.backward()` is not seen there (torch 2.11), and without
+    this the gradients of a conv forced onto a backend would go to the automatic choice.
+    """
+    if forward_scope is None or _forced_scoped.get() is not None:
+        yield
+        return
+    token = _forced_scoped.set(forward_scope)
     try:
         yield
     finally:

@@ -27,7 +27,8 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .arguments import ConvArguments, memory_format_of, output_size
-from .dispatch import Backend, ConvProblem, ShuffleProblem, remembered_choice, select_backend
+from .dispatch import (Backend, ConvProblem, ShuffleProblem, backward_scope, remembered_choice, scoped_backend,
+                       select_backend)
 
 
 def _arguments(stride, padding, dilation, groups, shuffle_groups) -> ConvArguments:
@@ -249,11 +250,17 @@ def _conv_setup_context(ctx, inputs, output):
     ctx.save_for_backward(input, weight)
     ctx.conv_arguments = (stride, padding, dilation, groups, shuffle_groups)
     ctx.has_bias = bias is not None
+    ctx.backend_scope = scoped_backend()  # a use_backend block around the forward covers its gradients too
 
 
 def _conv_gradients(ctx, grad_output, both, input_only, weight_only):
     """conv_forward's backward formula, computing the gradients with the given ops (the custom ops, or their
     implementations when no graph of the backward is needed)."""
+    with backward_scope(ctx.backend_scope):
+        return _conv_gradients_in_scope(ctx, grad_output, both, input_only, weight_only)
+
+
+def _conv_gradients_in_scope(ctx, grad_output, both, input_only, weight_only):
     input, weight = ctx.saved_tensors
     grad_input = grad_weight = grad_bias = None
     if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
