@@ -19,6 +19,7 @@ class SlowedAten(AtenBackend):
 
     name = "slowed-aten"
     description = "test backend"
+    baseline = False  # torch's kernels are the aten backend's; this one is only built from them
 
     def __init__(self):
         self.forward_calls = 0
@@ -179,3 +180,17 @@ def test_a_decision_is_measured_again_when_a_new_backend_can_run_the_problem(tun
                                                                                            "newcomer"}
     finally:
         ops.unregister_backend(newcomer.name)
+
+
+def test_torch_kernels_are_kept_unless_another_backend_is_clearly_faster(tuning, monkeypatch):
+    """A near tie goes to torch's kernels (a call settled on them runs F.convNd directly, with less Python than any
+    other route); a clear win goes to the winner. The timings are fixed here: the rule, not the clock, is tested."""
+    x, w, _ = grouped_conv_call()
+    problem = ops.conv_problem(x, w, padding=1, groups=4)
+    contenders = [ops.get_backend("slowed-aten"), ops.get_backend("aten")]
+    for slowed_seconds, aten_seconds, expected in ((86e-6, 87e-6, "aten"), (0.0099, 0.010, "aten"),
+                                                   (0.005, 0.010, "slowed-aten"), (40e-6, 100e-6, "slowed-aten")):
+        monkeypatch.setattr(tuning_module, "measure", lambda runs: {"slowed-aten": slowed_seconds,
+                                                                    "aten": aten_seconds})
+        ops.clear_tuning_cache()
+        assert tuning_module.choose(problem, contenders, lambda backend: None).name == expected

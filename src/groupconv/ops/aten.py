@@ -51,6 +51,7 @@ def _along_channels(tensor: torch.Tensor, shuffle: bool, groups: int) -> torch.T
 class AtenBackend(Backend):
     name = "aten"
     description = "torch's built-in convolution (oneDNN on CPU, cuDNN on GPU); materialises a fused shuffle"
+    baseline = True
 
     def conv_forward(self, input, weight, bias, args):
         conv = _FORWARD[args.spatial_dims]

@@ -2,9 +2,10 @@
 
 When more than one fast backend can run a problem, the dispatcher times each on the call's own
 tensors (one warm-up, then the median of 3 to 15 runs timed in alternation, more for short ops),
-keeps the fastest, and writes the decision to a JSON file keyed by the problem (op, shapes,
-stride/padding/dilation/groups, layout, dtype, device, thread count). The file name carries the torch version and the CPU, so a decision is
-never reused on another machine or build. Later processes read the file and measure nothing.
+keeps the fastest (torch's own kernels unless another is clearly faster: `clearly_faster`), and
+writes the decision to a JSON file keyed by the problem (op, shapes, stride/padding/dilation/groups,
+layout, dtype, device, thread count). The file name carries the torch version and the CPU, so a
+decision is never reused on another machine or build. Later processes read the file and measure nothing.
 
 Controls: GROUPCONV_TUNE=0 (or `set_tuning(False)`) turns measuring off, and the highest-priority
 capable backend runs; GROUPCONV_CACHE_DIR moves the cache (default: $XDG_CACHE_HOME/groupconv or
@@ -150,6 +151,18 @@ def measure(runs: dict[str, Callable[[], object]], repeats: int | None = None) -
     return {**(median_seconds_interleaved(working, repeats=repeats, warmup=0) if working else {}), **failed}
 
 
+# Leaving torch's kernels costs more than the kernel time the tuner measures: a call whose forward and backward both
+# run on torch's kernels runs F.convNd with torch's autograd directly, ~30-50 us a direction less Python than any
+# other route (library._settled_on_torch). A near tie (a 7x7 depthwise layer: 86 us against 87) is a loss.
+BASELINE_MARGIN = 0.03  # and timing noise: a contender must also be 3% faster
+BASELINE_OVERHEAD_SECONDS = 30e-6
+
+
+def clearly_faster(seconds: float, baseline_seconds: float) -> bool:
+    """Whether a contender measured at `seconds` beats torch's kernels (`baseline_seconds`) by enough to be chosen."""
+    return seconds < baseline_seconds * (1 - BASELINE_MARGIN) - BASELINE_OVERHEAD_SECONDS
+
+
 def choose(problem, contenders: Sequence, run: Callable) -> object:
     """The fastest of `contenders` for `problem`: remembered from disk, or measured with run(backend) and saved."""
     decisions = _load()
@@ -164,6 +177,9 @@ def choose(problem, contenders: Sequence, run: Callable) -> object:
     if all(math.isinf(seconds) for seconds in timings.values()):
         raise RuntimeError(f"every capable backend failed on {problem}")
     best = min(timings, key=timings.get)
+    baseline = next((backend.name for backend in contenders if backend.baseline), None)
+    if baseline is not None and not clearly_faster(timings[best], timings[baseline]):
+        best = baseline
     decisions[key] = {"backend": best, "seconds": timings}
     _save()
     return by_name[best]
