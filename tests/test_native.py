@@ -190,6 +190,8 @@ NARROW_CASES = [
     (48, 4, 5, (1, 2), (2, 1), (7, 11)),
     (32, 8, 1, (2, 1), (0, 2), (4, 5)),
     (16, 16, 3, (1, 1), (2, 2), (2, 1)),
+    (32, 1, 3, (1, 1), (1, 1), (9, 13)),  # depthwise: MobileNet's layers
+    (48, 1, 3, (2, 2), (1, 1), (10, 9)),
 ]
 
 
@@ -198,7 +200,7 @@ NARROW_CASES = [
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_channels_last_narrow_groups_match_torch(channels, per_group, kernel_height, stride, padding, size, dtype,
                                                  with_bias):
-    """csrc/narrow_nhwc.cpp: forward and both gradients, on each of its group widths and strides."""
+    """csrc/narrow_nhwc.cpp: forward and both gradients, on each of its group widths (1: depthwise) and strides."""
     if per_group * dtype.itemsize > native.VECTOR_BYTES:
         pytest.skip(f"{per_group} channels per group exceed a vector of {dtype}")
     generator = torch.Generator().manual_seed(channels * per_group + kernel_height)
@@ -208,6 +210,7 @@ def test_channels_last_narrow_groups_match_torch(channels, per_group, kernel_hei
     b = torch.randn(channels, generator=generator, dtype=dtype) if with_bias else None
     problem = ops.conv_problem(x, w, b, stride, padding, groups=groups)
     assert problem.layout == "channels_last" and not ops.get_backend("native").not_supported_reasons(problem)
+    assert native._runs_narrow("conv_forward", x, w.shape, problem.arguments)  # this kernel, not another
     input_gradient_too = stride == (1, 1)  # the kernel's input gradient is stride 1 only; aten's serves the others
     grad_output = torch.randn(F.conv2d(x, w, b, stride, padding, 1, groups).shape, generator=generator, dtype=dtype)
     results = []
@@ -240,7 +243,7 @@ def test_channels_last_narrow_groups_refuse_what_they_cannot_run():
     three_per_group = ops.conv_problem(torch.randn(1, 48, 4, 4).contiguous(memory_format=torch.channels_last),
                                        torch.randn(48, 3, 3, 3), groups=16)
     assert native_backend.not_supported_reasons(three_per_group) == [
-        "channels_last: 3 channels per group (a power of two from 2 to 16)"]
+        "channels_last: 3 channels per group (a power of two up to 16)"]
     # Automatic dispatch still runs the stride-2 training step: each gradient on a backend that can compute it.
     x.requires_grad_()
     w.requires_grad_()
@@ -251,10 +254,11 @@ def test_channels_last_narrow_groups_refuse_what_they_cannot_run():
         torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
 
 
-def test_channels_last_narrow_groups_do_not_depend_on_the_thread_count():
+@pytest.mark.parametrize("per_group", [4, 1])
+def test_channels_last_narrow_groups_do_not_depend_on_the_thread_count(per_group):
     # 40 output rows: 5 chunks of the weight gradient's 8-row minimum, split unevenly between 2 threads.
     x = torch.randn(4, 32, 10, 9).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(32, 4, 3, 3)
+    w = torch.randn(32, per_group, 3, 3)
     results = []
     for threads in (1, 2):
         previous = torch.get_num_threads()
@@ -262,7 +266,7 @@ def test_channels_last_narrow_groups_do_not_depend_on_the_thread_count():
         try:
             leaves = (x.detach().requires_grad_(), w.detach().requires_grad_())
             with ops.use_backend("native"):
-                out = groupconv.conv2d(*leaves, None, 1, 1, 1, 8)
+                out = groupconv.conv2d(*leaves, None, 1, 1, 1, 32 // per_group)
                 results.append((out, *torch.autograd.grad(out, leaves, torch.ones_like(out))))
         finally:
             torch.set_num_threads(previous)

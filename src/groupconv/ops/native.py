@@ -15,8 +15,9 @@ channels per group: ResNeXt's 4, ShuffleNet's depthwise 1; any depth multiplier)
 depthwise (multiplier 1) in channels_last; 1-D and 2-D, any stride, padding and dilation,
 float32 and float64, forward and both gradients, with the channel shuffle fused into the reads.
 In channels_last also pointwise (1x1) grouped convs of any group width, forward and both gradients
-(csrc/pointwise.cpp), and narrow groups of 2 to 16 channels in and out with a kernel 3 wide (ResNeXt's 3x3 convs),
-forward and weight gradient at row stride 1 or 2, input gradient at stride 1 (csrc/narrow_nhwc.cpp).
+(csrc/pointwise.cpp), and groups of 1 (depthwise) to 16 channels in and out with a kernel 3 wide (ResNeXt's and
+MobileNet's 3x3 convs), forward and weight gradient at row stride 1 or 2, input gradient at stride 1, no fused
+shuffle (csrc/narrow_nhwc.cpp; cpu_kernels.cpp's depthwise kernel runs the rest).
 """
 
 from __future__ import annotations
@@ -96,18 +97,17 @@ def _is_channels_last_pointwise(problem: ConvProblem) -> bool:
 VECTOR_BYTES = 64  # csrc/narrow_nhwc.cpp's vector register: 16 floats, 8 doubles
 
 
-def _narrow_channels_last_refusals(problem: ConvProblem) -> list[str]:
+def _narrow_refusals(op: str, channels: int, weight_shape, args, dtype: torch.dtype) -> list[str]:
     """Why csrc/narrow_nhwc.cpp cannot run this channels_last conv (empty: it can)."""
-    args, (out_channels, in_per_group, *kernel) = problem.arguments, problem.weight_shape
-    channels = problem.input_shape[1]
-    lanes = VECTOR_BYTES // problem.dtype.itemsize if problem.dtype in SUPPORTED_DTYPES else 0
+    out_channels, in_per_group, *kernel = weight_shape
+    lanes = VECTOR_BYTES // dtype.itemsize if dtype in SUPPORTED_DTYPES else 0
     reasons = []
     if args.spatial_dims != 2 or kernel[1] != 3:
         reasons.append(f"kernel {tuple(kernel)} is not 2-D of width 3")
     if out_channels != channels:
         reasons.append(f"{out_channels} output channels for {channels} input channels (as many as the input only)")
-    if in_per_group < 2 or in_per_group > lanes or in_per_group & (in_per_group - 1):
-        reasons.append(f"{in_per_group} channels per group (a power of two from 2 to {lanes})")
+    if in_per_group > lanes or in_per_group & (in_per_group - 1):
+        reasons.append(f"{in_per_group} channels per group (a power of two up to {lanes})")
     if lanes and channels % lanes:
         reasons.append(f"{channels} channels (a multiple of {lanes})")
     if args.spatial_dims == 2 and args.stride[1] not in (1, 2):
@@ -116,7 +116,7 @@ def _narrow_channels_last_refusals(problem: ConvProblem) -> list[str]:
         reasons.append(f"dilation {args.dilation} (1 only)")
     if args.shuffle_groups != 1:
         reasons.append(f"fused shuffle (shuffle_groups={args.shuffle_groups}) is not supported")
-    if problem.op in ("conv_backward_input", "conv_backward"):
+    if op in ("conv_backward_input", "conv_backward"):
         if any(s != 1 for s in args.stride):
             reasons.append(f"the input gradient of stride {args.stride} (stride 1 only)")
         if len(kernel) == 2 and any(p > k - 1 for p, k in zip(args.padding, kernel)):
@@ -124,9 +124,11 @@ def _narrow_channels_last_refusals(problem: ConvProblem) -> list[str]:
     return reasons
 
 
-def _is_channels_last_narrow(problem: ConvProblem) -> bool:
-    return (problem.layout == "channels_last" and problem.weight_shape[1] > 1
-            and not _narrow_channels_last_refusals(problem))
+def _runs_narrow(op: str, tensor: torch.Tensor, weight_shape, args) -> bool:
+    """Whether csrc/narrow_nhwc.cpp runs this call of the backend: channels_last and within its limits. (Depthwise
+    convs it cannot run go to cpu_kernels.cpp's channels_last kernel, which fuses a shuffle.)"""
+    return (memory_format_of(tensor) == torch.channels_last
+            and not _narrow_refusals(op, tensor.shape[1], weight_shape, args, tensor.dtype))
 
 
 def to_memory_format(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
@@ -136,13 +138,6 @@ def to_memory_format(x: torch.Tensor, memory_format: torch.memory_format) -> tor
             and not x.is_contiguous(memory_format=memory_format)):
         return _module.to_memory_format(x, memory_format == torch.channels_last)
     return x.contiguous(memory_format=memory_format)
-
-
-def _runs_narrow(tensor: torch.Tensor, weight, args) -> bool:
-    """Whether a call the backend accepted is csrc/narrow_nhwc.cpp's: channels_last, 2 or more channels per group
-    (not depthwise) and no pointwise kernel (not_supported_reasons has refused what that kernel cannot run)."""
-    in_per_group = weight.shape[1] if isinstance(weight, torch.Tensor) else weight[1]
-    return in_per_group > 1 and memory_format_of(tensor) == torch.channels_last and tensor.dim() == 4
 
 
 class NativeBackend(Backend):
@@ -170,7 +165,8 @@ class NativeBackend(Backend):
         if problem.layout not in ("contiguous", "channels_last"):
             reasons.append(f"layout {problem.layout} (contiguous or channels_last only)")
         if problem.layout == "channels_last" and not (depthwise and problem.weight_shape[0] == channels):
-            reasons.extend(f"channels_last: {reason}" for reason in _narrow_channels_last_refusals(problem))
+            reasons.extend(f"channels_last: {reason}" for reason in _narrow_refusals(
+                problem.op, channels, problem.weight_shape, args, problem.dtype))
         if not reasons and unavailable_reason():
             reasons.append(unavailable_reason())
         return reasons
@@ -204,7 +200,7 @@ class NativeBackend(Backend):
     def conv_forward(self, input, weight, bias, args):
         if _is_pointwise(weight.shape, args) and memory_format_of(input) == torch.channels_last:
             return load().pointwise_forward_nhwc(input, weight, bias, args.groups)
-        if _runs_narrow(input, weight, args):
+        if _runs_narrow("conv_forward", input, weight.shape, args):
             return load().narrow_forward_nhwc(input, weight, bias, args.stride, args.padding)
         one_d = args.spatial_dims == 1
         out = load().conv_forward(lift_to_2d(input, one_d), lift_to_2d(weight, one_d), bias,
@@ -214,7 +210,8 @@ class NativeBackend(Backend):
     def conv_backward_input(self, grad_output, weight, input_shape, args):
         if _is_pointwise(weight.shape, args) and memory_format_of(grad_output) == torch.channels_last:
             return load().pointwise_backward_input_nhwc(grad_output, weight, args.groups)
-        if _runs_narrow(grad_output, weight, args):
+        # (the input's channel count where the weight's output count would be: the kernel needs them equal)
+        if _runs_narrow("conv_backward_input", grad_output, (input_shape[1], *weight.shape[1:]), args):
             return load().narrow_backward_input_nhwc(grad_output, weight, list(input_shape), args.padding)
         one_d = args.spatial_dims == 1
         grad = load().conv_backward_input(lift_to_2d(grad_output, one_d), lift_to_2d(weight, one_d),
@@ -230,7 +227,7 @@ class NativeBackend(Backend):
     def conv_backward_weight(self, grad_output, input, weight_shape, args):
         if _is_pointwise(weight_shape, args) and memory_format_of(input) == torch.channels_last:
             return load().pointwise_backward_weight_nhwc(grad_output, input, list(weight_shape), args.groups)
-        if _runs_narrow(input, weight_shape, args):
+        if _runs_narrow("conv_backward_weight", input, weight_shape, args):
             return load().narrow_backward_weight_nhwc(grad_output, input, list(weight_shape), args.stride,
                                                       args.padding)
         one_d = args.spatial_dims == 1
