@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import groupconv
 from groupconv.ops import batch_norm, library, native, normalization
+from groupconv.ops.dispatch import forget_choices
 
 
 def conv_inputs(seed, channels_last, with_bias):
@@ -29,6 +30,7 @@ def conv_inputs(seed, channels_last, with_bias):
 @pytest.mark.parametrize("needs", ["all", "input", "weight"])
 def test_eager_conv_equals_the_custom_op(channels_last, with_bias, needs):
     arguments = ([2, 1], [1, 0], [1, 1], 3, 3)  # stride, padding, dilation, groups, shuffle_groups
+    forget_choices()  # unsettled: a call settled on torch's kernels would skip EagerConv for torch's own ops
     results = []
     for call in (library.convolution, library.conv_forward):
         x, w, b = conv_inputs(0, channels_last, with_bias)
@@ -159,6 +161,25 @@ def test_a_call_settled_on_torch_runs_torchs_own_conv(priority_order):
         torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
     with groupconv.ops.use_backend("aten"):  # a forced backend always goes through the ops
         assert groupconv.conv3d(x, w, b, padding=1, groups=3).grad_fn.name().startswith("EagerConv")
+
+
+@pytest.mark.parametrize("in_per_group", [1, 2])  # depthwise: the shuffle paid on the output; else on the input
+def test_a_shuffled_call_settled_on_torch_runs_torchs_own_ops(priority_order, in_per_group):
+    """The aten backend's formulation of a fused shuffle (torch's channel_shuffle and conv) with torch's autograd, once
+    settled: the same results as a materialised shuffle followed by the conv."""
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 6, 4, 5, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, in_per_group, 3, 3, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    groups = 6 // in_per_group
+    groupconv.conv3d(x, w, padding=1, groups=groups, shuffle_groups=3).sum().backward()  # the choices are made
+    out = groupconv.conv3d(x, w, padding=1, groups=groups, shuffle_groups=3)
+    assert not out.grad_fn.name().startswith("EagerConv")
+    expected = torch.nn.functional.conv3d(torch.nn.functional.channel_shuffle(x, 3), w, padding=1, groups=groups)
+    torch.testing.assert_close(out, expected)
+    grad_output = torch.randn(out.shape, generator=generator, dtype=torch.float64)
+    for grad, expected_grad in zip(torch.autograd.grad(out, [x, w], grad_output),
+                                   torch.autograd.grad(expected, [x, w], grad_output), strict=True):
+        torch.testing.assert_close(grad, expected_grad)
 
 
 @pytest.mark.skipif(native.unavailable_reason() is not None, reason="native kernels unavailable")
