@@ -179,8 +179,9 @@ def test_channels_last_pointwise_does_not_depend_on_the_thread_count():
 
 
 # (channels, channels per group, kernel height, stride, padding, size): ResNeXt's 3x3 convs (groups of 4, 8 and 16, at
-# stride 1 and 2) and the edges of csrc/narrow_nhwc.cpp: groups of 2, kernel heights 1 and 5, a stride along one axis
-# only, padding 0 and 2, rows whose width leaves 4- and 1-column remainders after the 8-column blocks, 1-pixel rows.
+# stride 1 and 2), MobileNet's depthwise ones, and the edges of csrc/narrow_nhwc.cpp: groups of 2, kernel heights 1
+# and 5, a stride along one axis only, padding 0 and 2, rows whose width leaves 4- and 1-column remainders after the
+# 8-column blocks, 1-pixel rows; at stride 2, the input gradient's odd and even padding and partial blocks.
 NARROW_CASES = [
     (32, 4, 3, (1, 1), (1, 1), (9, 15)),
     (32, 4, 3, (2, 2), (1, 1), (9, 15)),
@@ -192,6 +193,10 @@ NARROW_CASES = [
     (16, 16, 3, (1, 1), (2, 2), (2, 1)),
     (32, 1, 3, (1, 1), (1, 1), (9, 13)),  # depthwise: MobileNet's layers
     (48, 1, 3, (2, 2), (1, 1), (10, 9)),
+    (32, 8, 3, (2, 2), (0, 0), (8, 11)),  # stride 2 without padding, and with more than the kernel's
+    (16, 1, 3, (2, 2), (2, 2), (7, 10)),
+    (48, 4, 5, (2, 2), (2, 1), (9, 12)),
+    (32, 2, 3, (2, 2), (1, 1), (18, 21)),  # more than one 8-column block
 ]
 
 
@@ -211,7 +216,7 @@ def test_channels_last_narrow_groups_match_torch(channels, per_group, kernel_hei
     problem = ops.conv_problem(x, w, b, stride, padding, groups=groups)
     assert problem.layout == "channels_last" and not ops.get_backend("native").not_supported_reasons(problem)
     assert native._runs_narrow("conv_forward", x, w.shape, problem.arguments)  # this kernel, not another
-    input_gradient_too = stride == (1, 1)  # the kernel's input gradient is stride 1 only; aten's serves the others
+    input_gradient_too = stride in ((1, 1), (2, 2))  # the kernel's input gradient; aten's serves the others
     grad_output = torch.randn(F.conv2d(x, w, b, stride, padding, 1, groups).shape, generator=generator, dtype=dtype)
     results = []
     for conv, backend in ((groupconv.conv2d, "native"), (F.conv2d, None)):
@@ -233,10 +238,10 @@ def test_channels_last_narrow_groups_refuse_what_they_cannot_run():
     x = torch.randn(2, 32, 8, 8).contiguous(memory_format=torch.channels_last)
     w = torch.randn(32, 4, 3, 3)
     native_backend = ops.get_backend("native")
-    backward_input = ops.conv_problem(x, w, None, 2, 1, groups=8, op="conv_backward_input")
+    backward_input = ops.conv_problem(x, w, None, (2, 1), 1, groups=8, op="conv_backward_input")
     assert native_backend.not_supported_reasons(backward_input) == [
-        "channels_last: the input gradient of stride (2, 2) (stride 1 only)"]
-    assert not native_backend.not_supported_reasons(ops.conv_problem(x, w, None, 2, 1, groups=8,
+        "channels_last: the input gradient of stride (2, 1) (1 or 2, the same both ways)"]
+    assert not native_backend.not_supported_reasons(ops.conv_problem(x, w, None, (2, 1), 1, groups=8,
                                                                      op="conv_backward_weight"))
     dilated = ops.conv_problem(x, w, None, 1, 2, 2, groups=8)
     assert native_backend.not_supported_reasons(dilated) == ["channels_last: dilation (2, 2) (1 only)"]
@@ -244,12 +249,12 @@ def test_channels_last_narrow_groups_refuse_what_they_cannot_run():
                                        torch.randn(48, 3, 3, 3), groups=16)
     assert native_backend.not_supported_reasons(three_per_group) == [
         "channels_last: 3 channels per group (a power of two up to 16)"]
-    # Automatic dispatch still runs the stride-2 training step: each gradient on a backend that can compute it.
+    # Automatic dispatch still runs such a training step: each gradient on a backend that can compute it.
     x.requires_grad_()
     w.requires_grad_()
-    out = groupconv.conv2d(x, w, None, 2, 1, 1, 8)
+    out = groupconv.conv2d(x, w, None, (2, 1), 1, 1, 8)
     grads = torch.autograd.grad(out, (x, w), torch.ones_like(out))
-    expected = torch.autograd.grad(F.conv2d(x, w, None, 2, 1, 1, 8), (x, w), torch.ones_like(out))
+    expected = torch.autograd.grad(F.conv2d(x, w, None, (2, 1), 1, 1, 8), (x, w), torch.ones_like(out))
     for grad, expected_grad in zip(grads, expected):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
 

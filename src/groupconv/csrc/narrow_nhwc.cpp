@@ -180,6 +180,69 @@ void forward(const T* x, const T* packed, const T* bias, T* y, const Shape& s) {
   });
 }
 
+// ---------------------------------------------------------------------------------- input gradient, stride 2
+// At stride 1 the input gradient is a forward conv (the entry below). At stride 2 it gathers, for input column ix,
+// the output columns ox with ix = 2 ox - pw + kx: blocks of P input columns start where ix0 + pw is even, so that
+// output column ox0 + j (ox0 = (ix0 + pw) / 2 - 1) feeds block column p = 2 j + kx - 2 through tap kx, a fixed
+// pattern the compiler unrolls; each output-gradient pixel is rotated once for the taps that read it. `filters` are
+// the adjoint ones of tap row ky (flipped: tap kx at KW - 1 - kx).
+template <typename T, int64_t CPG, int64_t P, int64_t R0>
+inline void stride_2_input_pass(V<T> (&acc)[P], const T* grad_row, const T* filters, int64_t ox0, const Shape& s) {
+  constexpr int64_t L = Vec<T>::lanes, RB = ROTATIONS_PER_PASS<CPG>, SPAN = P / 2 + 1;
+  V<T> w[KW][RB];
+#pragma GCC unroll 4
+  for (int64_t kx = 0; kx < KW; ++kx)
+#pragma GCC unroll 16
+    for (int64_t r = 0; r < RB; ++r) w[kx][r] = load(filters + ((KW - 1 - kx) * CPG + R0 + r) * L);
+#pragma GCC unroll 16
+  for (int64_t j = 0; j < SPAN; ++j) {
+    const int64_t ox = ox0 + j;
+    if (ox < 0 || ox >= s.ow) continue;
+    V<T> rot[RB];
+    rotations<T, CPG, R0>(load(grad_row + ox * s.c), rot, std::make_index_sequence<RB>{});
+#pragma GCC unroll 4
+    for (int64_t kx = 0; kx < KW; ++kx) {
+      if (2 * j + kx - 2 < 0 || 2 * j + kx - 2 >= P) continue;
+#pragma GCC unroll 16
+      for (int64_t r = 0; r < RB; ++r) acc[2 * j + kx - 2] += rot[r] * w[kx][r];
+    }
+  }
+}
+
+// s: the conv's geometry (input = the gradient computed here, output = grad); packed: the adjoint filters.
+template <typename T, int64_t CPG, size_t... PASS>
+void stride_2_input_gradient(const T* grad, const T* packed, T* grad_in, const Shape& s,
+                             std::index_sequence<PASS...>) {
+  constexpr int64_t L = Vec<T>::lanes, RB = ROTATIONS_PER_PASS<CPG>, P = 8;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, s.iw * s.c * CPG * s.kh * KW / 4));
+  at::parallel_for(0, s.n * s.ih, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / s.ih, iy = row % s.ih;
+      for (int64_t ky = 0; ky < s.kh; ++ky) {  // the output rows this row reads: bring them in sequentially
+        const int64_t t = iy + s.ph - ky;
+        if (t >= 0 && t % 2 == 0 && t / 2 < s.oh) touch(grad + (n * s.oh + t / 2) * s.ow * s.c, s.ow * s.c);
+      }
+      T* out_row = grad_in + row * s.iw * s.c;
+      touch(static_cast<const T*>(out_row), s.iw * s.c);
+      for (int64_t cb = 0; cb < s.c / L; ++cb)
+        for (int64_t ix0 = -(s.pw % 2); ix0 < s.iw; ix0 += P) {
+          V<T> acc[P];
+#pragma GCC unroll 16
+          for (int64_t p = 0; p < P; ++p) acc[p] = V<T>{};
+          for (int64_t ky = 0; ky < s.kh; ++ky) {
+            const int64_t t = iy + s.ph - ky;
+            if (t < 0 || t % 2 != 0 || t / 2 >= s.oh) continue;
+            const T* grad_row = grad + (n * s.oh + t / 2) * s.ow * s.c + cb * L;
+            const T* filters = packed + (cb * s.kh + s.kh - 1 - ky) * KW * CPG * L;
+            (stride_2_input_pass<T, CPG, P, PASS * RB>(acc, grad_row, filters, (ix0 + s.pw) / 2 - 1, s), ...);
+          }
+          for (int64_t p = std::max<int64_t>(0, -ix0); p < std::min(P, s.iw - ix0); ++p)
+            store(out_row + (ix0 + p) * s.c + cb * L, acc[p]);
+        }
+    }
+  });
+}
+
 // -------------------------------------------------------------------------------------------- weight gradient
 // One pass (rotations R0 .. R0 + RB - 1) over output row (n, oy) and the input row under tap row ky: a window holds
 // the rotations of the three input columns under output column ox (input columns ox * SW - pw + kx), so that each is
@@ -328,21 +391,32 @@ at::Tensor narrow_forward_nhwc(const at::Tensor& input, const at::Tensor& weight
 }
 
 // The input gradient of a stride-1 conv is a stride-1 conv of the output gradient with the adjoint filters (each
-// group's transposed, taps flipped) and padding k - 1 - p.
+// group's transposed, taps flipped) and padding k - 1 - p; that of a stride-2 conv gathers through the same filters.
 at::Tensor narrow_backward_input_nhwc(const at::Tensor& grad_output, const at::Tensor& weight,
-                                      at::IntArrayRef input_shape, at::IntArrayRef padding) {
+                                      at::IntArrayRef input_shape, at::IntArrayRef stride, at::IntArrayRef padding) {
   const at::Tensor grad = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
   check_operands(grad, weight, "grad_output");
   const at::Tensor w = weight.contiguous();
-  const int64_t kh = w.size(2);
-  TORCH_CHECK(padding[0] <= kh - 1 && padding[1] <= KW - 1, "narrow NHWC kernel: padding ", padding,
-              " exceeds the kernel size - 1");
-  const std::vector<int64_t> adjoint_padding{kh - 1 - padding[0], KW - 1 - padding[1]};
+  const int64_t kh = w.size(2), cpg = w.size(1);
+  TORCH_CHECK((stride[0] == 1 && stride[1] == 1) || (stride[0] == 2 && stride[1] == 2),
+              "narrow NHWC kernel: the input gradient needs stride 1 or 2 in both directions, got ", stride);
   at::Tensor grad_in = at::empty(input_shape, grad.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const Shape s = shape_of(grad.sizes(), grad_in.sizes(), kh, 1, adjoint_padding);
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "groupconv_narrow_backward_input_nhwc", [&] {
-    const auto packed = pack(w.data_ptr<scalar_t>(), s.c, w.size(1), kh, /*adjoint=*/true);
-    run_forward<scalar_t>(grad, packed, nullptr, grad_in, s, w.size(1), 1);
+    const auto packed = pack(w.data_ptr<scalar_t>(), w.size(0), cpg, kh, /*adjoint=*/true);
+    if (stride[0] == 2) {
+      const Shape s = shape_of(grad_in.sizes(), grad.sizes(), kh, 2, padding);
+      with_shape<scalar_t>(cpg, 1, [&]<int64_t CPG, int64_t>() {
+        stride_2_input_gradient<scalar_t, CPG>(grad.data_ptr<scalar_t>(), packed.data(),
+                                               grad_in.data_ptr<scalar_t>(), s,
+                                               std::make_index_sequence<CPG / ROTATIONS_PER_PASS<CPG>>{});
+      });
+      return;
+    }
+    TORCH_CHECK(padding[0] <= kh - 1 && padding[1] <= KW - 1, "narrow NHWC kernel: padding ", padding,
+                " exceeds the kernel size - 1");
+    const std::vector<int64_t> adjoint_padding{kh - 1 - padding[0], KW - 1 - padding[1]};
+    const Shape s = shape_of(grad.sizes(), grad_in.sizes(), kh, 1, adjoint_padding);
+    run_forward<scalar_t>(grad, packed, nullptr, grad_in, s, cpg, 1);
   });
   return grad_in;
 }

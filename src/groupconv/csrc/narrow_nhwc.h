@@ -11,9 +11,9 @@
 at::Tensor narrow_forward_nhwc(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                                at::IntArrayRef stride, at::IntArrayRef padding);
 
-// The input gradient of a stride-1 conv (padding at most kernel size - 1), channels_last.
+// The input gradient of a conv of stride 1 (padding at most kernel size - 1) or 2 (both ways), channels_last.
 at::Tensor narrow_backward_input_nhwc(const at::Tensor& grad_output, const at::Tensor& weight,
-                                      at::IntArrayRef input_shape, at::IntArrayRef padding);
+                                      at::IntArrayRef input_shape, at::IntArrayRef stride, at::IntArrayRef padding);
 
 // The weight gradient, from channels_last operands.
 at::Tensor narrow_backward_weight_nhwc(const at::Tensor& grad_output, const at::Tensor& input,

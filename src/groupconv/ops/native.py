@@ -16,8 +16,8 @@ depthwise (multiplier 1) in channels_last; 1-D and 2-D, any stride, padding and 
 float32 and float64, forward and both gradients, with the channel shuffle fused into the reads.
 In channels_last also pointwise (1x1) grouped convs of any group width, forward and both gradients
 (csrc/pointwise.cpp), and groups of 1 (depthwise) to 16 channels in and out with a kernel 3 wide (ResNeXt's and
-MobileNet's 3x3 convs), forward and weight gradient at row stride 1 or 2, input gradient at stride 1, no fused
-shuffle (csrc/narrow_nhwc.cpp; cpu_kernels.cpp's depthwise kernel runs the rest).
+MobileNet's 3x3 convs), forward and weight gradient at row stride 1 or 2, input gradient at stride 1 or 2 both
+ways, no fused shuffle (csrc/narrow_nhwc.cpp; cpu_kernels.cpp's depthwise kernel runs the rest).
 """
 
 from __future__ import annotations
@@ -117,9 +117,9 @@ def _narrow_refusals(op: str, channels: int, weight_shape, args, dtype: torch.dt
     if args.shuffle_groups != 1:
         reasons.append(f"fused shuffle (shuffle_groups={args.shuffle_groups}) is not supported")
     if op in ("conv_backward_input", "conv_backward"):
-        if any(s != 1 for s in args.stride):
-            reasons.append(f"the input gradient of stride {args.stride} (stride 1 only)")
-        if len(kernel) == 2 and any(p > k - 1 for p, k in zip(args.padding, kernel)):
+        if tuple(args.stride) not in ((1, 1), (2, 2)):
+            reasons.append(f"the input gradient of stride {args.stride} (1 or 2, the same both ways)")
+        elif tuple(args.stride) == (1, 1) and len(kernel) == 2 and any(p > k - 1 for p, k in zip(args.padding, kernel)):
             reasons.append(f"the input gradient with padding {args.padding} > kernel size - 1")
     return reasons
 
@@ -212,7 +212,8 @@ class NativeBackend(Backend):
             return load().pointwise_backward_input_nhwc(grad_output, weight, args.groups)
         # (the input's channel count where the weight's output count would be: the kernel needs them equal)
         if _runs_narrow("conv_backward_input", grad_output, (input_shape[1], *weight.shape[1:]), args):
-            return load().narrow_backward_input_nhwc(grad_output, weight, list(input_shape), args.padding)
+            return load().narrow_backward_input_nhwc(grad_output, weight, list(input_shape), args.stride,
+                                                     args.padding)
         one_d = args.spatial_dims == 1
         grad = load().conv_backward_input(lift_to_2d(grad_output, one_d), lift_to_2d(weight, one_d),
                                           lift_shape_to_2d(input_shape, one_d), *arguments_as_2d(args),
