@@ -63,8 +63,8 @@ class ConvProblem:
     ) -> "ConvProblem":
         return cls(
             op=op,
-            input_shape=tuple(int(s) for s in input_shape),
-            weight_shape=tuple(int(s) for s in weight_shape),
+            input_shape=tuple(map(int, input_shape)),
+            weight_shape=tuple(map(int, weight_shape)),
             arguments=arguments,
             has_bias=has_bias,
             dtype=like.dtype,
@@ -235,14 +235,15 @@ def not_supported_reasons(problem: Problem) -> dict[str, list[str]]:
 
 
 def select_backend(problem: Problem, run: Callable[[Backend], object] | None = None,
-                   strategies: Sequence[Backend] = ()) -> Backend:
+                   strategies: Callable[[Problem], Sequence[Backend]] | None = None) -> Backend:
     """The backend for `problem`: the forced one, or the automatic choice.
 
     The automatic choice is the highest-priority backend that can run the problem; if `run` is
     given (a function running the call on a backend) and tuning is on, the tunable capable
     backends are measured once with it and the fastest is kept. Either way the choice is cached.
-    `strategies` are unregistered contenders that only the tuner considers (a way of combining
-    the registered backends, such as computing two gradients each on its own best backend).
+    `strategies(problem)` gives unregistered contenders that only the tuner considers (ways of combining
+    the registered backends, such as computing two gradients each on its own best backend); it is
+    asked only when a choice is made, not on every call.
     """
     forced = forced_backend()
     if forced is not None:
@@ -257,7 +258,7 @@ def select_backend(problem: Problem, run: Callable[[Backend], object] | None = N
     capable = [get_backend(name) for name in list_backends() if not get_backend(name).not_supported_reasons(problem)]
     if not capable:
         raise RuntimeError(f"no registered backend can run {problem}: {not_supported_reasons(problem)}")
-    contenders = [backend for backend in capable if backend.tunable] + list(strategies)
+    contenders = [backend for backend in capable if backend.tunable] + list(strategies(problem) if strategies else ())
     if len(contenders) > 1 and tuning.tuning_enabled():
         if run is None:  # nothing to measure with (explain): say what priority order gives, remember nothing
             return capable[0]

@@ -67,7 +67,7 @@ def _conv_forward(
     args = _arguments(stride, padding, dilation, groups, shuffle_groups)
     problem = ConvProblem.build("conv_forward", input.shape, weight.shape, args, input, has_bias=bias is not None)
     out = select_backend(problem, lambda b: b.conv_forward(input, weight, bias, args),
-                         strategies=_strategies(problem)).conv_forward(input, weight, bias, args)
+                         strategies=_strategies).conv_forward(input, weight, bias, args)
     return _owned(out, memory_format_of(input), input, weight, bias)
 
 
@@ -93,7 +93,7 @@ def _conv_backward_input(
     args = _arguments(stride, padding, dilation, groups, shuffle_groups)
     problem = ConvProblem.build("conv_backward_input", input_shape, weight.shape, args, grad_output)
     backend = select_backend(problem, lambda b: b.conv_backward_input(grad_output, weight, input_shape, args),
-                             strategies=_strategies(problem))
+                             strategies=_strategies)
     grad_input = backend.conv_backward_input(grad_output, weight, input_shape, args)
     return _owned(grad_input, memory_format_of(grad_output), grad_output, weight)
 
@@ -119,7 +119,7 @@ def _conv_backward_weight(
     args = _arguments(stride, padding, dilation, groups, shuffle_groups)
     problem = ConvProblem.build("conv_backward_weight", input.shape, weight_shape, args, input)
     backend = select_backend(problem, lambda b: b.conv_backward_weight(grad_output, input, weight_shape, args),
-                             strategies=_strategies(problem))
+                             strategies=_strategies)
     grad_weight = backend.conv_backward_weight(grad_output, input, weight_shape, args)
     return _owned(grad_weight, torch.contiguous_format, grad_output, input)
 
@@ -230,7 +230,7 @@ def _conv_backward_both(
     args = _arguments(stride, padding, dilation, groups, shuffle_groups)
     problem = ConvProblem.build("conv_backward", input.shape, weight.shape, args, input)
     backend = select_backend(problem, lambda b: b.conv_backward(grad_output, input, weight, args),
-                             strategies=_strategies(problem))
+                             strategies=_strategies)
     grad_input, grad_weight = backend.conv_backward(grad_output, input, weight, args)
     return (_owned(grad_input, memory_format_of(grad_output), grad_output, input, weight),
             _owned(grad_weight, torch.contiguous_format, grad_output, input, weight))
