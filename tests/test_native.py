@@ -129,6 +129,25 @@ def test_3x3_padded_plane_path_matches_torch(size, stride, dilation, padding, in
         torch.testing.assert_close(mine, theirs)
 
 
+def check_native_channels_last_against_torch(x, w, b, grad_output, stride=1, padding=0, groups=1,
+                                             input_gradient=True):
+    """The native backend's forward and gradients (the input's where `input_gradient`, the weight's, the bias's)
+    against torch's, and a channels_last output."""
+    results = []
+    for conv, backend in ((groupconv.conv2d, "native"), (F.conv2d, None)):
+        leaves = [t.detach().requires_grad_(i > 0 or input_gradient) for i, t in enumerate((x, w, b)) if t is not None]
+        with ops.use_backend(backend):
+            out = conv(leaves[0], leaves[1], leaves[2] if b is not None else None, stride, padding, 1, groups)
+            results.append((out, torch.autograd.grad(out, [leaf for leaf in leaves if leaf.requires_grad],
+                                                     grad_output)))
+    (out, grads), (expected, expected_grads) = results
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    tolerance = {torch.float32: 1e-4, torch.float64: 1e-11}[x.dtype]
+    torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=tolerance, atol=tolerance)
+
+
 # (in, out, groups): ShuffleNet g8/g3 layers (12 or 20 outputs per group: one vector, padded), ResNeXt-like wide groups
 # (4-vector chunks), 1x1s that widen (192 outputs per group: 4 + 4 + 4 vectors), and odd widths (17, 33: a padded
 # last vector after 2- and 1-vector chunks); 5x7 pixels and batch 3: a pixel remainder after the 8-pixel blocks.
@@ -144,18 +163,7 @@ def test_channels_last_pointwise_matches_torch(in_channels, out_channels, groups
     b = torch.randn(out_channels, generator=generator, dtype=dtype) if with_bias else None
     grad_output = torch.randn(3, out_channels, 5, 7, generator=generator, dtype=dtype).contiguous(
         memory_format=torch.channels_last)
-    results = []
-    for conv, backend in ((groupconv.conv2d, "native"), (F.conv2d, None)):
-        leaves = [t.detach().requires_grad_() for t in (x, w, b) if t is not None]
-        with ops.use_backend(backend):
-            out = conv(leaves[0], leaves[1], leaves[2] if with_bias else None, groups=groups)
-            results.append((out, torch.autograd.grad(out, leaves, grad_output)))
-    (out, grads), (expected, expected_grads) = results
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    tolerance = {torch.float32: 1e-4, torch.float64: 1e-11}[dtype]
-    torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
-    for grad, expected_grad in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(grad, expected_grad, rtol=tolerance, atol=tolerance)
+    check_native_channels_last_against_torch(x, w, b, grad_output, groups=groups)
     problem = ops.conv_problem(x, w, b, groups=groups)
     assert not ops.get_backend("native").not_supported_reasons(problem)
 
@@ -216,22 +224,9 @@ def test_channels_last_narrow_groups_match_torch(channels, per_group, kernel_hei
     problem = ops.conv_problem(x, w, b, stride, padding, groups=groups)
     assert problem.layout == "channels_last" and not ops.get_backend("native").not_supported_reasons(problem)
     assert native._runs_narrow("conv_forward", x, w.shape, problem.arguments)  # this kernel, not another
-    input_gradient_too = stride in ((1, 1), (2, 2))  # the kernel's input gradient; aten's serves the others
     grad_output = torch.randn(F.conv2d(x, w, b, stride, padding, 1, groups).shape, generator=generator, dtype=dtype)
-    results = []
-    for conv, backend in ((groupconv.conv2d, "native"), (F.conv2d, None)):
-        leaves = [t.detach().requires_grad_(i > 0 or input_gradient_too) for i, t in enumerate((x, w, b))
-                  if t is not None]
-        with ops.use_backend(backend):
-            out = conv(leaves[0], leaves[1], leaves[2] if with_bias else None, stride, padding, 1, groups)
-            wanted = [leaf for leaf in leaves if leaf.requires_grad]
-            results.append((out, torch.autograd.grad(out, wanted, grad_output)))
-    (out, grads), (expected, expected_grads) = results
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    tolerance = {torch.float32: 1e-4, torch.float64: 1e-11}[dtype]
-    torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
-    for grad, expected_grad in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(grad, expected_grad, rtol=tolerance, atol=tolerance)
+    check_native_channels_last_against_torch(x, w, b, grad_output, stride, padding, groups=groups,
+                                             input_gradient=stride in ((1, 1), (2, 2)))  # else aten's serves it
 
 
 def test_channels_last_narrow_groups_refuse_what_they_cannot_run():

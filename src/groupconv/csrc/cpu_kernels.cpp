@@ -584,21 +584,13 @@ at::Tensor channel_shuffle(const at::Tensor& input, int64_t groups) {
 // vector register's width (16 floats) are loaded a row per register, transposed in registers, and stored a row per
 // register: every read and write is a whole vector.
 
-template <typename T>
-struct Tile {
-  static constexpr int64_t size = 64 / sizeof(T);
-  typedef T V __attribute__((vector_size(64)));
-  typedef std::conditional_t<sizeof(T) == 8, int64_t, int32_t> Index;
-  typedef Index M __attribute__((vector_size(64)));
-};
-
 // One stage of the transpose: exchanges bit `B` of the row index with bit `B` of the lane index, i.e. swaps the
 // off-diagonal B x B blocks of every 2B x 2B block. All log2(size) stages make the transpose (they commute).
 template <typename T, int64_t B, size_t... LANE>
-inline void transpose_stage(typename Tile<T>::V* rows, std::index_sequence<LANE...>) {
-  using M = typename Tile<T>::M;
-  using Index = typename Tile<T>::Index;
-  constexpr int64_t L = Tile<T>::size;
+inline void transpose_stage(typename Vector<T>::type* rows, std::index_sequence<LANE...>) {
+  using M = typename Vector<T>::Mask;
+  using Index = typename Vector<T>::Index;
+  constexpr int64_t L = Vector<T>::size;
   const M low = {static_cast<Index>((LANE & B) ? L + LANE - B : LANE)...};
   const M high = {static_cast<Index>((LANE & B) ? L + LANE : LANE + B)...};
 #pragma GCC unroll 16
@@ -613,8 +605,8 @@ inline void transpose_stage(typename Tile<T>::V* rows, std::index_sequence<LANE.
 template <typename T, size_t... STAGE>
 inline void transpose_tile(const T* src, int64_t src_stride, T* dst, int64_t dst_stride,
                            std::index_sequence<STAGE...>) {
-  constexpr int64_t L = Tile<T>::size;
-  typename Tile<T>::V rows[L];
+  constexpr int64_t L = Vector<T>::size;
+  typename Vector<T>::type rows[L];
 #pragma GCC unroll 16
   for (int64_t i = 0; i < L; ++i) std::memcpy(&rows[i], src + i * src_stride, sizeof(rows[i]));
   (transpose_stage<T, (int64_t{1} << STAGE)>(rows, std::make_index_sequence<L>{}), ...);
@@ -624,7 +616,7 @@ inline void transpose_tile(const T* src, int64_t src_stride, T* dst, int64_t dst
 
 template <typename T>
 void transpose_matrices(const T* src, T* dst, int64_t count, int64_t rows, int64_t columns) {
-  constexpr int64_t L = Tile<T>::size;
+  constexpr int64_t L = Vector<T>::size;
   constexpr int64_t STAGES = L == 16 ? 4 : 3;
   // Tasks: a band of L rows of one matrix (all its columns), so that a task streams L source rows front to back.
   const int64_t bands = (rows + L - 1) / L;

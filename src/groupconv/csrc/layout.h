@@ -1,7 +1,9 @@
-// Memory layouts the CPU kernels tell apart, and how they bring memory into cache.
+// Memory layouts the CPU kernels tell apart, how they bring memory into cache, and the vector register they use.
 #pragma once
 
 #include <torch/extension.h>
+
+#include <type_traits>
 
 // Channels innermost (channels_last or channels_last_3d) and not also plain contiguous (C == 1, or 1x1 pixels).
 inline bool is_channels_innermost(const at::Tensor& x) {
@@ -19,3 +21,16 @@ inline void touch(const T* values, int64_t count) {
   for (int64_t i = 0; i < count; i += 64 / sizeof(T)) sink += values[i];
   asm volatile("" : : "r"(&sink) : "memory");  // keep the loads
 }
+
+// One vector register of T (GCC's vector extension: an AVX-512 register where the machine has them, else two or four
+// narrower ones), and the integer vector that names its lanes in a __builtin_shuffle. Kernels keep their
+// accumulators in these: a plain array indexed in loops is not guaranteed a register (gcc kept one on the stack, 5x
+// slower).
+template <typename T>
+struct Vector {
+  static constexpr int64_t bytes = 64;
+  static constexpr int64_t size = bytes / sizeof(T);
+  typedef T type __attribute__((vector_size(bytes)));
+  typedef std::conditional_t<sizeof(T) == 8, int64_t, int32_t> Index;
+  typedef Index Mask __attribute__((vector_size(bytes)));
+};

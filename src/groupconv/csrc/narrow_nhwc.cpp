@@ -39,24 +39,7 @@ namespace {
 constexpr int64_t KW = 3;  // the kernel width the column reuse is written for
 
 template <typename T>
-struct Vec;
-template <>
-struct Vec<float> {
-  typedef float V __attribute__((vector_size(64)));
-  typedef int32_t M __attribute__((vector_size(64)));
-  typedef int32_t Index;
-  static constexpr int64_t lanes = 16;
-};
-template <>
-struct Vec<double> {
-  typedef double V __attribute__((vector_size(64)));
-  typedef int64_t M __attribute__((vector_size(64)));
-  typedef int64_t Index;
-  static constexpr int64_t lanes = 8;
-};
-
-template <typename T>
-using V = typename Vec<T>::V;
+using V = typename Vector<T>::type;
 
 template <typename T>
 inline V<T> load(const T* source) {
@@ -73,15 +56,15 @@ inline void store(T* destination, const V<T>& v) {
 // Each group of CPG lanes rotated by R: lane o takes lane (o & -CPG) | ((o + R) % CPG). A constant mask: one shuffle.
 template <typename T, int64_t CPG, int64_t R, size_t... LANE>
 inline V<T> rotated(const V<T>& x, std::index_sequence<LANE...>) {
-  using Index = typename Vec<T>::Index;
-  const typename Vec<T>::M mask = {static_cast<Index>((LANE & ~(CPG - 1)) | ((LANE + R) & (CPG - 1)))...};
+  using Index = typename Vector<T>::Index;
+  const typename Vector<T>::Mask mask = {static_cast<Index>((LANE & ~(CPG - 1)) | ((LANE + R) & (CPG - 1)))...};
   return __builtin_shuffle(x, mask);
 }
 
 // out[j] = rot_{R0 + j}(x) for the RB rotations of one pass.
 template <typename T, int64_t CPG, int64_t R0, size_t... J>
 inline void rotations(const V<T>& x, V<T>* out, std::index_sequence<J...>) {
-  ((out[J] = rotated<T, CPG, R0 + J>(x, std::make_index_sequence<Vec<T>::lanes>{})), ...);
+  ((out[J] = rotated<T, CPG, R0 + J>(x, std::make_index_sequence<Vector<T>::size>{})), ...);
 }
 
 struct Shape {
@@ -97,7 +80,7 @@ constexpr int64_t ROTATIONS_PER_PASS = CPG < 4 ? CPG : 4;
 // channel o = cb * L + lane; the adjoint (for the input gradient) holds w[b + (o - b + r) % CPG, o - b, flipped tap].
 template <typename T>
 std::vector<T> pack(const T* w, int64_t c, int64_t cpg, int64_t kh, bool adjoint) {
-  constexpr int64_t L = Vec<T>::lanes;
+  constexpr int64_t L = Vector<T>::size;
   std::vector<T> packed(c * kh * KW * cpg);
   T* out = packed.data();
   for (int64_t cb = 0; cb < c / L; ++cb)
@@ -117,7 +100,7 @@ std::vector<T> pack(const T* w, int64_t c, int64_t cpg, int64_t kh, bool adjoint
 // (channel block already applied): input column j of the span feeds output column p through tap kx = j - p * SW.
 template <typename T, int64_t CPG, int64_t SW, int64_t P, int64_t R0>
 inline void forward_pass(V<T> (&acc)[P], const T* row, const T* filters, int64_t ix0, const Shape& s) {
-  constexpr int64_t L = Vec<T>::lanes, RB = ROTATIONS_PER_PASS<CPG>, SPAN = (P - 1) * SW + KW;
+  constexpr int64_t L = Vector<T>::size, RB = ROTATIONS_PER_PASS<CPG>, SPAN = (P - 1) * SW + KW;
   V<T> w[KW][RB];
 #pragma GCC unroll 4
   for (int64_t kx = 0; kx < KW; ++kx)
@@ -141,7 +124,7 @@ inline void forward_pass(V<T> (&acc)[P], const T* row, const T* filters, int64_t
 template <typename T, int64_t CPG, int64_t SW, int64_t P, size_t... PASS>
 inline void forward_columns(const T* x, const T* packed, const T* bias, T* y, const Shape& s, int64_t n, int64_t oy,
                             int64_t cb, int64_t ox0, std::index_sequence<PASS...>) {
-  constexpr int64_t L = Vec<T>::lanes, RB = ROTATIONS_PER_PASS<CPG>;
+  constexpr int64_t L = Vector<T>::size, RB = ROTATIONS_PER_PASS<CPG>;
   V<T> acc[P];
   const V<T> init = bias ? load(bias + cb * L) : V<T>{};
 #pragma GCC unroll 16
@@ -160,7 +143,7 @@ inline void forward_columns(const T* x, const T* packed, const T* bias, T* y, co
 
 template <typename T, int64_t CPG, int64_t SW>
 void forward(const T* x, const T* packed, const T* bias, T* y, const Shape& s) {
-  constexpr int64_t L = Vec<T>::lanes;
+  constexpr int64_t L = Vector<T>::size;
   const auto passes = std::make_index_sequence<CPG / ROTATIONS_PER_PASS<CPG>>{};
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, s.ow * s.c * CPG * s.kh * KW));
   at::parallel_for(0, s.n * s.oh, grain, [&](int64_t begin, int64_t end) {
@@ -188,7 +171,7 @@ void forward(const T* x, const T* packed, const T* bias, T* y, const Shape& s) {
 // the adjoint ones of tap row ky (flipped: tap kx at KW - 1 - kx).
 template <typename T, int64_t CPG, int64_t P, int64_t R0>
 inline void stride_2_input_pass(V<T> (&acc)[P], const T* grad_row, const T* filters, int64_t ox0, const Shape& s) {
-  constexpr int64_t L = Vec<T>::lanes, RB = ROTATIONS_PER_PASS<CPG>, SPAN = P / 2 + 1;
+  constexpr int64_t L = Vector<T>::size, RB = ROTATIONS_PER_PASS<CPG>, SPAN = P / 2 + 1;
   V<T> w[KW][RB];
 #pragma GCC unroll 4
   for (int64_t kx = 0; kx < KW; ++kx)
@@ -213,7 +196,7 @@ inline void stride_2_input_pass(V<T> (&acc)[P], const T* grad_row, const T* filt
 template <typename T, int64_t CPG, size_t... PASS>
 void stride_2_input_gradient(const T* grad, const T* packed, T* grad_in, const Shape& s,
                              std::index_sequence<PASS...>) {
-  constexpr int64_t L = Vec<T>::lanes, RB = ROTATIONS_PER_PASS<CPG>, P = 8;
+  constexpr int64_t L = Vector<T>::size, RB = ROTATIONS_PER_PASS<CPG>, P = 8;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, s.iw * s.c * CPG * s.kh * KW / 4));
   at::parallel_for(0, s.n * s.ih, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
@@ -249,7 +232,7 @@ void stride_2_input_gradient(const T* grad, const T* packed, T* grad_in, const S
 // shuffled once however many taps read it.
 template <typename T, int64_t CPG, int64_t SW, int64_t R0>
 inline void gradient_pass(T* sums, const T* row, const T* grad_row, const Shape& s) {
-  constexpr int64_t L = Vec<T>::lanes, RB = ROTATIONS_PER_PASS<CPG>;
+  constexpr int64_t L = Vector<T>::size, RB = ROTATIONS_PER_PASS<CPG>;
   V<T> acc[KW][RB], window[KW][RB];
 #pragma GCC unroll 4
   for (int64_t kx = 0; kx < KW; ++kx)
@@ -291,7 +274,7 @@ constexpr int64_t MAX_GRADIENT_CHUNKS = 16, MIN_GRADIENT_CHUNK_ROWS = 8;
 
 template <typename T, int64_t CPG, int64_t SW, size_t... PASS>
 void weight_gradient(const T* grad, const T* x, T* grad_w, const Shape& s, std::index_sequence<PASS...>) {
-  constexpr int64_t L = Vec<T>::lanes, RB = ROTATIONS_PER_PASS<CPG>;
+  constexpr int64_t L = Vector<T>::size, RB = ROTATIONS_PER_PASS<CPG>;
   const int64_t rows = s.n * s.oh, tap_size = KW * CPG * L, block_size = s.kh * tap_size, size = s.c / L * block_size;
   const int64_t chunk_rows = std::max((rows + MAX_GRADIENT_CHUNKS - 1) / MAX_GRADIENT_CHUNKS, MIN_GRADIENT_CHUNK_ROWS);
   const int64_t chunks = (rows + chunk_rows - 1) / chunk_rows;
@@ -332,8 +315,8 @@ void weight_gradient(const T* grad, const T* x, T* grad_w, const Shape& s, std::
 template <typename T, typename F>
 void with_shape(int64_t cpg, int64_t sw, const F& f) {
   TORCH_CHECK(sw == 1 || sw == 2, "narrow NHWC kernel: row stride must be 1 or 2, got ", sw);
-  TORCH_CHECK(cpg >= 1 && cpg <= Vec<T>::lanes && (cpg & (cpg - 1)) == 0,
-              "narrow NHWC kernel: channels per group must be a power of two up to ", Vec<T>::lanes, ", got ", cpg);
+  TORCH_CHECK(cpg >= 1 && cpg <= Vector<T>::size && (cpg & (cpg - 1)) == 0,
+              "narrow NHWC kernel: channels per group must be a power of two up to ", Vector<T>::size, ", got ", cpg);
   auto by_stride = [&](auto cpg_constant) {
     constexpr int64_t CPG = decltype(cpg_constant)::value;
     if (sw == 1)
@@ -347,7 +330,7 @@ void with_shape(int64_t cpg, int64_t sw, const F& f) {
     case 4: by_stride(std::integral_constant<int64_t, 4>{}); break;
     case 8: by_stride(std::integral_constant<int64_t, 8>{}); break;
     default:
-      if constexpr (Vec<T>::lanes >= 16) by_stride(std::integral_constant<int64_t, 16>{});
+      if constexpr (Vector<T>::size >= 16) by_stride(std::integral_constant<int64_t, 16>{});
   }
 }
 

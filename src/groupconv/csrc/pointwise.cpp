@@ -29,15 +29,6 @@
 
 namespace {
 
-// One vector register of T (GCC's vector extension): the accumulators below must live in registers, which a plain
-// array indexed in loops does not guarantee (gcc kept it on the stack: 5x slower).
-template <typename T>
-struct Vector {
-  static constexpr int64_t bytes = 64;  // AVX-512
-  static constexpr int64_t size = bytes / sizeof(T);
-  typedef T type __attribute__((vector_size(bytes)));
-};
-
 // The packed right-hand side: for each group, A rows of `padded` values (B of them real, the rest zero: whole
 // vectors).
 template <typename T>
