@@ -168,21 +168,23 @@ def test_channels_last_pointwise_matches_torch(in_channels, out_channels, groups
     assert not ops.get_backend("native").not_supported_reasons(problem)
 
 
+def native_conv_on_threads(threads, x, w, **conv_arguments):
+    """The native backend's output and both gradients (of the sum of the output) on `threads` threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        leaves = (x.detach().requires_grad_(), w.detach().requires_grad_())
+        with ops.use_backend("native"):
+            out = groupconv.conv2d(*leaves, **conv_arguments)
+            return (out, *torch.autograd.grad(out, leaves, torch.ones_like(out)))
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_channels_last_pointwise_does_not_depend_on_the_thread_count():
     x = torch.randn(4, 48, 9, 11).contiguous(memory_format=torch.channels_last)
     w = torch.randn(24, 12, 1, 1)
-    results = []
-    for threads in (1, 2):
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            leaves = (x.detach().requires_grad_(), w.detach().requires_grad_())
-            with ops.use_backend("native"):
-                out = groupconv.conv2d(*leaves, groups=4)
-                results.append((out, *torch.autograd.grad(out, leaves, torch.ones_like(out))))
-        finally:
-            torch.set_num_threads(previous)
-    for one, two in zip(*results):
+    for one, two in zip(*(native_conv_on_threads(threads, x, w, groups=4) for threads in (1, 2))):
         assert torch.equal(one, two)
 
 
@@ -259,17 +261,7 @@ def test_channels_last_narrow_groups_do_not_depend_on_the_thread_count(per_group
     # 40 output rows: 5 chunks of the weight gradient's 8-row minimum, split unevenly between 2 threads.
     x = torch.randn(4, 32, 10, 9).contiguous(memory_format=torch.channels_last)
     w = torch.randn(32, per_group, 3, 3)
-    results = []
-    for threads in (1, 2):
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            leaves = (x.detach().requires_grad_(), w.detach().requires_grad_())
-            with ops.use_backend("native"):
-                out = groupconv.conv2d(*leaves, None, 1, 1, 1, 32 // per_group)
-                results.append((out, *torch.autograd.grad(out, leaves, torch.ones_like(out))))
-        finally:
-            torch.set_num_threads(previous)
+    results = (native_conv_on_threads(threads, x, w, padding=1, groups=32 // per_group) for threads in (1, 2))
     for one, two in zip(*results):
         assert torch.equal(one, two)
 
