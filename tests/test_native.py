@@ -130,11 +130,17 @@ def test_3x3_padded_plane_path_matches_torch(size, stride, dilation, padding, in
 
 
 def check_native_channels_last_against_torch(x, w, b, grad_output, stride=1, padding=0, groups=1,
-                                             input_gradient=True):
+                                             input_gradient=True, shuffle_groups=1):
     """The native backend's forward and gradients (the input's where `input_gradient`, the weight's, the bias's)
-    against torch's, and a channels_last output."""
+    against torch's (a materialised shuffle first), and a channels_last output."""
+    def shuffled_conv(x, *args):
+        return F.conv2d(shuffled(x, shuffle_groups), *args)
+
+    def native_conv(*args):
+        return groupconv.conv2d(*args, shuffle_groups=shuffle_groups)
+
     results = []
-    for conv, backend in ((groupconv.conv2d, "native"), (F.conv2d, None)):
+    for conv, backend in ((native_conv, "native"), (shuffled_conv, None)):
         leaves = [t.detach().requires_grad_(i > 0 or input_gradient) for i, t in enumerate((x, w, b)) if t is not None]
         with ops.use_backend(backend):
             out = conv(leaves[0], leaves[1], leaves[2] if b is not None else None, stride, padding, 1, groups)
@@ -229,6 +235,23 @@ def test_channels_last_narrow_groups_match_torch(channels, per_group, kernel_hei
     grad_output = torch.randn(F.conv2d(x, w, b, stride, padding, 1, groups).shape, generator=generator, dtype=dtype)
     check_native_channels_last_against_torch(x, w, b, grad_output, stride, padding, groups=groups,
                                              input_gradient=stride in ((1, 1), (2, 2)))  # else aten's serves it
+
+
+@pytest.mark.parametrize("channels, shuffle_groups, stride, size", [(96, 8, (1, 1), (9, 10)), (48, 3, (2, 2), (11, 8)),
+                                                                   (32, 4, (2, 1), (6, 13))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channels_last_depthwise_reading_through_a_shuffle_matches_torch(channels, shuffle_groups, stride, size,
+                                                                         dtype):
+    """ShuffleNet's depthwise convs on narrow_nhwc.cpp: the shuffle paid on the output, forward and all gradients."""
+    generator = torch.Generator().manual_seed(channels + shuffle_groups)
+    x = torch.randn(2, channels, *size, generator=generator, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(channels, 1, 3, 3, generator=generator, dtype=dtype)
+    b = torch.randn(channels, generator=generator, dtype=dtype)
+    args = ops.conv_problem(x, w, b, stride, 1, groups=channels, shuffle_groups=shuffle_groups).arguments
+    assert native._runs_narrow("conv_forward", x, w.shape, args)  # this kernel, not cpu_kernels.cpp's
+    grad_output = torch.randn(F.conv2d(x, w, b, stride, 1, 1, channels).shape, generator=generator, dtype=dtype)
+    check_native_channels_last_against_torch(x, w, b, grad_output, stride, 1, groups=channels,
+                                             input_gradient=stride in ((1, 1), (2, 2)), shuffle_groups=shuffle_groups)
 
 
 def test_channels_last_narrow_groups_refuse_what_they_cannot_run():

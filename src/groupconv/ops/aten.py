@@ -23,11 +23,11 @@ def _convolution_backward(grad_output, input, weight, args, output_mask):
 
 # torch's own shuffle keeps a channels_last tensor channels_last; the reference's reshape-transpose would turn it into
 # NCHW and send every conv after it down oneDNN's NCHW path (three times slower on ShuffleNet's depthwise layers).
-def _shuffled(x: torch.Tensor, shuffle_groups: int) -> torch.Tensor:
+def shuffled(x: torch.Tensor, shuffle_groups: int) -> torch.Tensor:
     return torch.channel_shuffle(x, shuffle_groups) if shuffle_groups > 1 else x
 
 
-def _unshuffled(x: torch.Tensor, shuffle_groups: int) -> torch.Tensor:
+def unshuffled(x: torch.Tensor, shuffle_groups: int) -> torch.Tensor:
     return torch.channel_shuffle(x, x.shape[1] // shuffle_groups) if shuffle_groups > 1 else x
 
 
@@ -41,7 +41,7 @@ def _shuffles_output(weight: torch.Tensor, args) -> bool:
     return args.shuffle_groups > 1 and weight.shape[1] == 1 and args.groups == weight.shape[0]
 
 
-def _along_channels(tensor: torch.Tensor, shuffle: bool, groups: int) -> torch.Tensor:
+def along_channels(tensor: torch.Tensor, shuffle: bool, groups: int) -> torch.Tensor:
     """A weight or bias permuted along its first dimension as channel_shuffle permutes channels (or the inverse)."""
     channels = tensor.shape[0]
     groups = groups if shuffle else channels // groups
@@ -57,11 +57,11 @@ class AtenBackend(Backend):
         conv = _FORWARD[args.spatial_dims]
         if _shuffles_output(weight, args):
             s = args.shuffle_groups
-            out = conv(input, _along_channels(weight, False, s),
-                       None if bias is None else _along_channels(bias, False, s),
+            out = conv(input, along_channels(weight, False, s),
+                       None if bias is None else along_channels(bias, False, s),
                        args.stride, args.padding, args.dilation, args.groups)
-            return _shuffled(out, s)
-        x = _shuffled(input, args.shuffle_groups)
+            return shuffled(out, s)
+        x = shuffled(input, args.shuffle_groups)
         return conv(x, weight, bias, args.stride, args.padding, args.dilation, args.groups)
 
     # Each gradient alone needs the other operand only for its shape and memory format. The placeholder is an
@@ -72,29 +72,29 @@ class AtenBackend(Backend):
                                   memory_format=memory_format_of(grad_output))
         if _shuffles_output(weight, args):
             s = args.shuffle_groups
-            return _convolution_backward(_unshuffled(grad_output, s), placeholder, _along_channels(weight, False, s),
+            return _convolution_backward(unshuffled(grad_output, s), placeholder, along_channels(weight, False, s),
                                          args, [True, False, False])[0]
         grad = _convolution_backward(grad_output, placeholder, weight, args, [True, False, False])[0]
-        return _unshuffled(grad, args.shuffle_groups)
+        return unshuffled(grad, args.shuffle_groups)
 
     def conv_backward_weight(self, grad_output, input, weight_shape, args):
         placeholder = input.new_empty(weight_shape)
         if _shuffles_output(placeholder, args):
             s = args.shuffle_groups
-            grad = _convolution_backward(_unshuffled(grad_output, s), input, placeholder, args, [False, True, False])[1]
-            return _along_channels(grad, True, s)
-        x = _shuffled(input, args.shuffle_groups)
+            grad = _convolution_backward(unshuffled(grad_output, s), input, placeholder, args, [False, True, False])[1]
+            return along_channels(grad, True, s)
+        x = shuffled(input, args.shuffle_groups)
         return _convolution_backward(grad_output, x, placeholder, args, [False, True, False])[1]
 
     def conv_backward(self, grad_output, input, weight, args):
         if _shuffles_output(weight, args):
             s = args.shuffle_groups
             grad_input, grad_weight, _ = _convolution_backward(
-                _unshuffled(grad_output, s), input, _along_channels(weight, False, s), args, [True, True, False])
-            return grad_input, _along_channels(grad_weight, True, s)
-        x = _shuffled(input, args.shuffle_groups)
+                unshuffled(grad_output, s), input, along_channels(weight, False, s), args, [True, True, False])
+            return grad_input, along_channels(grad_weight, True, s)
+        x = shuffled(input, args.shuffle_groups)
         grad_input, grad_weight, _ = _convolution_backward(grad_output, x, weight, args, [True, True, False])
-        return _unshuffled(grad_input, args.shuffle_groups), grad_weight
+        return unshuffled(grad_input, args.shuffle_groups), grad_weight
 
     def channel_shuffle(self, x, groups):
         return torch.channel_shuffle(x, groups)

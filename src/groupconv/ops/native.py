@@ -22,6 +22,7 @@ ways, no fused shuffle (csrc/narrow_nhwc.cpp; cpu_kernels.cpp's depthwise kernel
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import warnings
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .arguments import arguments_as_2d, lift_shape_to_2d, lift_to_2d, memory_format_of
+from .aten import along_channels, shuffled, unshuffled
 from .dispatch import Backend, ConvProblem, Problem, ShuffleProblem
 
 ENV_NATIVE = "GROUPCONV_NATIVE"
@@ -114,8 +116,9 @@ def _narrow_refusals(op: str, channels: int, weight_shape, args, dtype: torch.dt
         reasons.append(f"stride {args.stride} (width stride 1 or 2)")
     if any(d != 1 for d in args.dilation):
         reasons.append(f"dilation {args.dilation} (1 only)")
-    if args.shuffle_groups != 1:
-        reasons.append(f"fused shuffle (shuffle_groups={args.shuffle_groups}) is not supported")
+    if args.shuffle_groups != 1 and in_per_group != 1:
+        reasons.append(f"fused shuffle (shuffle_groups={args.shuffle_groups}) with {in_per_group} channels per group "
+                       "(depthwise only)")
     if op in ("conv_backward_input", "conv_backward"):
         if tuple(args.stride) not in ((1, 1), (2, 2)):
             reasons.append(f"the input gradient of stride {args.stride} (1 or 2, the same both ways)")
@@ -201,7 +204,10 @@ class NativeBackend(Backend):
         if _is_pointwise(weight.shape, args) and memory_format_of(input) == torch.channels_last:
             return load().pointwise_forward_nhwc(input, weight, bias, args.groups)
         if _runs_narrow("conv_forward", input, weight.shape, args):
-            return load().narrow_forward_nhwc(input, weight, bias, args.stride, args.padding)
+            s = args.shuffle_groups  # a depthwise conv: the shuffle paid on the output (aten.py says why that holds)
+            if s > 1:
+                weight, bias = along_channels(weight, False, s), bias if bias is None else along_channels(bias, False, s)
+            return shuffled(load().narrow_forward_nhwc(input, weight, bias, args.stride, args.padding), s)
         one_d = args.spatial_dims == 1
         out = load().conv_forward(lift_to_2d(input, one_d), lift_to_2d(weight, one_d), bias,
                                   *arguments_as_2d(args), args.shuffle_groups)
@@ -212,6 +218,8 @@ class NativeBackend(Backend):
             return load().pointwise_backward_input_nhwc(grad_output, weight, args.groups)
         # (the input's channel count where the weight's output count would be: the kernel needs them equal)
         if _runs_narrow("conv_backward_input", grad_output, (input_shape[1], *weight.shape[1:]), args):
+            if args.shuffle_groups > 1:
+                return self._shuffled_depthwise_gradients(grad_output, None, weight, input_shape, weight.shape, args)[0]
             return load().narrow_backward_input_nhwc(grad_output, weight, list(input_shape), args.stride,
                                                      args.padding)
         one_d = args.spatial_dims == 1
@@ -223,12 +231,16 @@ class NativeBackend(Backend):
     def conv_backward(self, grad_output, input, weight, args):
         if _is_pointwise(weight.shape, args) and memory_format_of(input) == torch.channels_last:
             return tuple(load().pointwise_backward_nhwc(grad_output, input, weight, args.groups))
+        if args.shuffle_groups > 1 and _runs_narrow("conv_backward", grad_output, weight.shape, args):
+            return self._shuffled_depthwise_gradients(grad_output, input, weight, input.shape, weight.shape, args)
         return super().conv_backward(grad_output, input, weight, args)
 
     def conv_backward_weight(self, grad_output, input, weight_shape, args):
         if _is_pointwise(weight_shape, args) and memory_format_of(input) == torch.channels_last:
             return load().pointwise_backward_weight_nhwc(grad_output, input, list(weight_shape), args.groups)
         if _runs_narrow("conv_backward_weight", input, weight_shape, args):
+            if args.shuffle_groups > 1:
+                return self._shuffled_depthwise_gradients(grad_output, input, None, input.shape, weight_shape, args)[1]
             return load().narrow_backward_weight_nhwc(grad_output, input, list(weight_shape), args.stride,
                                                       args.padding)
         one_d = args.spatial_dims == 1
@@ -236,6 +248,19 @@ class NativeBackend(Backend):
                                            lift_shape_to_2d(weight_shape, one_d), *arguments_as_2d(args),
                                            args.shuffle_groups)
         return grad.squeeze(2) if one_d else grad
+
+    def _shuffled_depthwise_gradients(self, grad_output, input, weight, input_shape, weight_shape, args):
+        """The gradients of a depthwise conv that reads through a shuffle, on narrow_nhwc.cpp: the conv with the
+        shuffle paid on its output (aten.py), so both gradients read the unshuffled output gradient. The input's
+        (None without `weight`) and the weight's (None without `input`)."""
+        s, grad = args.shuffle_groups, unshuffled(grad_output, args.shuffle_groups)
+        plain = dataclasses.replace(args, shuffle_groups=1)
+        grad_input = grad_weight = None
+        if weight is not None:
+            grad_input = self.conv_backward_input(grad, along_channels(weight, False, s), input_shape, plain)
+        if input is not None:
+            grad_weight = along_channels(self.conv_backward_weight(grad, input, weight_shape, plain), True, s)
+        return grad_input, grad_weight
 
 
 def main(argv: list[str] | None = None) -> int:
