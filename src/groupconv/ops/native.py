@@ -17,7 +17,9 @@ float32 and float64, forward and both gradients, with the channel shuffle fused 
 In channels_last also pointwise (1x1) grouped convs of any group width, forward and both gradients
 (csrc/pointwise.cpp), and groups of 1 (depthwise) to 16 channels in and out with a kernel 3 wide (ResNeXt's and
 MobileNet's 3x3 convs), forward and weight gradient at row stride 1 or 2, input gradient at stride 1 or 2 both
-ways, no fused shuffle (csrc/narrow_nhwc.cpp; cpu_kernels.cpp's depthwise kernel runs the rest).
+ways; a depthwise conv that reads through a shuffle runs there too, the shuffle paid on its output (as aten.py
+does) (csrc/narrow_nhwc.cpp; cpu_kernels.cpp's depthwise kernel, which fuses the shuffle into its reads, runs the
+rest).
 """
 
 from __future__ import annotations
