@@ -1,10 +1,12 @@
 // Grouped convolution with narrow groups on channels_last (NHWC) tensors: CPG = 1 (depthwise) to 16 input channels
 // per group and as many outputs (ResNeXt's 3x3 convs: 32 groups of 4, 8 or 16; MobileNet's depthwise ones), kernel
-// width 3, row stride 1 or 2, dilation 1. Forward, input gradient (stride 1) and weight gradient; float32, float64.
+// width 3, row stride 1 or 2, dilation 1. Forward, input gradient (stride 1, or 2 both ways) and weight gradient;
+// float32, float64. (native.py runs a depthwise conv that reads through a shuffle here too, paying the shuffle on
+// the output.)
 //
 // Why: oneDNN runs ResNeXt-29's grouped 3x3 convs at about a fifth of the machine's multiply-add rate in
 // channels_last (a group of 4 channels is too narrow for its blocked kernels), forward and backward; with CPG = 1 (no
-// shuffles) the same register blocking runs MobileNet's depthwise layers 1.3-1.6x faster than oneDNN.
+// rotations) the same register blocking runs MobileNet's depthwise layers 1.3-1.6x faster than oneDNN.
 //
 // How: a vector register holds the channels of one pixel, L of them (64 bytes: 16 floats), i.e. L/CPG whole groups.
 // Output channel o of the group starting at channel b reads input channels b .. b+CPG-1. Write rot_r(x) for the
@@ -16,8 +18,8 @@
 // weight gradient is the same sum with the output gradient in place of the weights:
 //     dW'[t, r][o] = sum over pixels p of  rot_r(x_{p+t})[o] * dy_p[o],   then unpacked to w's layout.
 //
-// Work split: the forward (and the input gradient, a forward of the output gradient with the adjoint filters) over
-// output rows, each output element written by one thread; the weight gradient over fixed chunks of rows, summed in
+// Work split: the forward (and the input gradient: at stride 1 a forward of the output gradient with the adjoint
+// filters, at stride 2 a gather through them) over the rows it writes, each element written by one thread; the weight gradient over fixed chunks of rows, summed in
 // chunk order. Results do not depend on the thread count. The kernels work on one block of L channels at a time
 // and bring each row into cache with a sequential pass first (layout.h's touch): without it they ran at half the
 // speed on a 32x128x32x32 input than on one that fits in cache.
@@ -29,7 +31,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-
 #include <cstring>
 #include <utility>
 #include <vector>
