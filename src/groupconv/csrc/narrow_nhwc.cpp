@@ -18,11 +18,11 @@
 // weight gradient is the same sum with the output gradient in place of the weights:
 //     dW'[t, r][o] = sum over pixels p of  rot_r(x_{p+t})[o] * dy_p[o],   then unpacked to w's layout.
 //
-// Work split: the forward (and the input gradient: at stride 1 a forward of the output gradient with the adjoint
-// filters, at stride 2 a gather through them) over the rows it writes, each element written by one thread; the weight gradient over fixed chunks of rows, summed in
-// chunk order. Results do not depend on the thread count. The kernels work on one block of L channels at a time
-// and bring each row into cache with a sequential pass first (layout.h's touch): without it they ran at half the
-// speed on a 32x128x32x32 input than on one that fits in cache.
+// Work split: the forward and the input gradient (at stride 1 a forward of the output gradient with the adjoint
+// filters, at stride 2 a gather through them) over the rows they write, each element written by one thread; the
+// weight gradient over fixed chunks of rows, summed in chunk order. Results do not depend on the thread count. The
+// kernels work on one block of L channels at a time and bring each row into cache with a sequential pass first
+// (layout.h's touch): without it they ran at half the speed on a 32x128x32x32 input than on one that fits in cache.
 
 #include "narrow_nhwc.h"
 
