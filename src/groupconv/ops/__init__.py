@@ -2,7 +2,8 @@
 
 Backends registered here, highest priority first (with tuning on, the fast ones are measured
 against each other per problem and the fastest is kept; see tuning.py):
-  native     C++ CPU kernels (csrc/): depthwise convs with the shuffle fused into their reads
+  native     C++ CPU kernels (csrc/): narrow-group, depthwise and pointwise convs, the shuffle fused or paid on
+             the smaller side
   gemm       1x1 grouped convs as batched matrix multiplies
   triton     Triton kernels for CUDA tensors (implicit GEMM and direct), timed against cuDNN per problem
   aten       torch's own convolution (the baseline the fast backends must beat)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from . import native
 from .arguments import ConvArguments, memory_format_of, output_size
 from .dispatch import (Backend, ConvProblem, ShuffleProblem, backward_scope, get_backend, remembered_choice,
                        scoped_backend, select_backend)
@@ -32,6 +33,11 @@ from .dispatch import (Backend, ConvProblem, ShuffleProblem, backward_scope, get
 
 def _arguments(stride, padding, dilation, groups, shuffle_groups) -> ConvArguments:
     return ConvArguments(tuple(stride), tuple(padding), tuple(dilation), groups, shuffle_groups)
+
+
+def _unpacked(args: ConvArguments) -> tuple:
+    """The arguments as the ops take them, after the tensors and shapes (the inverse of `_arguments`)."""
+    return args.stride, args.padding, args.dilation, args.groups, args.shuffle_groups
 
 
 def _owned(out: Tensor, memory_format: torch.memory_format, *inputs: Tensor | None) -> Tensor:
@@ -143,7 +149,7 @@ class SplitGradients(Backend):
 
     def conv_backward(self, grad_output, input, weight, args):
         # The implementations, not the custom ops: this runs inside an op already (no autograd, no tracing here).
-        conv_arguments = (args.stride, args.padding, args.dilation, args.groups, args.shuffle_groups)
+        conv_arguments = _unpacked(args)
         return (_conv_backward_input(grad_output, weight, list(input.shape), *conv_arguments),
                 _conv_backward_weight(grad_output, input, list(weight.shape), *conv_arguments))
 
@@ -165,8 +171,6 @@ class ViaChannelsLast(Backend):
     def applies(problem: ConvProblem) -> bool:
         """Whether the converted operands would be channels_last (more than one channel and pixel, in and out), so
         that the problem they make differs from this one, and the native conversion kernel is there."""
-        from . import native  # the native backend's module: imported when used, as the backends are registered
-
         (_, channels, *size), weight_shape = problem.input_shape, problem.weight_shape
         if problem.layout != "contiguous" or problem.arguments.spatial_dims != 2 or problem.device_type != "cpu":
             return False
@@ -175,32 +179,30 @@ class ViaChannelsLast(Backend):
         return (channels > 1 and weight_shape[0] > 1 and math.prod(size) > 1 and math.prod(out_size) > 1
                 and problem.dtype in native.SUPPORTED_DTYPES and native.unavailable_reason() is None)
 
-    @staticmethod
-    def _converted(x: Tensor, memory_format=torch.channels_last) -> Tensor:
-        from . import native
-
-        return native.to_memory_format(x, memory_format)
-
-    @staticmethod
-    def _arguments(args):
-        return args.stride, args.padding, args.dilation, args.groups, args.shuffle_groups
-
     def conv_forward(self, input, weight, bias, args):
-        out = _conv_forward(self._converted(input), weight, bias, *self._arguments(args))
-        return self._converted(out, torch.contiguous_format)
+        out = _conv_forward(_channels_last(input), weight, bias, *_unpacked(args))
+        return _contiguous(out)
 
     def conv_backward_input(self, grad_output, weight, input_shape, args):
-        grad = _conv_backward_input(self._converted(grad_output), weight, list(input_shape), *self._arguments(args))
-        return self._converted(grad, torch.contiguous_format)
+        return _contiguous(_conv_backward_input(_channels_last(grad_output), weight, list(input_shape),
+                                                *_unpacked(args)))
 
     def conv_backward_weight(self, grad_output, input, weight_shape, args):
-        return _conv_backward_weight(self._converted(grad_output), self._converted(input), list(weight_shape),
-                                     *self._arguments(args))
+        return _conv_backward_weight(_channels_last(grad_output), _channels_last(input), list(weight_shape),
+                                     *_unpacked(args))
 
     def conv_backward(self, grad_output, input, weight, args):
-        grad_input, grad_weight = _conv_backward_both(self._converted(grad_output), self._converted(input), weight,
-                                                      *self._arguments(args))
-        return self._converted(grad_input, torch.contiguous_format), grad_weight
+        grad_input, grad_weight = _conv_backward_both(_channels_last(grad_output), _channels_last(input), weight,
+                                                      *_unpacked(args))
+        return _contiguous(grad_input), grad_weight
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    return native.to_memory_format(x, torch.channels_last)
+
+
+def _contiguous(x: Tensor) -> Tensor:
+    return native.to_memory_format(x, torch.contiguous_format)
 
 
 VIA_CHANNELS_LAST = ViaChannelsLast()
