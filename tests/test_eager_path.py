@@ -186,7 +186,9 @@ def test_a_shuffled_call_settled_on_torch_runs_torchs_own_ops(priority_order, in
 def test_a_call_settled_elsewhere_keeps_the_ops(priority_order):
     x, w, _ = conv_inputs(8, False, False)
     x.requires_grad_()
+    w = w[:, :2].contiguous()  # 2 input channels per group: the native kernels' by priority
     for _ in range(3):
-        out = groupconv.conv2d(x, w, padding=1, groups=3)  # 4 input channels per group: the native kernels' by priority
-        out.sum().backward()
+        out = groupconv.conv2d(x, w, padding=1, groups=6)
+        out.backward(torch.ones_like(out))
+    assert groupconv.ops.select_backend(groupconv.ops.conv_problem(x, w, padding=1, groups=6)).name == "native"
     assert out.grad_fn.name().startswith("EagerConv")

@@ -51,19 +51,36 @@ def test_shufflenet_unit_depthwise_matches_torch(channels_last, stride):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_resnext_grouped_conv_matches_torch(stride):
-    """ResNeXt-29 32x4d's 3x3 conv: 128 channels in 32 groups of 4, NCHW."""
+def test_nchw_narrow_grouped_conv_matches_torch(stride):
+    """The NCHW kernels at their widest groups: 128 channels in 64 groups of 2."""
     x = torch.randn(2, 128, 16, 16, requires_grad=True)
-    w = torch.randn(128, 4, 3, 3, requires_grad=True)
+    w = torch.randn(128, 2, 3, 3, requires_grad=True)
     weights = torch.randn(2, 128, 16 // stride, 16 // stride)
     with ops.use_backend("native"):
-        out = groupconv.conv2d(x, w, None, stride, 1, 1, 32)
+        out = groupconv.conv2d(x, w, None, stride, 1, 1, 64)
         grads = torch.autograd.grad(out, (x, w), weights)
-    expected = F.conv2d(x, w, None, stride, 1, 1, 32)
+    expected = F.conv2d(x, w, None, stride, 1, 1, 64)
     expected_grads = torch.autograd.grad(expected, (x, w), weights)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(grads[0], expected_grads[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(grads[1], expected_grads[1], rtol=1e-4, atol=1e-3)
+
+
+def test_nchw_groups_wider_than_two_channels_are_left_to_the_others():
+    """ResNeXt's 4-channel groups in NCHW: the NCHW kernels refuse them (oneDNN is faster there), channels_last runs."""
+    x, w = torch.randn(2, 128, 16, 16), torch.randn(128, 4, 3, 3)
+    native_backend = ops.get_backend("native")
+    for op in ("conv_forward", "conv_backward"):
+        assert native_backend.not_supported_reasons(ops.conv_problem(x, w, padding=1, groups=32, op=op)) == [
+            "4 input channels per group in layout contiguous (at most 2: oneDNN is faster on wider groups; "
+            "channels_last runs up to 16)"]
+        assert not native_backend.not_supported_reasons(ops.conv_problem(
+            x.contiguous(memory_format=torch.channels_last), w, padding=1, groups=32, op=op))
+    ops.set_tuning(False)  # priority order, where native comes first
+    try:
+        assert ops.select_backend(ops.conv_problem(x, w, padding=1, groups=32, op="conv_backward")).name == "aten"
+    finally:
+        ops.set_tuning(None)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -110,7 +127,7 @@ PADDED_PLANE_CASES = [
 
 
 @pytest.mark.parametrize("size, stride, dilation, padding", PADDED_PLANE_CASES)
-@pytest.mark.parametrize("in_per_group, multiplier, shuffle_groups", [(1, 1, 1), (1, 1, 4), (1, 2, 1), (4, 1, 2)])
+@pytest.mark.parametrize("in_per_group, multiplier, shuffle_groups", [(1, 1, 1), (1, 1, 4), (1, 2, 1), (2, 1, 2)])
 def test_3x3_padded_plane_path_matches_torch(size, stride, dilation, padding, in_per_group, multiplier,
                                              shuffle_groups):
     """The NCHW 3x3 kernels read a zero-padded copy of each plane: every margin, stride, dilation and group width

@@ -10,8 +10,8 @@ If the build fails, or GROUPCONV_NATIVE=0, the backend reports why in `not_suppo
 other backends: the library keeps working.
 
 Kernels today: the channel shuffle (contiguous: one plane copy per channel; channels_last: a
-gather within each pixel; every dtype), and direct convolution for narrow groups (up to 16 input
-channels per group: ResNeXt's 4, ShuffleNet's depthwise 1; any depth multiplier) in NCHW and
+gather within each pixel; every dtype), and direct convolution for narrow groups (1 or 2 input
+channels per group: ShuffleNet's and MobileNet's depthwise 1; any depth multiplier) in NCHW and
 depthwise (multiplier 1) in channels_last; 1-D and 2-D, any stride, padding and dilation,
 float32 and float64, forward and both gradients, with the channel shuffle fused into the reads.
 In channels_last also pointwise (1x1) grouped convs of any group width, forward and both gradients
@@ -42,6 +42,12 @@ SOURCES = [_CSRC / "cpu_kernels.cpp", _CSRC / "batch_norm.cpp", _CSRC / "pointwi
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 # Wider groups are matrix-multiply territory (oneDNN, gemm); the direct kernels suit narrow ones.
 MAX_IN_PER_GROUP = 16
+# cpu_kernels.cpp's NCHW kernels sum one input plane at a time, so their cost grows with the group width while
+# oneDNN's does not: at 4 input channels per group they ran forward+backward 1.6-4.4x slower than oneDNN on
+# 8-32-image batches, at 8-16 channels 9-30x (both gradients of 32x64x16x16, 16 per group: 27.9 ms against 1.8). They
+# won only at toy sizes. Wider NCHW groups are left to oneDNN, or to the channels_last kernels (library.py's
+# via_channels_last), so that an untuned dispatch (priority order) never lands there.
+MAX_IN_PER_GROUP_NCHW = 2
 
 _module = None
 _error: str | None = None
@@ -167,6 +173,9 @@ class NativeBackend(Backend):
             reasons.append(f"{args.spatial_dims}-D convolution (1-D and 2-D only)")
         if in_per_group > MAX_IN_PER_GROUP:
             reasons.append(f"{in_per_group} input channels per group (at most {MAX_IN_PER_GROUP}: narrow groups only)")
+        elif in_per_group > MAX_IN_PER_GROUP_NCHW and problem.layout != "channels_last":
+            reasons.append(f"{in_per_group} input channels per group in layout {problem.layout} (at most "
+                           f"{MAX_IN_PER_GROUP_NCHW}: oneDNN is faster on wider groups; channels_last runs up to 16)")
         if problem.layout not in ("contiguous", "channels_last"):
             reasons.append(f"layout {problem.layout} (contiguous or channels_last only)")
         if problem.layout == "channels_last" and not (depthwise and problem.weight_shape[0] == channels):
