@@ -13,7 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import groupconv
 from groupconv.ops import batch_norm, library, native, normalization
-from groupconv.ops.dispatch import forget_choices
+from groupconv.ops.arguments import ConvArguments
+from groupconv.ops.dispatch import forget_choices, layout_name
 
 
 def conv_inputs(seed, channels_last, with_bias):
@@ -29,15 +30,16 @@ def conv_inputs(seed, channels_last, with_bias):
 @pytest.mark.parametrize("channels_last,with_bias", itertools.product([False, True], [False, True]))
 @pytest.mark.parametrize("needs", ["all", "input", "weight"])
 def test_eager_conv_equals_the_custom_op(channels_last, with_bias, needs):
-    arguments = ([2, 1], [1, 0], [1, 1], 3, 3)  # stride, padding, dilation, groups, shuffle_groups
+    arguments = ConvArguments(stride=(2, 1), padding=(1, 0), dilation=(1, 1), groups=3, shuffle_groups=3)
     forget_choices()  # unsettled: a call settled on torch's kernels would skip EagerConv for torch's own ops
     results = []
-    for call in (library.convolution, library.conv_forward):
+    for eager in (True, False):
         x, w, b = conv_inputs(0, channels_last, with_bias)
         leaves = {"all": [x, w] + ([b] if with_bias else []), "input": [x], "weight": [w]}[needs]
         for leaf in leaves:
             leaf.requires_grad_()
-        out = call(x, w, b, *arguments)
+        out = library.convolution(x, w, b, arguments) if eager else library.conv_forward(
+            x, w, b, list(arguments.stride), list(arguments.padding), list(arguments.dilation), 3, 3)
         grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
         results.append((out, torch.autograd.grad(out, leaves, grad_output)))
     (eager_out, eager_grads), (op_out, op_grads) = results
@@ -192,3 +194,27 @@ def test_a_call_settled_elsewhere_keeps_the_ops(priority_order):
         out.backward(torch.ones_like(out))
     assert groupconv.ops.select_backend(groupconv.ops.conv_problem(x, w, padding=1, groups=6)).name == "native"
     assert out.grad_fn.name().startswith("EagerConv")
+
+
+def test_an_eager_call_signature_builds_its_problems_once(monkeypatch):
+    """EagerCall keeps the dispatch problems of a call signature: later calls and their backward build none, and
+    an output gradient in another layout gets a problem of its own (the dispatch key follows the gradient)."""
+    x, w, b = conv_inputs(9, True, True)
+    x.requires_grad_()
+    w.requires_grad_()
+    groupconv.conv2d(x, w, b, padding=1, groups=3).backward(torch.ones(3, 12, 9, 7, dtype=torch.float64))
+    built = []
+    original = library.ConvProblem.build
+    monkeypatch.setattr(library.ConvProblem, "build",
+                        lambda *a, **k: built.append((a[0], layout_name(a[4]))) or original(*a, **k))
+    for _ in range(2):
+        groupconv.conv2d(x, w, b, padding=1, groups=3).backward(torch.ones(3, 12, 9, 7, dtype=torch.float64))
+    assert built == []
+    w.requires_grad_(False)
+    x.grad = None
+    expanded = torch.ones((), dtype=torch.float64).expand(3, 12, 9, 7)  # strided: neither layout
+    groupconv.conv2d(x, w, b, padding=1, groups=3).backward(expanded)
+    # (the first asked by the forward: has the input gradient's choice been made? The second by the backward.)
+    assert built == [("conv_backward_input", "channels_last"), ("conv_backward_input", "strided")]
+    torch.testing.assert_close(x.grad, torch.nn.functional.conv_transpose2d(torch.ones(3, 12, 9, 7, dtype=torch.float64),
+                                                                            w, padding=1, groups=3))

@@ -30,7 +30,8 @@ ENV_BACKEND = "GROUPCONV_BACKEND"
 CONV_OPS = ("conv_forward", "conv_backward_input", "conv_backward_weight", "conv_backward")
 
 
-def _layout_name(tensor: torch.Tensor) -> str:
+def layout_name(tensor: torch.Tensor) -> str:
+    """A problem's `layout`: contiguous, channels_last or strided (anything else)."""
     fmt = memory_format_of(tensor)
     if fmt == torch.contiguous_format:
         return "contiguous" if tensor.is_contiguous() else "strided"
@@ -69,7 +70,7 @@ class ConvProblem:
             has_bias=has_bias,
             dtype=like.dtype,
             device_type=like.device.type,
-            layout=_layout_name(like),
+            layout=layout_name(like),
             num_threads=torch.get_num_threads(),
         )
 
@@ -87,7 +88,7 @@ class ShuffleProblem:
 
     @classmethod
     def build(cls, x: torch.Tensor, groups: int) -> "ShuffleProblem":
-        return cls(tuple(int(s) for s in x.shape), groups, x.dtype, x.device.type, _layout_name(x))
+        return cls(tuple(int(s) for s in x.shape), groups, x.dtype, x.device.type, layout_name(x))
 
 
 Problem = ConvProblem | ShuffleProblem

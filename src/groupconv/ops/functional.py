@@ -33,10 +33,7 @@ def _conv(spatial_dims, input, weight, bias, stride, padding, dilation, groups, 
     input, args, unbatched = _prepare(
         spatial_dims, input, weight, bias, stride, padding, dilation, groups, shuffle_groups
     )
-    out = library.convolution(
-        input, weight, bias, list(args.stride), list(args.padding), list(args.dilation), args.groups,
-        args.shuffle_groups,
-    )
+    out = library.convolution(input, weight, bias, args)
     return out.squeeze(0) if unbatched else out
 
 

@@ -27,8 +27,8 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import native
 from .arguments import ConvArguments, memory_format_of, output_size
-from .dispatch import (Backend, ConvProblem, ShuffleProblem, backward_scope, get_backend, remembered_choice,
-                       scoped_backend, select_backend)
+from .dispatch import (Backend, ConvProblem, ShuffleProblem, backward_scope, get_backend, layout_name,
+                       remembered_choice, scoped_backend, select_backend)
 
 
 def _arguments(stride, padding, dilation, groups, shuffle_groups) -> ConvArguments:
@@ -72,6 +72,13 @@ def _conv_forward(
 ) -> Tensor:
     args = _arguments(stride, padding, dilation, groups, shuffle_groups)
     problem = ConvProblem.build("conv_forward", input.shape, weight.shape, args, input, has_bias=bias is not None)
+    return _run_forward(problem, input, weight, bias)
+
+
+# Each op's implementation is the problem it makes of its arguments, then the _run_* function: the dispatch and the
+# output's ownership. The eager path (EagerCall) builds its problems once per call signature and calls these directly.
+def _run_forward(problem: ConvProblem, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    args = problem.arguments
     out = select_backend(problem, lambda b: b.conv_forward(input, weight, bias, args),
                          strategies=_strategies).conv_forward(input, weight, bias, args)
     return _owned(out, memory_format_of(input), input, weight, bias)
@@ -98,6 +105,11 @@ def _conv_backward_input(
 ) -> Tensor:
     args = _arguments(stride, padding, dilation, groups, shuffle_groups)
     problem = ConvProblem.build("conv_backward_input", input_shape, weight.shape, args, grad_output)
+    return _run_backward_input(problem, grad_output, weight, input_shape)
+
+
+def _run_backward_input(problem: ConvProblem, grad_output: Tensor, weight: Tensor, input_shape) -> Tensor:
+    args = problem.arguments
     backend = select_backend(problem, lambda b: b.conv_backward_input(grad_output, weight, input_shape, args),
                              strategies=_strategies)
     grad_input = backend.conv_backward_input(grad_output, weight, input_shape, args)
@@ -124,6 +136,11 @@ def _conv_backward_weight(
 ) -> Tensor:
     args = _arguments(stride, padding, dilation, groups, shuffle_groups)
     problem = ConvProblem.build("conv_backward_weight", input.shape, weight_shape, args, input)
+    return _run_backward_weight(problem, grad_output, input, weight_shape)
+
+
+def _run_backward_weight(problem: ConvProblem, grad_output: Tensor, input: Tensor, weight_shape) -> Tensor:
+    args = problem.arguments
     backend = select_backend(problem, lambda b: b.conv_backward_weight(grad_output, input, weight_shape, args),
                              strategies=_strategies)
     grad_weight = backend.conv_backward_weight(grad_output, input, weight_shape, args)
@@ -230,7 +247,12 @@ def _conv_backward_both(
     shuffle_groups: int,
 ) -> tuple[Tensor, Tensor]:
     args = _arguments(stride, padding, dilation, groups, shuffle_groups)
-    problem = ConvProblem.build("conv_backward", input.shape, weight.shape, args, input)
+    return _run_backward_both(ConvProblem.build("conv_backward", input.shape, weight.shape, args, input), grad_output,
+                              input, weight)
+
+
+def _run_backward_both(problem: ConvProblem, grad_output: Tensor, input: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    args = problem.arguments
     backend = select_backend(problem, lambda b: b.conv_backward(grad_output, input, weight, args),
                              strategies=_strategies)
     grad_input, grad_weight = backend.conv_backward(grad_output, input, weight, args)
@@ -246,37 +268,54 @@ def _conv_backward_fake(grad_output, input, weight, stride, padding, dilation, g
     return _empty_like_layout(input.shape, grad_output), grad_output.new_empty(tuple(weight.shape))
 
 
-def _conv_setup_context(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups, shuffle_groups = inputs
+def _save_for_gradients(ctx, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
     ctx.save_for_backward(input, weight)
-    ctx.conv_arguments = (stride, padding, dilation, groups, shuffle_groups)
     ctx.has_bias = bias is not None
     ctx.backend_scope = scoped_backend()  # a use_backend block around the forward covers its gradients too
 
 
-def _conv_gradients(ctx, grad_output, both, input_only, weight_only):
-    """conv_forward's backward formula, computing the gradients with the given ops (the custom ops, or their
-    implementations when no graph of the backward is needed)."""
+def _conv_setup_context(ctx, inputs, output):
+    input, weight, bias, *conv_arguments = inputs
+    _save_for_gradients(ctx, input, weight, bias)
+    ctx.gradient_ops = GradientOps(conv_arguments)
+
+
+class GradientOps:
+    """The ops conv_forward's backward formula computes its gradients with: here the custom ops (a backward that is
+    itself differentiated needs them: they carry the double backward); EagerCall has the same three methods."""
+
+    def __init__(self, conv_arguments: Sequence):
+        self.conv_arguments = conv_arguments  # stride, padding, dilation, groups, shuffle_groups, as the ops take them
+
+    def both(self, grad_output: Tensor, input: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        return conv_backward(grad_output, input, weight, *self.conv_arguments)
+
+    def input_only(self, grad_output: Tensor, weight: Tensor, input_shape: list[int]) -> Tensor:
+        return conv_backward_input(grad_output, weight, input_shape, *self.conv_arguments)
+
+    def weight_only(self, grad_output: Tensor, input: Tensor, weight_shape: list[int]) -> Tensor:
+        return conv_backward_weight(grad_output, input, weight_shape, *self.conv_arguments)
+
+
+def _conv_gradients(ctx, grad_output: Tensor, ops) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """conv_forward's backward formula: the gradients of input, weight and bias, computed with `ops` (GradientOps or
+    an EagerCall)."""
     with backward_scope(ctx.backend_scope):
-        return _conv_gradients_in_scope(ctx, grad_output, both, input_only, weight_only)
-
-
-def _conv_gradients_in_scope(ctx, grad_output, both, input_only, weight_only):
-    input, weight = ctx.saved_tensors
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
-        grad_input, grad_weight = both(grad_output, input, weight, *ctx.conv_arguments)
-    elif ctx.needs_input_grad[0]:
-        grad_input = input_only(grad_output, weight, list(input.shape), *ctx.conv_arguments)
-    elif ctx.needs_input_grad[1]:
-        grad_weight = weight_only(grad_output, input, list(weight.shape), *ctx.conv_arguments)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_bias = grad_output.sum(dim=[0, *range(2, grad_output.dim())])
-    return grad_input, grad_weight, grad_bias, None, None, None, None, None
+        input, weight = ctx.saved_tensors
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
+            grad_input, grad_weight = ops.both(grad_output, input, weight)
+        elif ctx.needs_input_grad[0]:
+            grad_input = ops.input_only(grad_output, weight, list(input.shape))
+        elif ctx.needs_input_grad[1]:
+            grad_weight = ops.weight_only(grad_output, input, list(weight.shape))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_output.sum(dim=[0, *range(2, grad_output.dim())])
+    return grad_input, grad_weight, grad_bias
 
 
 def _conv_backward(ctx, grad_output):
-    return _conv_gradients(ctx, grad_output, conv_backward, conv_backward_input, conv_backward_weight)
+    return *_conv_gradients(ctx, grad_output, ctx.gradient_ops), None, None, None, None, None
 
 
 conv_forward.register_autograd(_conv_backward, setup_context=_conv_setup_context)
@@ -297,20 +336,77 @@ def eager_function(name: str, implementation, setup_context, backward, doc: str)
                                                    "backward": staticmethod(backward)})
 
 
+class EagerCall:
+    """One signature of eager conv calls (shapes, arguments, dtype, device, layout, thread count) and the dispatch
+    problems its forward and gradients make, each built once and then looked up: a call pays one dict lookup where it
+    built three problems (and their hashes) before. With the ops' implementations minus that work (the _run_*
+    functions), this is the EagerConv path. Its gradient methods are GradientOps' for the implementations."""
+
+    _calls: dict[tuple, "EagerCall"] = {}
+
+    def __init__(self, forward_problem: ConvProblem):
+        self.forward_problem = forward_problem
+        self.conv_arguments = [list(forward_problem.arguments.stride), list(forward_problem.arguments.padding),
+                               list(forward_problem.arguments.dilation), forward_problem.arguments.groups,
+                               forward_problem.arguments.shuffle_groups]
+        self._gradient_problems: dict[tuple, ConvProblem] = {}
+
+    @classmethod
+    def of(cls, input: Tensor, weight: Tensor, bias: Optional[Tensor], args: ConvArguments) -> "EagerCall":
+        key = (input.shape, weight.shape, bias is None, args, input.dtype, input.device, layout_name(input),
+               torch.get_num_threads())
+        call = cls._calls.get(key)
+        if call is None:
+            call = cls._calls[key] = cls(ConvProblem.build("conv_forward", input.shape, weight.shape, args, input,
+                                                           has_bias=bias is not None))
+        return call
+
+    def gradient_problem(self, op: str, like: Tensor) -> ConvProblem:
+        """The problem of gradient op `op` (one of CONV_OPS but conv_forward) whose output follows `like`'s layout."""
+        key = (op, layout_name(like), torch.get_num_threads())
+        problem = self._gradient_problems.get(key)
+        if problem is None:
+            forward = self.forward_problem
+            problem = self._gradient_problems[key] = ConvProblem.build(op, forward.input_shape, forward.weight_shape,
+                                                                       forward.arguments, like)
+        return problem
+
+    def forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        return _run_forward(self.forward_problem, input, weight, bias)
+
+    def both(self, grad_output: Tensor, input: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        return _run_backward_both(self.gradient_problem("conv_backward", input), grad_output, input, weight)
+
+    def input_only(self, grad_output: Tensor, weight: Tensor, input_shape: list[int]) -> Tensor:
+        return _run_backward_input(self.gradient_problem("conv_backward_input", grad_output), grad_output, weight,
+                                   input_shape)
+
+    def weight_only(self, grad_output: Tensor, input: Tensor, weight_shape: list[int]) -> Tensor:
+        return _run_backward_weight(self.gradient_problem("conv_backward_weight", input), grad_output, input,
+                                    weight_shape)
+
+
+def _eager_conv_setup_context(ctx, inputs, output):
+    input, weight, bias, call = inputs
+    _save_for_gradients(ctx, input, weight, bias)
+    ctx.call = call
+
+
 def _eager_conv_backward(ctx, grad_output):
     # A backward that must itself be differentiated (create_graph) goes through the custom ops, which carry the
     # double backward.
     if torch.is_grad_enabled():
-        return _conv_backward(ctx, grad_output)
+        return *_conv_gradients(ctx, grad_output, GradientOps(ctx.call.conv_arguments)), None
     with profiled("groupconv::conv_backward"):
-        return _conv_gradients(ctx, grad_output, _conv_backward_both, _conv_backward_input, _conv_backward_weight)
+        return *_conv_gradients(ctx, grad_output, ctx.call), None
 
 
 EagerConv = eager_function(
-    "EagerConv", _conv_forward, _conv_setup_context, _eager_conv_backward,
-    """groupconv::conv_forward and its backward for plain eager calls. Why: torch.library's Python custom-op dispatch
-    costs ~100 us per call forward and as much backward (measured on a 32x144x7x7 depthwise layer: 260 us forward
-    against torch's 140), which is most of a small layer's time.""")
+    "EagerConv", lambda input, weight, bias, call: call.forward(input, weight, bias), _eager_conv_setup_context,
+    _eager_conv_backward,
+    """groupconv::conv_forward and its backward for plain eager calls (input, weight, bias, and the call's EagerCall).
+    Why: torch.library's Python custom-op dispatch costs ~100 us per call forward and as much backward (measured on a
+    32x144x7x7 depthwise layer: 260 us forward against torch's 140), which is most of a small layer's time.""")
 
 
 # A Parameter is a plain tensor to torch's dispatch (it disables __torch_function__); other subclasses may not be.
@@ -331,15 +427,14 @@ def profiled(name: str):
     return torch.profiler.record_function(name) if torch._C._autograd._profiler_enabled() else nullcontext()
 
 
-def _settled_on_torch(input: Tensor, weight: Tensor, bias: Optional[Tensor], args: ConvArguments) -> bool:
+def _settled_on_torch(call: EagerCall, input: Tensor, weight: Tensor) -> bool:
     """Whether the dispatcher has chosen torch's own kernels for this call's forward and for the backward it will need.
 
     Then the aten backend's forward (F.convNd, with a fused shuffle as torch's channel_shuffle on the smaller side)
     runs with torch's own autograd, and groupconv costs only its argument checks: EagerConv's Python adds ~0.1 ms per
     forward and backward, 10-30% of a 7x7 depthwise layer's time (384 channels read through an 8-group shuffle:
     1.58 ms forward+backward through EagerConv, 1.20 ms this way, 1.07 ms for torch's own layer)."""
-    if remembered_choice(ConvProblem.build("conv_forward", input.shape, weight.shape, args, input,
-                                           has_bias=bias is not None)) != "aten":
+    if remembered_choice(call.forward_problem) != "aten":
         return False
     if not torch.is_grad_enabled():
         return True
@@ -348,21 +443,21 @@ def _settled_on_torch(input: Tensor, weight: Tensor, bias: Optional[Tensor], arg
         return True  # no backward op (a bias gradient alone is a sum, never dispatched)
     op = "conv_backward" if input_grad and weight_grad else "conv_backward_input" if input_grad else \
         "conv_backward_weight"
-    return remembered_choice(ConvProblem.build(op, input.shape, weight.shape, args, input)) == "aten"
+    return remembered_choice(call.gradient_problem(op, input)) == "aten"
 
 
-def convolution(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
-                padding: Sequence[int], dilation: Sequence[int], groups: int, shuffle_groups: int) -> Tensor:
+def convolution(input: Tensor, weight: Tensor, bias: Optional[Tensor], args: ConvArguments) -> Tensor:
     """conv_forward, with autograd: by torch's own conv where the dispatcher settled on it, else by EagerConv where
     it may run, else by the custom op."""
     if runs_eagerly(input, weight, bias):
-        args = _arguments(stride, padding, dilation, groups, shuffle_groups)
-        if _settled_on_torch(input, weight, bias, args):
+        call = EagerCall.of(input, weight, bias, args)
+        if _settled_on_torch(call, input, weight):
             out = get_backend("aten").conv_forward(input, weight, bias, args)  # torch's ops: torch's autograd
             return out.contiguous(memory_format=memory_format_of(input))  # the layout the ops promise (a no-op)
         with profiled("groupconv::conv_forward"):
-            return EagerConv.apply(input, weight, bias, stride, padding, dilation, groups, shuffle_groups)
-    return conv_forward(input, weight, bias, stride, padding, dilation, groups, shuffle_groups)
+            return EagerConv.apply(input, weight, bias, call)
+    return conv_forward(input, weight, bias, list(args.stride), list(args.padding), list(args.dilation), args.groups,
+                        args.shuffle_groups)
 
 
 # Double backward. Both backward ops are bilinear in their tensor arguments, so their own
