@@ -52,6 +52,15 @@ class ConvProblem:
     layout: str
     num_threads: int
 
+    # A problem is a dict key on every call (the dispatcher's choices, the tuner's cache): its hash is computed once.
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.op, self.input_shape, self.weight_shape, self.arguments,
+                                                self.has_bias, self.dtype, self.device_type, self.layout,
+                                                self.num_threads)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
     @classmethod
     def build(
         cls,
@@ -138,13 +147,21 @@ class Backend:
 _registry: dict[str, tuple[int, Backend]] = {}
 # Automatic choices, per problem: asked once, then a dict lookup per call. Cleared when the registry changes.
 _choices: dict[Problem, Backend] = {}
+_choices_generation = 0  # counts the clearings of _choices: caches built on its answers compare it
 _forced_global: str | None = None
 _forced_scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar("groupconv_backend", default=None)
 
 
 def forget_choices() -> None:
     """Drop the in-memory automatic choices (the registry or the tuning setting changed)."""
+    global _choices_generation
     _choices.clear()
+    _choices_generation += 1
+
+
+def choices_generation() -> int:
+    """A number that changes whenever the automatic choices are forgotten (for caches of what they were)."""
+    return _choices_generation
 
 
 def register_backend(backend: Backend, priority: int) -> None:

@@ -27,8 +27,8 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import native
 from .arguments import ConvArguments, memory_format_of, output_size
-from .dispatch import (Backend, ConvProblem, ShuffleProblem, backward_scope, get_backend, layout_name,
-                       remembered_choice, scoped_backend, select_backend)
+from .dispatch import (Backend, ConvProblem, ShuffleProblem, backward_scope, choices_generation, forced_backend,
+                       get_backend, layout_name, remembered_choice, scoped_backend, select_backend)
 
 
 def _arguments(stride, padding, dilation, groups, shuffle_groups) -> ConvArguments:
@@ -350,6 +350,8 @@ class EagerCall:
                                list(forward_problem.arguments.dilation), forward_problem.arguments.groups,
                                forward_problem.arguments.shuffle_groups]
         self._gradient_problems: dict[tuple, ConvProblem] = {}
+        self._on_torch: dict[tuple[bool, bool], bool] = {}  # runs_on_torch's answers, while the choices hold
+        self._choices_generation = choices_generation()
 
     @classmethod
     def of(cls, input: Tensor, weight: Tensor, bias: Optional[Tensor], args: ConvArguments) -> "EagerCall":
@@ -370,6 +372,41 @@ class EagerCall:
             problem = self._gradient_problems[key] = ConvProblem.build(op, forward.input_shape, forward.weight_shape,
                                                                        forward.arguments, like)
         return problem
+
+    def runs_on_torch(self, input: Tensor, weight: Tensor) -> bool:
+        """Whether the dispatcher has chosen torch's own kernels for this call's forward and for the backward it will
+        need (and no backend is forced).
+
+        Then the aten backend's forward (F.convNd, with a fused shuffle as torch's channel_shuffle on the smaller
+        side) runs with torch's own autograd, and groupconv costs only its argument checks: EagerConv's Python adds
+        ~0.1 ms per forward and backward, 10-30% of a 7x7 depthwise layer's time (384 channels read through an
+        8-group shuffle: 1.58 ms forward+backward through EagerConv, 1.20 ms this way, 1.07 ms for torch's own
+        layer). The answer is kept until the choices are forgotten: right after a large layer's kernels have flushed
+        the caches, each Python step of the question costs ~10 us."""
+        if forced_backend() is not None:
+            return False
+        needs = (input.requires_grad, weight.requires_grad) if torch.is_grad_enabled() else (False, False)
+        if self._choices_generation != choices_generation():
+            self._on_torch.clear()
+            self._choices_generation = choices_generation()
+        answer = self._on_torch.get(needs)
+        if answer is None:
+            answer = self._settled_on_torch(*needs, input)
+            if answer is not None:
+                self._on_torch[needs] = answer
+        return bool(answer)
+
+    def _settled_on_torch(self, input_grad: bool, weight_grad: bool, input: Tensor) -> bool | None:
+        """runs_on_torch's answer from the choices made so far; None while one it depends on is still to be made."""
+        chosen = remembered_choice(self.forward_problem)
+        if chosen != "aten":
+            return None if chosen is None else False
+        if not (input_grad or weight_grad):
+            return True  # no backward op (a bias gradient alone is a sum, never dispatched)
+        op = "conv_backward" if input_grad and weight_grad else "conv_backward_input" if input_grad else \
+            "conv_backward_weight"
+        chosen = remembered_choice(self.gradient_problem(op, input))
+        return None if chosen is None else chosen == "aten"
 
     def forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         return _run_forward(self.forward_problem, input, weight, bias)
@@ -427,31 +464,12 @@ def profiled(name: str):
     return torch.profiler.record_function(name) if torch._C._autograd._profiler_enabled() else nullcontext()
 
 
-def _settled_on_torch(call: EagerCall, input: Tensor, weight: Tensor) -> bool:
-    """Whether the dispatcher has chosen torch's own kernels for this call's forward and for the backward it will need.
-
-    Then the aten backend's forward (F.convNd, with a fused shuffle as torch's channel_shuffle on the smaller side)
-    runs with torch's own autograd, and groupconv costs only its argument checks: EagerConv's Python adds ~0.1 ms per
-    forward and backward, 10-30% of a 7x7 depthwise layer's time (384 channels read through an 8-group shuffle:
-    1.58 ms forward+backward through EagerConv, 1.20 ms this way, 1.07 ms for torch's own layer)."""
-    if remembered_choice(call.forward_problem) != "aten":
-        return False
-    if not torch.is_grad_enabled():
-        return True
-    input_grad, weight_grad = input.requires_grad, weight.requires_grad
-    if not (input_grad or weight_grad):
-        return True  # no backward op (a bias gradient alone is a sum, never dispatched)
-    op = "conv_backward" if input_grad and weight_grad else "conv_backward_input" if input_grad else \
-        "conv_backward_weight"
-    return remembered_choice(call.gradient_problem(op, input)) == "aten"
-
-
 def convolution(input: Tensor, weight: Tensor, bias: Optional[Tensor], args: ConvArguments) -> Tensor:
     """conv_forward, with autograd: by torch's own conv where the dispatcher settled on it, else by EagerConv where
     it may run, else by the custom op."""
     if runs_eagerly(input, weight, bias):
         call = EagerCall.of(input, weight, bias, args)
-        if _settled_on_torch(call, input, weight):
+        if call.runs_on_torch(input, weight):
             out = get_backend("aten").conv_forward(input, weight, bias, args)  # torch's ops: torch's autograd
             return out.contiguous(memory_format=memory_format_of(input))  # the layout the ops promise (a no-op)
         with profiled("groupconv::conv_forward"):

@@ -25,6 +25,7 @@ rest).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import warnings
@@ -107,7 +108,9 @@ def _is_channels_last_pointwise(problem: ConvProblem) -> bool:
 VECTOR_BYTES = 64  # csrc/narrow_nhwc.cpp's vector register: 16 floats, 8 doubles
 
 
-def _narrow_refusals(op: str, channels: int, weight_shape, args, dtype: torch.dtype) -> list[str]:
+# Asked on every call of the backend (which kernel runs it): remembered per distinct question.
+@functools.lru_cache(maxsize=4096)
+def _narrow_refusals(op: str, channels: int, weight_shape: tuple[int, ...], args, dtype: torch.dtype) -> tuple[str, ...]:
     """Why csrc/narrow_nhwc.cpp cannot run this channels_last conv (empty: it can)."""
     out_channels, in_per_group, *kernel = weight_shape
     lanes = VECTOR_BYTES // dtype.itemsize if dtype in SUPPORTED_DTYPES else 0
@@ -132,14 +135,14 @@ def _narrow_refusals(op: str, channels: int, weight_shape, args, dtype: torch.dt
             reasons.append(f"the input gradient of stride {args.stride} (1 or 2, the same both ways)")
         elif tuple(args.stride) == (1, 1) and len(kernel) == 2 and any(p > k - 1 for p, k in zip(args.padding, kernel)):
             reasons.append(f"the input gradient with padding {args.padding} > kernel size - 1")
-    return reasons
+    return tuple(reasons)
 
 
 def _runs_narrow(op: str, tensor: torch.Tensor, weight_shape, args) -> bool:
     """Whether csrc/narrow_nhwc.cpp runs this call of the backend: channels_last and within its limits. (Depthwise
     convs it cannot run go to cpu_kernels.cpp's channels_last kernel, which fuses a shuffle.)"""
     return (memory_format_of(tensor) == torch.channels_last
-            and not _narrow_refusals(op, tensor.shape[1], weight_shape, args, tensor.dtype))
+            and not _narrow_refusals(op, tensor.shape[1], tuple(weight_shape), args, tensor.dtype))
 
 
 def to_memory_format(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:

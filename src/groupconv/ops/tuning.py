@@ -153,7 +153,7 @@ def measure(runs: dict[str, Callable[[], object]], repeats: int | None = None) -
 
 # Leaving torch's kernels costs more than the kernel time the tuner measures: a call whose forward and backward both
 # run on torch's kernels runs F.convNd with torch's autograd directly, ~30-50 us a direction less Python than any
-# other route (library._settled_on_torch). A near tie (a 7x7 depthwise layer: 86 us against 87) is a loss.
+# other route (library.EagerCall.runs_on_torch). A near tie (a 7x7 depthwise layer: 86 us against 87) is a loss.
 BASELINE_MARGIN = 0.03  # and timing noise: a contender must also be 3% faster
 BASELINE_OVERHEAD_SECONDS = 30e-6
 
