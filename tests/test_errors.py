@@ -86,3 +86,24 @@ def test_module_forward_with_wrong_channels_names_them():
         layer(torch.randn(1, 12, 5, 5))
     with pytest.raises(ValueError, match="kernel size 3 .* larger than the padded input size 2"):
         layer(torch.randn(1, 8, 2, 5))
+
+
+def test_a_call_signature_that_passed_the_checks_is_not_checked_again_but_a_bad_one_always_is(monkeypatch):
+    from groupconv.ops import arguments
+
+    monkeypatch.setattr(arguments, "_PASSED_CHECKS", {})
+    checked = []
+    original = arguments.check_conv_call
+    monkeypatch.setattr(arguments, "check_conv_call", lambda *a: checked.append(a[3]) or original(*a))
+    for _ in range(2):
+        groupconv.conv2d(x4, w4, groups=4, stride=[2, 1])
+        groupconv.conv2d(x4, w4, groups=4, stride=(2, 1))  # a tuple of the same ints: the same signature
+    assert checked == [[2, 1]]
+    for _ in range(2):  # an int's stand-ins are never mistaken for it
+        with pytest.raises(TypeError, match=r"stride=True must be an int or a tuple of 2 ints, not a bool"):
+            groupconv.conv2d(x4, w4, groups=4, stride=True)
+        with pytest.raises(TypeError, match=r"stride=\(2.0, 1\) must be an int or a tuple of 2 ints"):
+            groupconv.conv2d(x4, w4, groups=4, stride=(2.0, 1))
+    with pytest.raises(ValueError, match=r"input.device=cpu and weight.device=meta must be the same"):
+        groupconv.conv2d(x4, w4.to("meta"), groups=4, stride=[2, 1])  # the same shapes, another device
+    assert checked == [[2, 1]] + [True, (2.0, 1)] * 2 + [[2, 1]]

@@ -206,6 +206,42 @@ def check_conv_call(
     return arguments, tuple(a - b for a, b in zip(after, before))
 
 
+# check_conv_call's results for the call signatures that passed it: a model's every conv call asks again, and the
+# checks are ~30 Python calls, a third of groupconv's Python on a small layer's forward. The key holds everything the
+# checks read; arguments that do not make an exact key (a bool or float where an int belongs) are checked every time.
+_PASSED_CHECKS: dict[tuple, tuple[ConvArguments, tuple[int, ...]]] = {}
+
+
+def _exact_key(value):
+    """`value` as a cache key that equals another only for the same ints or strings; None where there is none."""
+    if type(value) is int or type(value) is str:
+        return value
+    if type(value) in (tuple, list, torch.Size) and all(type(v) is int for v in value):
+        return tuple(value)  # (a list and a tuple of the same ints pass the same checks)
+    return None
+
+
+def check_conv_call_once(input, weight, bias, stride, padding, dilation, groups, shuffle_groups, spatial_dims):
+    """check_conv_call, remembering the signatures that passed (the same result, the same errors)."""
+    key = None
+    if isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor) and (
+            bias is None or isinstance(bias, torch.Tensor)):
+        arguments = tuple(_exact_key(value) for value in (stride, padding, dilation, groups, shuffle_groups))
+        if None not in arguments:
+            key = (spatial_dims, input.shape, input.dtype, input.device, weight.shape, weight.dtype, weight.device,
+                   None if bias is None else (bias.shape, bias.dtype, bias.device), arguments)
+            try:
+                passed = _PASSED_CHECKS.get(key)
+            except TypeError:  # symbolic sizes (torch.export, dynamic shapes in torch.compile) have no hash
+                key = passed = None
+            if passed is not None:
+                return passed
+    result = check_conv_call(input, weight, bias, stride, padding, dilation, groups, shuffle_groups, spatial_dims)
+    if key is not None:
+        _PASSED_CHECKS[key] = result
+    return result
+
+
 def memory_format_of(tensor: torch.Tensor) -> torch.memory_format:
     """The memory format an op's output should take to follow `tensor`, as torch's convolution does."""
     if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):

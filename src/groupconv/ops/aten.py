@@ -36,7 +36,9 @@ def unshuffled(x: torch.Tensor, shuffle_groups: int) -> torch.Tensor:
 #     conv(shuffle(x), w) = shuffle(conv(x, unshuffle(w)))   (w and the bias permuted along their channels).
 # So the shuffle can be paid on the output instead: a quarter of the pass at stride 2, and the backward needs no
 # shuffled copy of x at all (torch's graph and the plain formulation above shuffle x again for the weight gradient):
-# one unshuffle of grad_output serves both gradients.
+# one unshuffle of grad_output serves both gradients. At stride 1 the forward shuffles the input as torch's layer does:
+# a pass of the same size, and no permuted copy of the weight (nor its gradient's copy back, where autograd runs the
+# forward's graph: the settled path in library.py).
 def _shuffles_output(weight: torch.Tensor, args) -> bool:
     return args.shuffle_groups > 1 and weight.shape[1] == 1 and args.groups == weight.shape[0]
 
@@ -55,7 +57,7 @@ class AtenBackend(Backend):
 
     def conv_forward(self, input, weight, bias, args):
         conv = _FORWARD[args.spatial_dims]
-        if _shuffles_output(weight, args):
+        if _shuffles_output(weight, args) and any(s > 1 for s in args.stride):
             s = args.shuffle_groups
             out = conv(input, along_channels(weight, False, s),
                        None if bias is None else along_channels(bias, False, s),

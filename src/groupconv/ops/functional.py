@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from . import library
-from .arguments import IntOrTuple, Padding, check_conv_call, check_groups, check_shuffle
+from .arguments import IntOrTuple, Padding, check_conv_call_once, check_groups, check_shuffle
 from .dispatch import ConvProblem, explain
 
 
@@ -20,7 +20,7 @@ def _prepare(spatial_dims, input, weight, bias, stride, padding, dilation, group
     unbatched = isinstance(input, torch.Tensor) and input.dim() == spatial_dims + 1
     if unbatched:
         input = input.unsqueeze(0)
-    args, extra_after = check_conv_call(
+    args, extra_after = check_conv_call_once(
         input, weight, bias, stride, padding, dilation, groups, shuffle_groups, spatial_dims
     )
     if any(extra_after):
