@@ -214,9 +214,13 @@ _PASSED_CHECKS: dict[tuple, tuple[ConvArguments, tuple[int, ...]]] = {}
 
 def _exact_key(value):
     """`value` as a cache key that equals another only for the same ints or strings; None where there is none."""
-    if type(value) is int or type(value) is str:
+    kind = type(value)
+    if kind is int or kind is str:
         return value
-    if type(value) in (tuple, list, torch.Size) and all(type(v) is int for v in value):
+    if kind is tuple or kind is list or kind is torch.Size:
+        for v in value:
+            if type(v) is not int:
+                return None
         return tuple(value)  # (a list and a tuple of the same ints pass the same checks)
     return None
 
@@ -226,7 +230,8 @@ def check_conv_call_once(input, weight, bias, stride, padding, dilation, groups,
     key = None
     if isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor) and (
             bias is None or isinstance(bias, torch.Tensor)):
-        arguments = tuple(_exact_key(value) for value in (stride, padding, dilation, groups, shuffle_groups))
+        arguments = (_exact_key(stride), _exact_key(padding), _exact_key(dilation), _exact_key(groups),
+                     _exact_key(shuffle_groups))
         if None not in arguments:
             key = (spatial_dims, input.shape, input.dtype, input.device, weight.shape, weight.dtype, weight.device,
                    None if bias is None else (bias.shape, bias.dtype, bias.device), arguments)

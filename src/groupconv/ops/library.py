@@ -456,7 +456,7 @@ def runs_eagerly(*tensors: Tensor | None) -> bool:
     return (not torch.compiler.is_compiling()
             and torch._C._functorch.peek_interpreter_stack() is None
             and _get_current_dispatch_mode() is None
-            and all(t is None or type(t) in _PLAIN_TENSOR_TYPES for t in tensors))
+            and all(type(t) in _PLAIN_TENSOR_TYPES for t in tensors if t is not None))
 
 
 def profiled(name: str):
