@@ -138,7 +138,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     out = Path(args.out)
     kept = args.keep_memory and keep_freed_memory()
     print(f"groupconv benchmark: {torch.get_num_threads()} threads, batch {args.batch}, median of {args.repeats} "
-          f"runs, float32, freed memory {'kept for reuse' if kept else 'returned to the system'} (both sides); "
+          f"runs (layers: more where short, up to {benchmark.MAX_REPEATS}), float32, freed memory {'kept for reuse' if kept else 'returned to the system'} (both sides); "
           f"results in {out}/")
     if "layers" in what:
         ceilings = analysis_roofline.machine_ceilings(args.peak_gflops, args.bandwidth_gbs)
@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--models", nargs="+", default=list(ZOO_MODELS), metavar="NAME",
                        help=f"models whose layers (and which whole models) to time (default: {' '.join(ZOO_MODELS)})")
     bench.add_argument("--batch", type=int, default=32, help="batch size (default: 32, as baseline.md)")
-    bench.add_argument("--repeats", type=int, default=5, help="timed runs per measurement; the median is kept")
+    bench.add_argument("--repeats", type=int, default=5,
+                       help="timed runs per measurement (layers: at least this many, more for short ones); the median "
+                            "is kept")
     bench.add_argument("--limit", type=int, default=None, help="time only the first N distinct layers")
     bench.add_argument("--forward-only", action="store_true", help="layers: skip forward+backward")
     bench.add_argument("--image-size", type=int, default=None, help="models: input size (default: each model's own)")
