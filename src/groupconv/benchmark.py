@@ -6,7 +6,8 @@ drift on shared machines; ratios hold):
 - `layer_benchmark`: every distinct grouped, depthwise and pointwise-grouped conv of the zoo's
   models (shapes taken from the models by a forward pass on the meta device, not typed by hand),
   forward and forward+backward, torch in NCHW and channels_last against groupconv, next to the
-  roofline floor max(FLOPs / peak, bytes / bandwidth) of the machine measured in the same run.
+  roofline floor max(FLOPs / peak, bytes / bandwidth) of the machine measured in the same run, and
+  forward+backward's peak memory against torch's in the same layout (analysis.memory).
 - `group_sweep`: one conv at G = 1, 2, 4, ... against the ideal t(G=1) / G line.
 - `shuffle_cost`: a ShuffleNet unit with and without its channel shuffle, groupconv and torch: the
   fused shuffle should cost (nearly) nothing.
@@ -28,6 +29,7 @@ import torch
 
 from . import models
 from . import nn as gnn
+from .analysis.memory import peak_allocated_bytes
 from .analysis.roofline import MachineCeilings, machine_ceilings
 from .analysis.timing import median_seconds_interleaved
 
@@ -180,6 +182,17 @@ class LayerResult:
     groupconv_ms: float  # NCHW input, the user's default
     groupconv_channels_last_ms: float
     floor_ms: float
+    # Forward+backward: the most memory groupconv's step held at once over torch's, in the same layout (NCHW, and
+    # channels_last); 1 means as much. None for the forward (the issue's rule is about forward+backward).
+    peak_memory_vs_torch: float | None = None
+    peak_memory_vs_torch_channels_last: float | None = None
+
+    @property
+    def peak_memory_ratio(self) -> float | None:
+        """The larger of the two layouts' peak-memory ratios."""
+        if self.peak_memory_vs_torch is None:
+            return None
+        return max(self.peak_memory_vs_torch, self.peak_memory_vs_torch_channels_last)
 
     @property
     def speedup_over_nchw(self) -> float:
@@ -211,13 +224,20 @@ def layer_benchmark(shapes: list[LayerShape], batch: int = 32, repeats: int = 5,
         x = torch.randn(batch, shape.in_channels, shape.height, shape.width)
         x_cl = x.contiguous(memory_format=torch.channels_last)
         for backward in ((False, True) if backward_too else (False,)):
-            ms = time_layers({"torch_nchw_ms": layer_step(theirs, x, backward),
-                              "torch_channels_last_ms": layer_step(theirs, x_cl, backward),
-                              "groupconv_ms": layer_step(ours, x, backward),
-                              "groupconv_channels_last_ms": layer_step(ours, x_cl, backward)}, repeats)
+            steps = {"torch_nchw_ms": layer_step(theirs, x, backward),
+                     "torch_channels_last_ms": layer_step(theirs, x_cl, backward),
+                     "groupconv_ms": layer_step(ours, x, backward),
+                     "groupconv_channels_last_ms": layer_step(ours, x_cl, backward)}
+            ms = time_layers(steps, repeats)
+            memory = {}
+            if backward:  # (after the timing: the steps' choices are made, no tuning is measured here)
+                peak = {name: peak_allocated_bytes(step) for name, step in steps.items()}
+                memory = {"peak_memory_vs_torch": peak["groupconv_ms"] / peak["torch_nchw_ms"],
+                          "peak_memory_vs_torch_channels_last":
+                              peak["groupconv_channels_last_ms"] / peak["torch_channels_last_ms"]}
             result = LayerResult(shape.model, shape.layer, shape.label(), shape.kind,
                                  "forward+backward" if backward else "forward", **ms,
-                                 floor_ms=1e3 * shape.floor_seconds(batch, ceilings, backward))
+                                 floor_ms=1e3 * shape.floor_seconds(batch, ceilings, backward), **memory)
             results.append(result)
             if progress:
                 progress(format_layer_row(result))
@@ -225,14 +245,19 @@ def layer_benchmark(shapes: list[LayerShape], batch: int = 32, repeats: int = 5,
 
 
 LAYER_HEADER = (f"{'layer':52} {'pass':>6} {'torch':>8} {'torch CL':>8} {'ours':>8} {'ours CL':>8} "
-                f"{'floor':>7} {'xfloor':>6} {'vs NCHW':>7} {'vs best':>7}")
+                f"{'floor':>7} {'xfloor':>6} {'vs NCHW':>7} {'vs best':>7} {'memory':>6}")
+
+
+# Peak memory within 1% of torch's counts as the same (the allocator's bookkeeping, a differently sized scratch buffer).
+MEMORY_TOLERANCE = 0.01
 
 
 def format_layer_row(r: LayerResult) -> str:
     passes = "f" if r.passes == "forward" else "fb"
     return (f"{r.shape:52} {passes:>6} {r.torch_nchw_ms:8.2f} {r.torch_channels_last_ms:8.2f} {r.groupconv_ms:8.2f} "
             f"{r.groupconv_channels_last_ms:8.2f} {r.floor_ms:7.2f} {r.ratio_to_floor:6.1f} "
-            f"{r.speedup_over_nchw:6.2f}x {r.speedup_over_best_torch:6.2f}x")
+            f"{r.speedup_over_nchw:6.2f}x {r.speedup_over_best_torch:6.2f}x"
+            + (f" {r.peak_memory_ratio:5.2f}x" if r.peak_memory_ratio is not None else ""))
 
 
 def geometric_mean(values) -> float:
@@ -252,6 +277,12 @@ def summarise_layers(results: list[LayerResult]) -> str:
             f"torch NCHW, {geometric_mean(r.speedup_over_best_torch for r in chosen):.2f}x over torch's faster layout; "
             f"slowest {worst.speedup_over_best_torch:.2f}x ({worst.shape}); "
             f"median {statistics.median(r.ratio_to_floor for r in chosen):.1f}x the floor")
+    measured = [r for r in results if r.peak_memory_ratio is not None]
+    if measured:
+        most = max(measured, key=lambda r: r.peak_memory_ratio)
+        above = sum(r.peak_memory_ratio > 1 + MEMORY_TOLERANCE for r in measured)
+        lines.append(f"{'peak memory':>16}: forward+backward holds more than torch's in the same layout on {above} of "
+                     f"{len(measured)} layers; most {most.peak_memory_ratio:.2f}x ({most.shape})")
     return "\n".join(lines)
 
 

@@ -66,12 +66,14 @@ class AtenBackend(Backend):
         x = shuffled(input, args.shuffle_groups)
         return conv(x, weight, bias, args.stride, args.padding, args.dilation, args.groups)
 
-    # Each gradient alone needs the other operand only for its shape and memory format. The placeholder is an
-    # empty tensor in the layout of the real one: torch.nn.grad's expanded placeholders have no layout, which
-    # sends oneDNN down its NCHW path with a conversion of every channels_last operand (3x slower).
-    def conv_backward_input(self, grad_output, weight, input_shape, args):
-        placeholder = torch.empty(input_shape, dtype=grad_output.dtype, device=grad_output.device,
-                                  memory_format=memory_format_of(grad_output))
+    # Each gradient alone needs the other operand only for its shape and memory format. The input's stand-in is the
+    # input itself where the caller has it in the gradient's layout, else an empty tensor in that layout (one of
+    # the input's size: more memory than torch's own backward holds). torch.nn.grad's expanded placeholders have no
+    # layout, which sends oneDNN down its NCHW path with a conversion of every channels_last operand (3x slower).
+    def conv_backward_input(self, grad_output, weight, input_shape, args, input=None):
+        layout = memory_format_of(grad_output)
+        placeholder = input if input is not None and input.is_contiguous(memory_format=layout) else torch.empty(
+            input_shape, dtype=grad_output.dtype, device=grad_output.device, memory_format=layout)
         if _shuffles_output(weight, args):
             s = args.shuffle_groups
             return _convolution_backward(unshuffled(grad_output, s), placeholder, along_channels(weight, False, s),

@@ -126,7 +126,11 @@ class Backend:
     def conv_forward(self, input, weight, bias, args: ConvArguments) -> torch.Tensor:
         raise NotImplementedError
 
-    def conv_backward_input(self, grad_output, weight, input_shape, args: ConvArguments) -> torch.Tensor:
+    def conv_backward_input(self, grad_output, weight, input_shape, args: ConvArguments,
+                            input: torch.Tensor | None = None) -> torch.Tensor:
+        """The input's gradient. `input` is the forward's input where the caller has it: a backend may read its
+        shape and layout, never its values (torch's kernels take it as the template of the gradient, which saves
+        allocating one of the input's size)."""
         raise NotImplementedError
 
     def conv_backward_weight(self, grad_output, input, weight_shape, args: ConvArguments) -> torch.Tensor:
@@ -134,7 +138,7 @@ class Backend:
 
     def conv_backward(self, grad_output, input, weight, args: ConvArguments) -> tuple[torch.Tensor, torch.Tensor]:
         """Both gradients (input, weight). By default the two single ops; a backend that shares work overrides it."""
-        return (self.conv_backward_input(grad_output, weight, input.shape, args),
+        return (self.conv_backward_input(grad_output, weight, input.shape, args, input),
                 self.conv_backward_weight(grad_output, input, weight.shape, args))
 
     def channel_shuffle(self, x: torch.Tensor, groups: int) -> torch.Tensor:

@@ -58,7 +58,7 @@ class GemmBackend(Backend):
             out += bias.view(1, g, m // g, 1)
         return out.view(n, m, *spatial)
 
-    def conv_backward_input(self, grad_output, weight, input_shape, args):
+    def conv_backward_input(self, grad_output, weight, input_shape, args, input=None):
         n, m, *spatial = grad_output.shape
         c, g = input_shape[1], args.groups
         grad = grad_output.contiguous().view(n, g, m // g, math.prod(spatial))

@@ -108,11 +108,13 @@ def _conv_backward_input(
     return _run_backward_input(problem, grad_output, weight, input_shape)
 
 
-def _run_backward_input(problem: ConvProblem, grad_output: Tensor, weight: Tensor, input_shape) -> Tensor:
+def _run_backward_input(problem: ConvProblem, grad_output: Tensor, weight: Tensor, input_shape,
+                        input: Optional[Tensor] = None) -> Tensor:
+    """(`input`: the forward's input where the caller has it, for its shape and layout; Backend.conv_backward_input)"""
     args = problem.arguments
-    backend = select_backend(problem, lambda b: b.conv_backward_input(grad_output, weight, input_shape, args),
+    backend = select_backend(problem, lambda b: b.conv_backward_input(grad_output, weight, input_shape, args, input),
                              strategies=_strategies)
-    grad_input = backend.conv_backward_input(grad_output, weight, input_shape, args)
+    grad_input = backend.conv_backward_input(grad_output, weight, input_shape, args, input)
     return _owned(grad_input, memory_format_of(grad_output), grad_output, weight)
 
 
@@ -166,9 +168,9 @@ class SplitGradients(Backend):
 
     def conv_backward(self, grad_output, input, weight, args):
         # The implementations, not the custom ops: this runs inside an op already (no autograd, no tracing here).
-        conv_arguments = _unpacked(args)
-        return (_conv_backward_input(grad_output, weight, list(input.shape), *conv_arguments),
-                _conv_backward_weight(grad_output, input, list(weight.shape), *conv_arguments))
+        problem = ConvProblem.build("conv_backward_input", input.shape, weight.shape, args, grad_output)
+        return (_run_backward_input(problem, grad_output, weight, list(input.shape), input),
+                _conv_backward_weight(grad_output, input, list(weight.shape), *_unpacked(args)))
 
 
 SPLIT_GRADIENTS = SplitGradients()
@@ -200,7 +202,7 @@ class ViaChannelsLast(Backend):
         out = _conv_forward(_channels_last(input), weight, bias, *_unpacked(args))
         return _contiguous(out)
 
-    def conv_backward_input(self, grad_output, weight, input_shape, args):
+    def conv_backward_input(self, grad_output, weight, input_shape, args, input=None):
         return _contiguous(_conv_backward_input(_channels_last(grad_output), weight, list(input_shape),
                                                 *_unpacked(args)))
 
@@ -290,8 +292,8 @@ class GradientOps:
     def both(self, grad_output: Tensor, input: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
         return conv_backward(grad_output, input, weight, *self.conv_arguments)
 
-    def input_only(self, grad_output: Tensor, weight: Tensor, input_shape: list[int]) -> Tensor:
-        return conv_backward_input(grad_output, weight, input_shape, *self.conv_arguments)
+    def input_only(self, grad_output: Tensor, weight: Tensor, input: Tensor) -> Tensor:
+        return conv_backward_input(grad_output, weight, list(input.shape), *self.conv_arguments)
 
     def weight_only(self, grad_output: Tensor, input: Tensor, weight_shape: list[int]) -> Tensor:
         return conv_backward_weight(grad_output, input, weight_shape, *self.conv_arguments)
@@ -306,7 +308,7 @@ def _conv_gradients(ctx, grad_output: Tensor, ops) -> tuple[Optional[Tensor], Op
         if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
             grad_input, grad_weight = ops.both(grad_output, input, weight)
         elif ctx.needs_input_grad[0]:
-            grad_input = ops.input_only(grad_output, weight, list(input.shape))
+            grad_input = ops.input_only(grad_output, weight, input)
         elif ctx.needs_input_grad[1]:
             grad_weight = ops.weight_only(grad_output, input, list(weight.shape))
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -414,9 +416,9 @@ class EagerCall:
     def both(self, grad_output: Tensor, input: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
         return _run_backward_both(self.gradient_problem("conv_backward", input), grad_output, input, weight)
 
-    def input_only(self, grad_output: Tensor, weight: Tensor, input_shape: list[int]) -> Tensor:
+    def input_only(self, grad_output: Tensor, weight: Tensor, input: Tensor) -> Tensor:
         return _run_backward_input(self.gradient_problem("conv_backward_input", grad_output), grad_output, weight,
-                                   input_shape)
+                                   list(input.shape), input)
 
     def weight_only(self, grad_output: Tensor, input: Tensor, weight_shape: list[int]) -> Tensor:
         return _run_backward_weight(self.gradient_problem("conv_backward_weight", input), grad_output, input,

@@ -227,7 +227,7 @@ class NativeBackend(Backend):
                                   *arguments_as_2d(args), args.shuffle_groups)
         return out.squeeze(2) if one_d else out
 
-    def conv_backward_input(self, grad_output, weight, input_shape, args):
+    def conv_backward_input(self, grad_output, weight, input_shape, args, input=None):
         if _is_pointwise(weight.shape, args) and memory_format_of(grad_output) == torch.channels_last:
             return load().pointwise_backward_input_nhwc(grad_output, weight, args.groups)
         # (the input's channel count where the weight's output count would be: the kernel needs them equal)

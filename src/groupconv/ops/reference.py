@@ -151,7 +151,7 @@ class ReferenceBackend(Backend):
     def conv_forward(self, input, weight, bias, args):
         return conv_forward(input, weight, bias, args)
 
-    def conv_backward_input(self, grad_output, weight, input_shape, args):
+    def conv_backward_input(self, grad_output, weight, input_shape, args, input=None):
         return conv_backward_input(grad_output, weight, input_shape, args)
 
     def conv_backward_weight(self, grad_output, input, weight_shape, args):

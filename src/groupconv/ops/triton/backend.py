@@ -186,7 +186,7 @@ class TritonBackend(Backend):
         return y.squeeze(2) if one_d else y
 
     # ------------------------------------------------------------------------------ gradient of input
-    def conv_backward_input(self, grad_output, weight, input_shape, args):
+    def conv_backward_input(self, grad_output, weight, input_shape, args, input=None):
         one_d = args.spatial_dims == 1
         go, w = lift_to_2d(grad_output, one_d), lift_to_2d(weight, one_d)
         n, c, h, wd = lift_shape_to_2d(input_shape, one_d)
