@@ -7,6 +7,7 @@ import torch
 
 import groupconv.nn as gnn
 from groupconv import benchmark, models
+from groupconv.analysis import memory
 from groupconv.cli import main
 
 
@@ -56,6 +57,10 @@ def test_benchmark_command_writes_tables_and_plot(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and {r["passes"] for r in rows} == {"forward", "forward+backward"}
     assert all(float(r["groupconv_ms"]) > 0 and float(r["floor_ms"]) > 0 for r in rows)
+    if memory.can_measure():  # forward+backward's peak memory against torch's, in both layouts
+        assert all((r["peak_memory_vs_torch"] == "") == (r["passes"] == "forward") for r in rows)
+        assert all(float(r["peak_memory_vs_torch_channels_last"]) > 0 for r in rows if r["passes"] != "forward")
+        assert "peak memory: forward+backward holds more than torch's in the same layout on" in text
     with (out / "sweep.csv").open() as f:
         assert [int(r["groups"]) for r in csv.DictReader(f)][:9] == [1, 2, 4, 8, 16, 32, 64, 128, 256]
     assert (out / "sweep.png").stat().st_size > 10_000

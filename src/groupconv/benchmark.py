@@ -29,7 +29,7 @@ import torch
 
 from . import models
 from . import nn as gnn
-from .analysis.memory import peak_allocated_bytes
+from .analysis import memory
 from .analysis.roofline import MachineCeilings, machine_ceilings
 from .analysis.timing import median_seconds_interleaved
 
@@ -229,15 +229,15 @@ def layer_benchmark(shapes: list[LayerShape], batch: int = 32, repeats: int = 5,
                      "groupconv_ms": layer_step(ours, x, backward),
                      "groupconv_channels_last_ms": layer_step(ours, x_cl, backward)}
             ms = time_layers(steps, repeats)
-            memory = {}
-            if backward:  # (after the timing: the steps' choices are made, no tuning is measured here)
-                peak = {name: peak_allocated_bytes(step) for name, step in steps.items()}
-                memory = {"peak_memory_vs_torch": peak["groupconv_ms"] / peak["torch_nchw_ms"],
-                          "peak_memory_vs_torch_channels_last":
-                              peak["groupconv_channels_last_ms"] / peak["torch_channels_last_ms"]}
+            memory_ratios = {}
+            if backward and memory.can_measure():  # (after the timing: the choices are made, no tuning counts)
+                peak = {name: memory.peak_allocated_bytes(step) for name, step in steps.items()}
+                memory_ratios = {"peak_memory_vs_torch": peak["groupconv_ms"] / peak["torch_nchw_ms"],
+                                 "peak_memory_vs_torch_channels_last":
+                                     peak["groupconv_channels_last_ms"] / peak["torch_channels_last_ms"]}
             result = LayerResult(shape.model, shape.layer, shape.label(), shape.kind,
                                  "forward+backward" if backward else "forward", **ms,
-                                 floor_ms=1e3 * shape.floor_seconds(batch, ceilings, backward), **memory)
+                                 floor_ms=1e3 * shape.floor_seconds(batch, ceilings, backward), **memory_ratios)
             results.append(result)
             if progress:
                 progress(format_layer_row(result))

@@ -1,44 +1,36 @@
 """Peak memory of a CPU computation: the check behind "never allocate more in forward+backward than torch would".
 
-torch has no CPU counterpart of torch.cuda.max_memory_allocated. Its profiler, with profile_memory, records every
-allocation and free of torch's CPU allocator with its time: tensors, and oneDNN's reorder and scratch buffers, which
-PyTorch hands to that allocator too. The running sum of those records, at its highest, is the peak of what `fn`
-held beyond what existed before it. Memory a kernel takes from malloc directly is not seen; groupconv's kernels take
-only small per-thread buffers that way.
+torch keeps no statistics for its CPU allocator (CUDA has torch.cuda.max_memory_allocated). groupconv's native
+module stands a counting allocator in for torch's CPU allocator while `fn` runs (csrc/memory_tracking.cpp): it
+counts every tensor, and oneDNN's reorder and scratch buffers, which PyTorch takes from the same allocator. Memory a
+kernel takes from malloc directly is not seen; groupconv's kernels take only small per-thread buffers that way.
+(torch.profiler's memory records would do too, but its start and stop print to stderr in this torch build, and a
+profiler cannot run inside a user's profiling session: the tuner measures inside training loops.)
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-import torch
+
+def can_measure() -> bool:
+    """Whether peak memory can be measured here: the native module is built (`ops.native`)."""
+    from ..ops import native
+
+    return native.load() is not None
 
 
 def peak_allocated_bytes(fn: Callable[[], object]) -> int:
-    """The most bytes that tensors allocated while fn() runs held at one time (freed ones no longer count)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+    """The most bytes that tensors allocated while fn() runs held at one time (freed ones no longer count; memory
+    that existed before is not counted). Raises RuntimeError where `can_measure()` is False."""
+    from ..ops import native
+
+    module = native.load()
+    if module is None:
+        raise RuntimeError(f"peak memory cannot be measured: {native.unavailable_reason()}")
+    module.start_memory_tracking()
+    try:
         fn()
-    # The raw allocation records, with their addresses: the function events carry only per-op totals, and a free of
-    # memory allocated before fn() (an earlier step's gradient, which the step drops first) must not count.
-    records = sorted((node.start_time_ns, fields.ptr, fields.alloc_size)
-                     for node in _walk(profiler.profiler.kineto_results.experimental_event_tree())
-                     for kind, fields in [node.typed]
-                     if kind == torch._C._profiler._EventType.Allocation and fields.device.type == "cpu")
-    live: dict[int, int] = {}
-    held = peak = 0
-    for _, address, nbytes in records:
-        if nbytes > 0:
-            live[address] = nbytes
-        elif address in live:
-            nbytes = -live.pop(address)
-        else:
-            continue
-        held += nbytes
-        peak = max(peak, held)
+    finally:
+        peak = module.stop_memory_tracking()
     return peak
-
-
-def _walk(events):
-    for event in events:
-        yield event
-        yield from _walk(event.children)

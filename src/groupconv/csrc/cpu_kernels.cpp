@@ -17,6 +17,7 @@
 
 #include "batch_norm.h"
 #include "layout.h"
+#include "memory_tracking.h"
 #include "narrow_nhwc.h"
 #include "pointwise.h"
 
@@ -672,4 +673,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("narrow_forward_nhwc", &narrow_forward_nhwc);
   m.def("narrow_backward_input_nhwc", &narrow_backward_input_nhwc);
   m.def("narrow_backward_weight_nhwc", &narrow_backward_weight_nhwc);
+  m.def("start_memory_tracking", &start_memory_tracking);
+  m.def("stop_memory_tracking", &stop_memory_tracking);
 }

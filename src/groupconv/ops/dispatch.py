@@ -305,13 +305,19 @@ def explain(problem: Problem) -> str:
     lines = [f"{problem}"]
     chosen = select_backend(problem).name
     seconds = tuning.measured_seconds(problem) or {}
+    peaks = tuning.measured_peak_bytes(problem) or {}
+
+    def measured(name: str) -> str:
+        memory = f", peak memory {peaks[name] / 2**20:.1f} MiB" if name in peaks else ""
+        return f"measured {seconds[name] * 1e3:.3f} ms{memory}"
+
     for name, reasons in not_supported_reasons(problem).items():
         mark = "->" if name == chosen else "  "
-        timing = f" (measured {seconds[name] * 1e3:.3f} ms)" if name in seconds else ""
+        timing = f" ({measured(name)})" if name in seconds else ""
         lines.append(f"{mark} {name}: " + ("; ".join(reasons) if reasons else "can run") + timing)
     for name in seconds.keys() - set(list_backends()):  # a measured strategy (conv_backward's "split")
         mark = "->" if name == _measured_choice(problem) else "  "
-        lines.append(f"{mark} {name}: a strategy over the backends above (measured {seconds[name] * 1e3:.3f} ms)")
+        lines.append(f"{mark} {name}: a strategy over the backends above ({measured(name)})")
     return "\n".join(lines)
 
 

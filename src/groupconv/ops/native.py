@@ -39,7 +39,8 @@ from .dispatch import Backend, ConvProblem, Problem, ShuffleProblem
 
 ENV_NATIVE = "GROUPCONV_NATIVE"
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
-SOURCES = [_CSRC / "cpu_kernels.cpp", _CSRC / "batch_norm.cpp", _CSRC / "pointwise.cpp", _CSRC / "narrow_nhwc.cpp"]
+SOURCES = [_CSRC / "cpu_kernels.cpp", _CSRC / "batch_norm.cpp", _CSRC / "pointwise.cpp", _CSRC / "narrow_nhwc.cpp",
+           _CSRC / "memory_tracking.cpp"]
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 # Wider groups are matrix-multiply territory (oneDNN, gemm); the direct kernels suit narrow ones.
 MAX_IN_PER_GROUP = 16

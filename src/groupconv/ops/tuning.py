@@ -2,8 +2,9 @@
 
 When more than one fast backend can run a problem, the dispatcher times each on the call's own
 tensors (one warm-up, then the median of 3 to 15 runs timed in alternation, more for short ops),
-keeps the fastest (torch's own kernels unless another is clearly faster: `clearly_faster`), and
-writes the decision to a JSON file keyed by the problem (op, shapes, stride/padding/dilation/groups,
+keeps the fastest (torch's own kernels unless another is clearly faster: `clearly_faster`) of those
+that hold no more memory than torch's kernels (on the CPU, measured in one more run: `within_memory`),
+and writes the decision to a JSON file keyed by the problem (op, shapes, stride/padding/dilation/groups,
 layout, dtype, device, thread count). The file name carries the torch version and the CPU, so a
 decision is never reused on another machine or build. Later processes read the file and measure nothing.
 
@@ -163,24 +164,53 @@ def clearly_faster(seconds: float, baseline_seconds: float) -> bool:
     return seconds < baseline_seconds * (1 - BASELINE_MARGIN) - BASELINE_OVERHEAD_SECONDS
 
 
+# The issue's rule: groupconv's forward+backward never holds more memory than torch's would. On the CPU, each
+# contender's peak memory is measured once more after the timings (analysis.memory), and one that holds more than
+# torch's kernels for the same op is not chosen, however fast. (Converting an NCHW ResNeXt 3x3 conv's operands to
+# channels_last for the faster kernels, via_channels_last, holds one activation more than oneDNN's NCHW path.)
+MEMORY_TOLERANCE = 0.01  # within 1%: the allocator's bookkeeping, a scratch buffer of another size
+
+
+def peak_memory(runs: dict[str, Callable[[], object]]) -> dict[str, int] | None:
+    """The peak bytes each run holds, or None where that cannot be measured (the native module is not built)."""
+    from ..analysis import memory  # (imported late: analysis imports the ops)
+
+    if not memory.can_measure():
+        return None
+    return {name: memory.peak_allocated_bytes(run) for name, run in runs.items()}
+
+
+def within_memory(peak_bytes: int, baseline_peak_bytes: int) -> bool:
+    """Whether a contender whose run held `peak_bytes` at most holds no more than torch's kernels."""
+    return peak_bytes <= baseline_peak_bytes * (1 + MEMORY_TOLERANCE)
+
+
 def choose(problem, contenders: Sequence, run: Callable) -> object:
     """The fastest of `contenders` for `problem`: remembered from disk, or measured with run(backend) and saved."""
     decisions = _load()
     key = problem_key(problem)
     by_name = {backend.name: backend for backend in contenders}
+    baseline = next((backend.name for backend in contenders if backend.baseline), None)
+    checks_memory = baseline is not None and problem.device_type == "cpu"
     remembered = decisions.get(key)
-    # A decision holds while it was made among (at least) today's contenders: a new backend is measured too.
+    # A decision holds while it was made among (at least) today's contenders: a new backend is measured too (and
+    # on the CPU, one made before memory was measured).
     if (remembered is not None and remembered.get("backend") in by_name
-            and set(remembered.get("seconds", {})) >= set(by_name)):
+            and set(remembered.get("seconds", {})) >= set(by_name)
+            and (not checks_memory or "peak_bytes" in remembered)):
         return by_name[remembered["backend"]]
-    timings = measure({backend.name: (lambda backend=backend: run(backend)) for backend in contenders})
+    runs = {backend.name: (lambda backend=backend: run(backend)) for backend in contenders}
+    timings = measure(runs)
     if all(math.isinf(seconds) for seconds in timings.values()):
         raise RuntimeError(f"every capable backend failed on {problem}")
-    best = min(timings, key=timings.get)
-    baseline = next((backend.name for backend in contenders if backend.baseline), None)
+    working = [name for name in timings if not math.isinf(timings[name])]
+    baseline = next((backend.name for backend in contenders if backend.baseline and backend.name in working), None)
+    peaks = peak_memory({name: runs[name] for name in working}) if checks_memory and baseline else None
+    eligible = [name for name in working if peaks is None or within_memory(peaks[name], peaks[baseline])]
+    best = min(eligible, key=timings.get)
     if baseline is not None and not clearly_faster(timings[best], timings[baseline]):
         best = baseline
-    decisions[key] = {"backend": best, "seconds": timings}
+    decisions[key] = {"backend": best, "seconds": timings, **({"peak_bytes": peaks} if peaks is not None else {})}
     _save()
     return by_name[best]
 
@@ -189,3 +219,9 @@ def measured_seconds(problem) -> dict[str, float] | None:
     """The timings behind the decision for `problem`, if it was measured."""
     entry = _load().get(problem_key(problem))
     return None if entry is None else entry.get("seconds")
+
+
+def measured_peak_bytes(problem) -> dict[str, int] | None:
+    """The peak memory of each contender behind the decision for `problem`, if it was measured."""
+    entry = _load().get(problem_key(problem))
+    return None if entry is None else entry.get("peak_bytes")
