@@ -216,5 +216,5 @@ def test_an_eager_call_signature_builds_its_problems_once(monkeypatch):
     groupconv.conv2d(x, w, b, padding=1, groups=3).backward(expanded)
     # (the first asked by the forward: has the input gradient's choice been made? The second by the backward.)
     assert built == [("conv_backward_input", "channels_last"), ("conv_backward_input", "strided")]
-    torch.testing.assert_close(x.grad, torch.nn.functional.conv_transpose2d(torch.ones(3, 12, 9, 7, dtype=torch.float64),
-                                                                            w, padding=1, groups=3))
+    ones = torch.ones(3, 12, 9, 7, dtype=torch.float64)
+    torch.testing.assert_close(x.grad, torch.nn.functional.conv_transpose2d(ones, w, padding=1, groups=3))

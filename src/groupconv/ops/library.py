@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -258,7 +258,8 @@ def _conv_backward_both(
                               input, weight)
 
 
-def _run_backward_both(problem: ConvProblem, grad_output: Tensor, input: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+def _run_backward_both(problem: ConvProblem, grad_output: Tensor, input: Tensor,
+                       weight: Tensor) -> tuple[Tensor, Tensor]:
     args = problem.arguments
     backend = select_backend(problem, lambda b: b.conv_backward(grad_output, input, weight, args),
                              strategies=_strategies)
@@ -349,7 +350,7 @@ class EagerCall:
     built three problems (and their hashes) before. With the ops' implementations minus that work (the _run_*
     functions), this is the EagerConv path. Its gradient methods are GradientOps' for the implementations."""
 
-    _calls: dict[tuple, "EagerCall"] = {}
+    _calls: ClassVar[dict[tuple, EagerCall]] = {}
 
     def __init__(self, forward_problem: ConvProblem):
         self.forward_problem = forward_problem
