@@ -235,3 +235,18 @@ def test_a_backend_that_holds_more_memory_than_torchs_kernels_is_not_chosen(tuni
         assert "hungry-aten: can run (measured 0.100 ms, peak memory" in ops.explain_conv(x, w, padding=1, groups=4)
     finally:
         ops.unregister_backend(hungry.name)
+
+
+def test_without_a_memory_count_decisions_are_made_by_time_and_still_remembered(tuning, monkeypatch):
+    """Where the native module is not built, nothing counts the CPU allocator's bytes: the tuner decides by time
+    alone, and the decision on disk still holds for later processes."""
+    monkeypatch.setattr(memory, "can_measure", lambda: False)
+    x, w, call = grouped_conv_call()
+    call()
+    entry = json.loads(ops.cache_path().read_text())[repr(ops.conv_problem(x, w, padding=1, groups=4))]
+    assert entry["backend"] == "aten" and "peak_bytes" not in entry
+    measured_calls = tuning.forward_calls
+    assert measured_calls == 1 + 3
+    forget_choices()
+    call()
+    assert tuning.forward_calls == measured_calls

@@ -171,12 +171,18 @@ def clearly_faster(seconds: float, baseline_seconds: float) -> bool:
 MEMORY_TOLERANCE = 0.01  # within 1%: the allocator's bookkeeping, a scratch buffer of another size
 
 
-def peak_memory(runs: dict[str, Callable[[], object]]) -> dict[str, int] | None:
-    """The peak bytes each run holds, or None where that cannot be measured (the native module is not built)."""
+def measures_memory(problem) -> bool:
+    """Whether the tuner weighs memory for `problem`: a CPU problem, where the native module (which counts the CPU
+    allocator's bytes) is built; elsewhere it decides by time alone."""
     from ..analysis import memory  # (imported late: analysis imports the ops)
 
-    if not memory.can_measure():
-        return None
+    return problem.device_type == "cpu" and memory.can_measure()
+
+
+def peak_memory(runs: dict[str, Callable[[], object]]) -> dict[str, int]:
+    """The peak bytes each run holds (analysis.memory)."""
+    from ..analysis import memory
+
     return {name: memory.peak_allocated_bytes(run) for name, run in runs.items()}
 
 
@@ -191,7 +197,7 @@ def choose(problem, contenders: Sequence, run: Callable) -> object:
     key = problem_key(problem)
     by_name = {backend.name: backend for backend in contenders}
     baseline = next((backend.name for backend in contenders if backend.baseline), None)
-    checks_memory = baseline is not None and problem.device_type == "cpu"
+    checks_memory = baseline is not None and measures_memory(problem)
     remembered = decisions.get(key)
     # A decision holds while it was made among (at least) today's contenders: a new backend is measured too (and
     # on the CPU, one made before memory was measured).
