@@ -32,6 +32,7 @@ from . import nn as gnn
 from .analysis import memory
 from .analysis.roofline import MachineCeilings, machine_ceilings
 from .analysis.timing import median_seconds_interleaved
+from .ops.tuning import MEMORY_TOLERANCE
 
 # The networks whose layer shapes the issue's targets name (baseline.md).
 ZOO_MODELS = ("shufflenet_g1_w1", "shufflenet_g3_w1", "shufflenet_g8_w1", "resnext29_32x4d", "mobilenet_w1",
@@ -248,10 +249,6 @@ LAYER_HEADER = (f"{'layer':52} {'pass':>6} {'torch':>8} {'torch CL':>8} {'ours':
                 f"{'floor':>7} {'xfloor':>6} {'vs NCHW':>7} {'vs best':>7} {'memory':>6}")
 
 
-# Peak memory within 1% of torch's counts as the same (the allocator's bookkeeping, a differently sized scratch buffer).
-MEMORY_TOLERANCE = 0.01
-
-
 def format_layer_row(r: LayerResult) -> str:
     passes = "f" if r.passes == "forward" else "fb"
     return (f"{r.shape:52} {passes:>6} {r.torch_nchw_ms:8.2f} {r.torch_channels_last_ms:8.2f} {r.groupconv_ms:8.2f} "
@@ -280,7 +277,7 @@ def summarise_layers(results: list[LayerResult]) -> str:
     measured = [r for r in results if r.peak_memory_ratio is not None]
     if measured:
         most = max(measured, key=lambda r: r.peak_memory_ratio)
-        above = sum(r.peak_memory_ratio > 1 + MEMORY_TOLERANCE for r in measured)
+        above = sum(r.peak_memory_ratio > 1 + MEMORY_TOLERANCE for r in measured)  # (the tuner's tolerance)
         lines.append(f"{'peak memory':>16}: forward+backward holds more than torch's in the same layout on {above} of "
                      f"{len(measured)} layers; most {most.peak_memory_ratio:.2f}x ({most.shape})")
     return "\n".join(lines)

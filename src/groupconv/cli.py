@@ -138,7 +138,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     out = Path(args.out)
     kept = args.keep_memory and keep_freed_memory()
     print(f"groupconv benchmark: {torch.get_num_threads()} threads, batch {args.batch}, median of {args.repeats} "
-          f"runs (layers: more where short, up to {benchmark.MAX_REPEATS}), float32, freed memory {'kept for reuse' if kept else 'returned to the system'} (both sides); "
+          f"runs (layers: more where short, up to {benchmark.MAX_REPEATS}), float32, freed memory "
+          f"{'kept for reuse' if kept else 'returned to the system'} (both sides); "
           f"results in {out}/")
     if "layers" in what:
         ceilings = analysis_roofline.machine_ceilings(args.peak_gflops, args.bandwidth_gbs)

@@ -111,7 +111,8 @@ VECTOR_BYTES = 64  # csrc/narrow_nhwc.cpp's vector register: 16 floats, 8 double
 
 # Asked on every call of the backend (which kernel runs it): remembered per distinct question.
 @functools.lru_cache(maxsize=4096)
-def _narrow_refusals(op: str, channels: int, weight_shape: tuple[int, ...], args, dtype: torch.dtype) -> tuple[str, ...]:
+def _narrow_refusals(op: str, channels: int, weight_shape: tuple[int, ...], args,
+                     dtype: torch.dtype) -> tuple[str, ...]:
     """Why csrc/narrow_nhwc.cpp cannot run this channels_last conv (empty: it can)."""
     out_channels, in_per_group, *kernel = weight_shape
     lanes = VECTOR_BYTES // dtype.itemsize if dtype in SUPPORTED_DTYPES else 0
