@@ -218,10 +218,11 @@ def test_output_layout_follows_input(backend, case):
         out = run_groupconv(case, x, w, b)
     if channels_last_only:
         assert out.is_contiguous(memory_format=fmt)
-        # torch's own conv does the same (its shuffle would materialise a copy), except on degenerate shapes where
-        # size-1 extents make both layouts one and torch's choice varies by kernel (a 1x1x2 volume, say), and for a
-        # 1x1x1 kernel, whose 3-D conv torch (2.13) returns contiguous.
-        if case.shuffle_groups == 1 and min(x.shape[2:]) > 1 and not (case.dims == 3 and max(case.kernel_size) == 1):
+        # torch's own 2-D conv does the same (its shuffle would materialise a copy), except on degenerate shapes
+        # where size-1 extents make both layouts one and torch's choice varies by kernel (a 1x2 plane, say). Its 3-D
+        # convs on the small volumes drawn here often go to a kernel that returns a contiguous output (torch 2.13:
+        # a 1x1x1 kernel on 2x2x2, a 2x1x1 one), so they are not compared.
+        if case.shuffle_groups == 1 and min(x.shape[2:]) > 1 and case.dims == 2:
             assert oracle(case, x, w, b).is_contiguous(memory_format=fmt)
     else:
         assert out.is_contiguous()

@@ -186,13 +186,13 @@ def test_a_shuffled_call_settled_on_torch_runs_torchs_own_ops(priority_order, in
 
 @pytest.mark.skipif(native.unavailable_reason() is not None, reason="native kernels unavailable")
 def test_a_call_settled_elsewhere_keeps_the_ops(priority_order):
-    x, w, _ = conv_inputs(8, False, False)
+    x, w, _ = conv_inputs(8, True, False)
     x.requires_grad_()
-    w = w[:, :2].contiguous()  # 2 input channels per group: the native kernels' by priority
+    w = w[:, :1].contiguous()  # a channels_last depthwise conv: the native kernels' by priority
     for _ in range(3):
-        out = groupconv.conv2d(x, w, padding=1, groups=6)
+        out = groupconv.conv2d(x, w, padding=1, groups=12)
         out.backward(torch.ones_like(out))
-    assert groupconv.ops.select_backend(groupconv.ops.conv_problem(x, w, padding=1, groups=6)).name == "native"
+    assert groupconv.ops.select_backend(groupconv.ops.conv_problem(x, w, padding=1, groups=12)).name == "native"
     assert out.grad_fn.name().startswith("EagerConv")
 
 

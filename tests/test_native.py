@@ -83,6 +83,26 @@ def test_nchw_groups_wider_than_two_channels_are_left_to_the_others():
         ops.set_tuning(None)
 
 
+def test_without_tuning_torchs_kernels_run_where_the_nchw_kernels_lose():
+    """Priority order puts native first; its NCHW kernels step aside, untuned, where they measured slower than
+    oneDNN (gradients; forwards with output planes under 28x28). Forcing them still works."""
+    w = torch.randn(64, 1, 3, 3)
+    small, large = torch.randn(2, 64, 14, 14), torch.randn(2, 64, 28, 28)
+    ops.set_tuning(False)
+    try:
+        chosen = lambda x, op, **kw: ops.select_backend(ops.conv_problem(x, w, padding=1, groups=64, op=op, **kw)).name
+        assert chosen(large, "conv_forward") == "native" and chosen(small, "conv_forward") == "aten"
+        assert chosen(large, "conv_forward", stride=2) == "aten"  # a 14x14 output
+        assert chosen(large, "conv_backward") == chosen(large, "conv_backward_input") == "aten"
+        as_channels_last = small.contiguous(memory_format=torch.channels_last)
+        assert chosen(as_channels_last, "conv_forward") == chosen(as_channels_last, "conv_backward") == "native"
+        with ops.use_backend("native"):
+            assert ops.select_backend(ops.conv_problem(small, w, padding=1, groups=64, op="conv_backward")).name \
+                == "native"
+    finally:
+        ops.set_tuning(None)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_results_do_not_depend_on_the_thread_count(channels_last):
     x = torch.randn(4, 24, 13, 11)

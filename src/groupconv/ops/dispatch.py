@@ -9,7 +9,8 @@ fallback.
 
 Problems are small frozen dataclasses. When several fast backends can run a problem, the first
 call measures them on its own tensors and the fastest is remembered, in memory and on disk
-(tuning.py); GROUPCONV_TUNE=0 falls back to priority order.
+(tuning.py); GROUPCONV_TUNE=0 falls back to priority order, passing over a backend that says it is slower than
+torch's kernels on a problem (`runs_untuned`).
 """
 
 from __future__ import annotations
@@ -122,6 +123,12 @@ class Backend:
 
     def not_supported_reasons(self, problem: Problem) -> list[str]:
         return []
+
+    def runs_untuned(self, problem: Problem) -> bool:
+        """Whether to run `problem`, when tuning is off, as the first capable backend in priority order. A backend
+        says False where measurements showed torch's kernels faster: the tuner would not pick it there either, and
+        without tuning the next capable backend runs instead (forcing it still works)."""
+        return True
 
     def conv_forward(self, input, weight, bias, args: ConvArguments) -> torch.Tensor:
         raise NotImplementedError
@@ -283,12 +290,17 @@ def select_backend(problem: Problem, run: Callable[[Backend], object] | None = N
     contenders = [backend for backend in capable if backend.tunable] + list(strategies(problem) if strategies else ())
     if len(contenders) > 1 and tuning.tuning_enabled():
         if run is None:  # nothing to measure with (explain): say what priority order gives, remember nothing
-            return capable[0]
+            return _untuned_choice(problem, capable)
         chosen = tuning.choose(problem, contenders, run)
     else:
-        chosen = capable[0]
+        chosen = _untuned_choice(problem, capable)
     _choices[problem] = chosen
     return chosen
+
+
+def _untuned_choice(problem: Problem, capable: Sequence[Backend]) -> Backend:
+    """Priority order without measuring: the first capable backend that runs the problem untuned (else the first)."""
+    return next((backend for backend in capable if backend.runs_untuned(problem)), capable[0])
 
 
 def remembered_choice(problem: Problem) -> str | None:

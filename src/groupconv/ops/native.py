@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import sys
 import warnings
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .arguments import arguments_as_2d, lift_shape_to_2d, lift_to_2d, memory_format_of
+from .arguments import arguments_as_2d, lift_shape_to_2d, lift_to_2d, memory_format_of, output_size
 from .aten import along_channels
 from .dispatch import Backend, ConvProblem, Problem, ShuffleProblem
 
@@ -50,6 +51,7 @@ MAX_IN_PER_GROUP = 16
 # won only at toy sizes. Wider NCHW groups are left to oneDNN, or to the channels_last kernels (library.py's
 # via_channels_last), so that an untuned dispatch (priority order) never lands there.
 MAX_IN_PER_GROUP_NCHW = 2
+MIN_UNTUNED_NCHW_OUTPUT_PIXELS = 28 * 28  # NativeBackend.runs_untuned
 
 _module = None
 _error: str | None = None
@@ -189,6 +191,21 @@ class NativeBackend(Backend):
         if not reasons and unavailable_reason():
             reasons.append(unavailable_reason())
         return reasons
+
+    # Without tuning, priority order would run these kernels first wherever they can. cpu_kernels.cpp's NCHW kernels
+    # lose to oneDNN in two places (32-image batches; 14 depthwise and shuffled-depthwise layers of the zoo, forward
+    # and both gradients timed against torch's): their gradients, 1.0-3.8x slower on all but one (a tie), and the
+    # forward on output planes under 28x28 (14x14: 1.2-2.5x slower, 7x7: 3x), where from 28x28 up it is 1.3-1.9x
+    # faster. There the untuned choice is torch's; the tuner measures them as any contender.
+    def runs_untuned(self, problem: Problem) -> bool:
+        if isinstance(problem, ShuffleProblem) or problem.layout == "channels_last":
+            return True
+        if problem.op != "conv_forward":
+            return False
+        args = problem.arguments
+        size = output_size(problem.input_shape[2:], problem.weight_shape[2:], args.stride, args.padding, args.padding,
+                           args.dilation)
+        return math.prod(size) >= MIN_UNTUNED_NCHW_OUTPUT_PIXELS
 
     def _pointwise_reasons(self, problem: ConvProblem) -> list[str]:
         reasons = []
