@@ -193,12 +193,12 @@ def check_native_channels_last_against_torch(x, w, b, grad_output, stride=1, pad
 
 # (in, out, groups): ShuffleNet g8/g3 layers (12 or 20 outputs per group: one vector, padded), ResNeXt-like wide groups
 # (4-vector chunks), 1x1s that widen (192 outputs per group: 4 + 4 + 4 vectors), and odd widths (17, 33: a padded
-# last vector after 2- and 1-vector chunks); outputs per group that end in a half vector (float32: 24, a vector and a
-# half; 8, a half alone; 20 and 5, a half stored in part); 5x7 pixels and batch 3: a pixel remainder after the 8-pixel
-# blocks.
+# last vector after 2- and 1-vector chunks); channels per group that end in a half vector (float32: 24, a vector and a
+# half; 8, a half alone; 20, 40 and 5, a half used in part), out (the forward) and in (the gradients); 5x7 pixels and
+# batch 3: a pixel remainder after the 8-pixel blocks.
 @pytest.mark.parametrize("in_channels,out_channels,groups", [(96, 96, 8), (60, 240, 3), (384, 96, 8), (256, 512, 4),
                                                               (16, 384, 2), (34, 66, 2), (51, 99, 3), (96, 192, 8),
-                                                              (64, 64, 8), (80, 40, 2), (6, 10, 2)])
+                                                              (48, 96, 2), (64, 64, 8), (80, 40, 2), (6, 10, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_channels_last_pointwise_matches_torch(in_channels, out_channels, groups, dtype, with_bias):

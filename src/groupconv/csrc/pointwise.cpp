@@ -214,73 +214,98 @@ void pointwise_nhwc(const T* x, int64_t pixel_count, const Packed<T>& k, T* y) {
 
 // ------------------------------------------------------------------------------------------ weight gradient
 // grad_w[g*B + b, a] = sum over pixels p of grad_y[p, g*B + b] * x[p, g*A + a]  (A = C/G, B = M/G).
-// Register tile: ROWS output channels b by VECTORS vectors of input channels a, summed over a chunk of pixels (per
-// pixel: VECTORS loads of x, ROWS broadcasts of grad_y, ROWS x VECTORS FMAs). Lanes past A (the next group's
-// channels) are computed and dropped; where such a load would run past the end of x, the pixel's values are
+// Register tile: ROWS output channels b by VECTORS vectors (and a half) of input channels a, summed over a chunk of
+// pixels (per pixel: VECTORS loads of x, ROWS broadcasts of grad_y, ROWS x VECTORS FMAs). Lanes past A (the next
+// group's channels) are computed and dropped; where such a load would run past the end of x, the pixel's values are
 // copied into a zero-padded buffer first. Chunks of pixels have a fixed size, so the sum's order, and the result,
 // does not depend on the thread count: each chunk writes its own partial sums, added in chunk order.
 
 constexpr int64_t GRADIENT_CHUNK = 256;  // pixels; x and grad_y of a chunk stay in L2 while its tiles run
 
-template <typename T, int64_t ROWS, int64_t VECTORS>
-__attribute__((always_inline)) inline void accumulate_outer(typename Vector<T>::type (&acc)[ROWS][VECTORS],
-                                                            const T* xp, const T* gp) {
+template <typename T, int64_t ROWS, int64_t SLOTS, int64_t VECTORS, bool HALF>
+__attribute__((always_inline)) inline void accumulate_outer(typename Vector<T>::type (&acc)[ROWS][SLOTS],
+                                                            typename Half<T>::type (&tail)[ROWS], const T* xp,
+                                                            const T* gp) {
   using V = typename Vector<T>::type;
-  V xv[VECTORS];
+  using H = typename Half<T>::type;
+  V xv[SLOTS];
 #pragma GCC unroll 16
   for (int64_t v = 0; v < VECTORS; ++v) xv[v] = load<V>(xp + v * Vector<T>::size);
+  H xt{};
+  if constexpr (HALF) xt = load<H>(xp + VECTORS * Vector<T>::size);
 #pragma GCC unroll 16
   for (int64_t r = 0; r < ROWS; ++r) {
     const T value = gp[r];
 #pragma GCC unroll 16
     for (int64_t v = 0; v < VECTORS; ++v) acc[r][v] += value * xv[v];
+    if constexpr (HALF) tail[r] += value * xt;
   }
 }
 
-template <typename T, int64_t ROWS, int64_t VECTORS>
+// Columns a0 ... a0 + width of rows 0 ... ROWS of one group's gradient: VECTORS vectors of columns, and a half vector
+// with HALF (the last of them partly past A where width is less).
+template <typename T, int64_t ROWS, int64_t VECTORS, bool HALF = false>
 inline void gradient_tile(const T* x, int64_t x_stride, const T* x_end, const T* grad, int64_t grad_stride,
                           int64_t pixels, int64_t a0, int64_t width, T* partial, int64_t a) {
   using V = typename Vector<T>::type;
-  constexpr int64_t lanes = Vector<T>::size;
-  V acc[ROWS][VECTORS];
+  using H = typename Half<T>::type;
+  constexpr int64_t lanes = Vector<T>::size, half = Half<T>::size;
+  constexpr int64_t SLOTS = VECTORS > 0 ? VECTORS : 1;  // no zero-length arrays
+  constexpr int64_t span = VECTORS * lanes + (HALF ? half : 0);
+  V acc[ROWS][SLOTS];
+  H tail[ROWS];
 #pragma GCC unroll 16
-  for (int64_t r = 0; r < ROWS; ++r)
+  for (int64_t r = 0; r < ROWS; ++r) {
 #pragma GCC unroll 16
     for (int64_t v = 0; v < VECTORS; ++v) acc[r][v] = V{};
-  // The pixels whose VECTORS-vector load stays inside x run straight; the rest (the tensor's last few) through a
-  // zero-padded copy. No branch or call in the main loop, which keeps the accumulators in registers.
-  const T* x0 = x + a0;
-  const int64_t room = x_end - x0 - VECTORS * lanes;
-  const int64_t safe = room < 0 ? 0 : std::min<int64_t>(pixels, room / x_stride + 1);
-  for (int64_t p = 0; p < safe; ++p) accumulate_outer<T, ROWS, VECTORS>(acc, x0 + p * x_stride, grad + p * grad_stride);
-  for (int64_t p = safe; p < pixels; ++p) {
-    T padded[VECTORS * lanes] = {};
-    const T* xp = x0 + p * x_stride;
-    std::copy(xp, std::min<const T*>(xp + VECTORS * lanes, x_end), padded);
-    accumulate_outer<T, ROWS, VECTORS>(acc, padded, grad + p * grad_stride);
+    tail[r] = H{};
   }
-  for (int64_t r = 0; r < ROWS; ++r)
+  // The pixels whose loads stay inside x run straight; the rest (the tensor's last few) through a zero-padded copy.
+  // No branch or call in the main loop, which keeps the accumulators in registers.
+  const T* x0 = x + a0;
+  const int64_t room = x_end - x0 - span;
+  const int64_t safe = room < 0 ? 0 : std::min<int64_t>(pixels, room / x_stride + 1);
+  for (int64_t p = 0; p < safe; ++p)
+    accumulate_outer<T, ROWS, SLOTS, VECTORS, HALF>(acc, tail, x0 + p * x_stride, grad + p * grad_stride);
+  for (int64_t p = safe; p < pixels; ++p) {
+    T padded[span] = {};
+    const T* xp = x0 + p * x_stride;
+    std::copy(xp, std::min<const T*>(xp + span, x_end), padded);
+    accumulate_outer<T, ROWS, SLOTS, VECTORS, HALF>(acc, tail, padded, grad + p * grad_stride);
+  }
+  for (int64_t r = 0; r < ROWS; ++r) {
     for (int64_t v = 0; v < VECTORS; ++v)
       for (int64_t j = 0; j < lanes && v * lanes + j < width; ++j) partial[r * a + a0 + v * lanes + j] = acc[r][v][j];
+    if constexpr (HALF)
+      for (int64_t j = 0; j < half && VECTORS * lanes + j < width; ++j)
+        partial[r * a + a0 + VECTORS * lanes + j] = tail[r][j];
+  }
 }
 
 // One group's (B x A) gradient over a chunk of pixels, into `partial`: rows in tiles of 8, 4, 2, 1 (exactly B, no
-// reads past the group's rows), columns in tiles of 2 vectors and 1 (the last one partly past A).
+// reads past the group's rows), columns in tiles of 2 vectors, then what is left: a vector and a half, a vector or a
+// half (the last partly past A). 24 columns (ShuffleNet g=8's 192 -> 768) take a vector and a half, not two vectors.
 template <typename T>
 void gradient_group(const T* x, int64_t x_stride, const T* x_end, const T* grad, int64_t grad_stride, int64_t pixels,
                     int64_t a, int64_t b, T* partial) {
-  constexpr int64_t lanes = Vector<T>::size;
+  constexpr int64_t lanes = Vector<T>::size, half = Half<T>::size;
   int64_t row = 0;
   auto rows = [&](auto tile_rows) {
     constexpr int64_t R = decltype(tile_rows)::value;
     for (; row + R <= b; row += R) {
       int64_t column = 0;
-      for (; column + lanes < a; column += 2 * lanes)
+      for (; a - column > lanes + half; column += 2 * lanes)
         gradient_tile<T, R, 2>(x, x_stride, x_end, grad + row, grad_stride, pixels, column,
                                std::min<int64_t>(2 * lanes, a - column), partial + row * a, a);
-      for (; column < a; column += lanes)
-        gradient_tile<T, R, 1>(x, x_stride, x_end, grad + row, grad_stride, pixels, column,
-                               std::min<int64_t>(lanes, a - column), partial + row * a, a);
+      const int64_t left = a - column;
+      T* tile_partial = partial + row * a;
+      if (left > lanes)
+        gradient_tile<T, R, 1, true>(x, x_stride, x_end, grad + row, grad_stride, pixels, column, left, tile_partial, a);
+      else if (left > half)
+        gradient_tile<T, R, 1>(x, x_stride, x_end, grad + row, grad_stride, pixels, column, left, tile_partial, a);
+      else if (left > 0)
+        gradient_tile<T, R, 0, true>(x, x_stride, x_end, grad + row, grad_stride, pixels, column, left, tile_partial,
+                                     a);
     }
   };
   rows(std::integral_constant<int64_t, 8>{});
