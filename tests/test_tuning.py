@@ -105,6 +105,22 @@ def test_clear_tuning_cache_forgets_decisions(tuning):
     assert tuning.forward_calls == 2 * MEASURED_CALLS
 
 
+def test_cache_file_is_named_after_the_kernels_it_measured(tmp_path):
+    """Decisions measured against one version of groupconv's kernels are not read by another."""
+    import groupconv.ops.tuning as tuning_module
+
+    (tmp_path / "csrc").mkdir()
+    (tmp_path / "ops" / "triton").mkdir(parents=True)
+    (tmp_path / "csrc" / "kernel.cpp").write_text("void f() {}")
+    (tmp_path / "ops" / "triton" / "kernels.py").write_text("# triton")
+    before = tuning_module.sources_fingerprint(tmp_path)
+    (tmp_path / "csrc" / "kernel.cpp").write_text("void f() { /* faster */ }")
+    after = tuning_module.sources_fingerprint(tmp_path)
+    (tmp_path / "README").write_text("not a kernel")
+    assert before != after == tuning_module.sources_fingerprint(tmp_path)
+    assert ops.cache_path().name.endswith(f"-kernels{tuning_module.kernels_fingerprint()}.json")
+
+
 def test_an_unreadable_cache_is_measured_again_and_replaced(tuning):
     ops.cache_path().parent.mkdir(parents=True, exist_ok=True)
     ops.cache_path().write_text("{not json")

@@ -5,8 +5,9 @@ tensors (one warm-up, then the median of 3 to 15 runs timed in alternation, more
 keeps the fastest (torch's own kernels unless another is clearly faster: `clearly_faster`) of those
 that hold no more memory than torch's kernels (on the CPU, measured in one more run: `within_memory`),
 and writes the decision to a JSON file keyed by the problem (op, shapes, stride/padding/dilation/groups,
-layout, dtype, device, thread count). The file name carries the torch version and the CPU, so a
-decision is never reused on another machine or build. Later processes read the file and measure nothing.
+layout, dtype, device, thread count). The file name carries the torch version, the CPU (and GPUs) and a
+hash of groupconv's kernel sources, so a decision is never reused on another machine or build, nor after
+the kernels it measured change. Later processes read the file and measure nothing.
 
 Controls: GROUPCONV_TUNE=0 (or `set_tuning(False)`) turns measuring off, and the highest-priority
 capable backend runs; GROUPCONV_CACHE_DIR moves the cache (default: $XDG_CACHE_HOME/groupconv or
@@ -16,6 +17,7 @@ backend (`use_backend`, `set_backend`, GROUPCONV_BACKEND) bypasses tuning altoge
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -67,15 +69,35 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The code whose speed the decisions measured: groupconv's compiled and Triton kernels. A decision measured against
+# other kernels (an earlier groupconv) does not hold for these, so the cache file is named after their contents too.
+_KERNEL_SOURCES = ("csrc/*.cpp", "csrc/*.h", "ops/triton/kernels.py")
+
+
+@functools.cache
+def kernels_fingerprint() -> str:
+    """A short hash of groupconv's kernel sources (what a tuning decision measured)."""
+    return sources_fingerprint(Path(__file__).resolve().parent.parent)
+
+
+def sources_fingerprint(package: Path) -> str:
+    """A short hash of the kernel sources under `package` (groupconv's directory layout)."""
+    digest = hashlib.sha1()
+    for pattern in _KERNEL_SOURCES:
+        for path in sorted(package.glob(pattern)):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:8]
+
+
 def cache_path() -> Path:
-    """The JSON file holding this machine's and this torch build's decisions."""
+    """The JSON file holding the decisions of this machine, this torch build and these kernels."""
     root = os.environ.get(ENV_CACHE_DIR)
     if not root:
         root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "groupconv"
     # The GPUs too: a decision between Triton and cuDNN measured on one card does not hold on another.
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     machine = hashlib.sha1(f"{platform.machine()}|{_cpu_name()}|{'|'.join(gpus)}".encode()).hexdigest()[:10]
-    return Path(root) / f"tuning-torch{torch.__version__}-{machine}.json"
+    return Path(root) / f"tuning-torch{torch.__version__}-{machine}-kernels{kernels_fingerprint()}.json"
 
 
 def _warn_once(message: str) -> None:
