@@ -214,6 +214,19 @@ def test_channels_last_pointwise_matches_torch(in_channels, out_channels, groups
     assert not ops.get_backend("native").not_supported_reasons(problem)
 
 
+@pytest.mark.parametrize("in_channels,out_channels", [(8, 32), (32, 8)], ids=["widening", "narrowing"])
+def test_channels_last_pointwise_streams_outputs_larger_than_the_cache(in_channels, out_channels):
+    """Outputs over 32 MiB (csrc/pointwise.cpp's STREAMING_MIN_BYTES) are written with streaming stores: the forward's
+    where the conv widens, the input gradient's where it narrows (37.7 MB: 2 x 32 x 384 x 384 floats)."""
+    generator = torch.Generator().manual_seed(in_channels)
+    x = torch.randn(2, in_channels, 384, 384, generator=generator).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(out_channels, in_channels // 2, 1, 1, generator=generator)
+    grad_output = torch.randn(2, out_channels, 384, 384, generator=generator).contiguous(
+        memory_format=torch.channels_last)
+    assert max(x.numel(), grad_output.numel()) * 4 > 32 << 20
+    check_native_channels_last_against_torch(x, w, None, grad_output, groups=2)
+
+
 def native_conv_on_threads(threads, x, w, **conv_arguments):
     """The native backend's output and both gradients (of the sum of the output) on `threads` threads."""
     previous = torch.get_num_threads()

@@ -25,7 +25,7 @@
 #include <ATen/Parallel.h>
 
 #if defined(__AVX512F__)
-#include <immintrin.h>  // masked stores (store_first)
+#include <immintrin.h>  // masked stores (store_first), streaming stores (stream_out)
 #endif
 
 #include <algorithm>
@@ -193,22 +193,71 @@ void pixels_of(const T* x, int64_t x_stride, const Packed<T>& k, T* y, int64_t y
 constexpr int64_t PIXEL_BLOCK = 8;
 constexpr int64_t FORWARD_CHUNK = 64;  // pixels (8 blocks) brought into cache at a time
 
+// Outputs larger than the last-level cache are written with non-temporal (streaming) stores: a plain store first
+// reads the line it writes (for the forward of an expanding 1x1, the output is most of the traffic), and an output
+// that does not fit in the cache leaves it before the next op reads it anyway. 96 -> 384 g8 at 32x28x28 (38.5 MB
+// out): 1.16x; the input gradient of 384 -> 96: 1.22x. A smaller output stays in cache for the op that follows.
+// The size is a constant: the L3 cache that a core's threads share (32 MiB on this AMD EPYC, as on most of its
+// kind); sysconf reports the whole host's (320 MiB) inside a virtual machine.
+constexpr int64_t STREAMING_MIN_BYTES = int64_t(32) << 20;
+
+// Copies n values to `target` with streaming stores where the machine has them (plain stores elsewhere).
+template <typename T>
+void stream_out(T* target, const T* source, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  constexpr int64_t lanes = 64 / sizeof(T);
+  for (; i < n && (reinterpret_cast<uintptr_t>(target + i) & 63); ++i) target[i] = source[i];
+  for (; i + lanes <= n; i += lanes)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(target + i), _mm512_loadu_si512(source + i));
+#endif
+  for (; i < n; ++i) target[i] = source[i];
+}
+
+inline void stream_fence() {
+#if defined(__AVX512F__)
+  _mm_sfence();  // streaming stores are weakly ordered: make them visible before the thread's work ends
+#endif
+}
+
+// y for pixels first ... last (x's rows times K), in blocks of PIXEL_BLOCK pixels; with `buffer` (PIXEL_BLOCK rows of
+// y), each block is computed there and streamed out.
+template <typename T>
+void pointwise_rows(const T* x, int64_t x_stride, const Packed<T>& k, T* y, int64_t y_stride, int64_t first,
+                    int64_t last, T* buffer) {
+  int64_t p = first;
+  for (; p + PIXEL_BLOCK <= last; p += PIXEL_BLOCK) {
+    if (buffer) {
+      pixels_of<T, PIXEL_BLOCK>(x + p * x_stride, x_stride, k, buffer, y_stride);
+      stream_out(y + p * y_stride, buffer, PIXEL_BLOCK * y_stride);
+    } else {
+      pixels_of<T, PIXEL_BLOCK>(x + p * x_stride, x_stride, k, y + p * y_stride, y_stride);
+    }
+  }
+  for (; p < last; ++p) pixels_of<T, 1>(x + p * x_stride, x_stride, k, y + p * y_stride, y_stride);
+}
+
+template <typename T>
+bool streams(int64_t pixel_count, int64_t y_stride) {
+  return pixel_count * y_stride * int64_t(sizeof(T)) > STREAMING_MIN_BYTES;
+}
+
 template <typename T>
 void pointwise_nhwc(const T* x, int64_t pixel_count, const Packed<T>& k, T* y) {
   const int64_t x_stride = k.groups * k.a, y_stride = k.groups * k.b;
   const int64_t chunks = (pixel_count + FORWARD_CHUNK - 1) / FORWARD_CHUNK;
   const int64_t work_per_chunk = FORWARD_CHUNK * x_stride * k.b;
+  const bool streaming = streams<T>(pixel_count, y_stride);
   at::parallel_for(0, chunks, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_chunk)),
                    [&](int64_t begin, int64_t end) {
+    std::vector<T> buffer(streaming ? PIXEL_BLOCK * y_stride : 0);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t first = chunk * FORWARD_CHUNK, last = std::min(first + FORWARD_CHUNK, pixel_count);
       touch(x + first * x_stride, (last - first) * x_stride);
-      touch(static_cast<const T*>(y + first * y_stride), (last - first) * y_stride);
-      int64_t p = first;
-      for (; p + PIXEL_BLOCK <= last; p += PIXEL_BLOCK)
-        pixels_of<T, PIXEL_BLOCK>(x + p * x_stride, x_stride, k, y + p * y_stride, y_stride);
-      for (; p < last; ++p) pixels_of<T, 1>(x + p * x_stride, x_stride, k, y + p * y_stride, y_stride);
+      if (!streaming) touch(static_cast<const T*>(y + first * y_stride), (last - first) * y_stride);
+      pointwise_rows(x, x_stride, k, y, y_stride, first, last, streaming ? buffer.data() : nullptr);
     }
+    if (streaming) stream_fence();
   });
 }
 
@@ -324,22 +373,21 @@ void pointwise_weight_gradient(const T* grad, const T* x, int64_t pixel_count, i
   const T* x_end = x + pixel_count * x_stride;
   const int64_t chunks = (pixel_count + GRADIENT_CHUNK - 1) / GRADIENT_CHUNK;
   std::vector<T> partials(chunks * size);
+  const bool streaming = grad_x && streams<T>(pixel_count, x_stride);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buffer(streaming ? PIXEL_BLOCK * x_stride : 0);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t p0 = chunk * GRADIENT_CHUNK, pixels = std::min(GRADIENT_CHUNK, pixel_count - p0);
       touch(x + p0 * x_stride, pixels * x_stride);
       touch(grad + p0 * grad_stride, pixels * grad_stride);
-      if (grad_x) {
-        int64_t p = p0;
-        for (; p + PIXEL_BLOCK <= p0 + pixels; p += PIXEL_BLOCK)
-          pixels_of<T, PIXEL_BLOCK>(grad + p * grad_stride, grad_stride, *input_k, grad_x + p * x_stride, x_stride);
-        for (; p < p0 + pixels; ++p)
-          pixels_of<T, 1>(grad + p * grad_stride, grad_stride, *input_k, grad_x + p * x_stride, x_stride);
-      }
+      if (grad_x)
+        pointwise_rows(grad, grad_stride, *input_k, grad_x, x_stride, p0, p0 + pixels,
+                       streaming ? buffer.data() : nullptr);
       for (int64_t g = 0; g < groups; ++g)
         gradient_group(x + p0 * x_stride + g * a, x_stride, x_end, grad + p0 * grad_stride + g * b, grad_stride,
                        pixels, a, b, partials.data() + chunk * size + g * b * a);
     }
+    if (streaming) stream_fence();
   });
   at::parallel_for(0, size, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
