@@ -1,6 +1,7 @@
 """The tuner: measures the capable fast backends once per problem, keeps the fastest, remembers it on disk."""
 
 import json
+import threading
 import time
 
 import pytest
@@ -119,6 +120,29 @@ def test_cache_file_is_named_after_the_kernels_it_measured(tmp_path):
     (tmp_path / "README").write_text("not a kernel")
     assert before != after == tuning_module.sources_fingerprint(tmp_path)
     assert ops.cache_path().name.endswith(f"-kernels{tuning_module.kernels_fingerprint()}.json")
+
+
+def test_threads_meeting_a_new_problem_measure_it_once(tuning):
+    """Four threads make the same first call at once: one measures, the others wait and take its decision."""
+    x, w, call = grouped_conv_call()
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(call())
+        except Exception as error:  # reported below: a thread's exception would otherwise vanish
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 4
+    for result in results:
+        torch.testing.assert_close(result, F.conv2d(x, w, padding=1, groups=4))
+    assert tuning.forward_calls == MEASURED_CALLS
+    assert len(json.loads(ops.cache_path().read_text())) == 1
 
 
 def test_an_unreadable_cache_is_measured_again_and_replaced(tuning):

@@ -10,7 +10,12 @@ profiler cannot run inside a user's profiling session: the tuner measures inside
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
+
+# The counting allocator is one for the process: one measurement at a time (another thread's allocations during a
+# measurement still count in it).
+_tracking = threading.Lock()
 
 
 def can_measure() -> bool:
@@ -28,9 +33,10 @@ def peak_allocated_bytes(fn: Callable[[], object]) -> int:
     module = native.load()
     if module is None:
         raise RuntimeError(f"peak memory cannot be measured: {native.unavailable_reason()}")
-    module.start_memory_tracking()
-    try:
-        fn()
-    finally:
-        peak = module.stop_memory_tracking()
+    with _tracking:
+        module.start_memory_tracking()
+        try:
+            fn()
+        finally:
+            peak = module.stop_memory_tracking()
     return peak

@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -213,8 +214,19 @@ def within_memory(peak_bytes: int, baseline_peak_bytes: int) -> bool:
     return peak_bytes <= baseline_peak_bytes * (1 + MEMORY_TOLERANCE)
 
 
+# One measurement at a time in this process: two threads measuring at once would time each other's load, count each
+# other's allocations as their contenders' (analysis.memory), and write the decisions while the other adds one. A
+# thread that waits here finds the decision the other made. Reentrant: measuring a strategy may choose for its parts.
+_measuring = threading.RLock()
+
+
 def choose(problem, contenders: Sequence, run: Callable) -> object:
     """The fastest of `contenders` for `problem`: remembered from disk, or measured with run(backend) and saved."""
+    with _measuring:
+        return _choose(problem, contenders, run)
+
+
+def _choose(problem, contenders: Sequence, run: Callable) -> object:
     decisions = _load()
     key = problem_key(problem)
     by_name = {backend.name: backend for backend in contenders}
