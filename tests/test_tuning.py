@@ -145,6 +145,25 @@ def test_threads_meeting_a_new_problem_measure_it_once(tuning):
     assert len(json.loads(ops.cache_path().read_text())) == 1
 
 
+@pytest.mark.skipif(not memory.can_measure(), reason="peak memory needs the native module")
+def test_a_first_call_inside_a_peak_memory_measurement_is_tuned_by_time(tuning):
+    """A user's peak_allocated_bytes around a call that tunes: the tuner cannot count memory inside that count (one
+    counter), so it decides by time, and says so on disk (no peak_bytes: a later process weighs memory again); no
+    deadlock on the shared measurement lock. Measurements do not nest directly either: a clear error."""
+    x, w, call = grouped_conv_call()
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(peak=memory.peak_allocated_bytes(call)), daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "peak_allocated_bytes around a tuning call did not return"
+    assert result["peak"] > 0
+    entry = json.loads(ops.cache_path().read_text()).popitem()[1]
+    assert entry["backend"] == "aten" and "peak_bytes" not in entry
+    with pytest.raises(RuntimeError, match="do not nest"):
+        memory.peak_allocated_bytes(lambda: memory.peak_allocated_bytes(lambda: None))
+    assert not memory.is_measuring()
+
+
 def test_an_unreadable_cache_is_measured_again_and_replaced(tuning):
     ops.cache_path().parent.mkdir(parents=True, exist_ok=True)
     ops.cache_path().write_text("{not json")

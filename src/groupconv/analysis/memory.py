@@ -13,9 +13,12 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-# The counting allocator is one for the process: one measurement at a time (another thread's allocations during a
-# measurement still count in it).
-_tracking = threading.Lock()
+from ..ops.tuning import MEASUREMENT_LOCK
+
+# The counting allocator is one for the process: one measurement at a time (MEASUREMENT_LOCK: another thread waits;
+# another thread's allocations that do not wait, outside groupconv's measurements, still count), and none inside
+# another in the same thread.
+_thread = threading.local()
 
 
 def can_measure() -> bool:
@@ -25,18 +28,31 @@ def can_measure() -> bool:
     return native.load() is not None
 
 
+def is_measuring() -> bool:
+    """Whether this thread is inside `peak_allocated_bytes`."""
+    return getattr(_thread, "measuring", False)
+
+
 def peak_allocated_bytes(fn: Callable[[], object]) -> int:
     """The most bytes that tensors allocated while fn() runs held at one time (freed ones no longer count; memory
-    that existed before is not counted). Raises RuntimeError where `can_measure()` is False."""
+    that existed before is not counted). A first groupconv call inside fn that tunes counts its measurement runs too.
+    Raises RuntimeError where `can_measure()` is False, or inside another measurement in the same thread."""
     from ..ops import native
 
     module = native.load()
     if module is None:
         raise RuntimeError(f"peak memory cannot be measured: {native.unavailable_reason()}")
-    with _tracking:
-        module.start_memory_tracking()
+    with MEASUREMENT_LOCK:
+        if is_measuring():
+            raise RuntimeError("peak_allocated_bytes: a measurement is already running in this thread; they do not "
+                               "nest (one counter for the process)")
+        _thread.measuring = True
         try:
-            fn()
+            module.start_memory_tracking()
+            try:
+                fn()
+            finally:
+                peak = module.stop_memory_tracking()
         finally:
-            peak = module.stop_memory_tracking()
+            _thread.measuring = False
     return peak

@@ -187,6 +187,14 @@ def clearly_faster(seconds: float, baseline_seconds: float) -> bool:
     return seconds < baseline_seconds * (1 - BASELINE_MARGIN) - BASELINE_OVERHEAD_SECONDS
 
 
+# One measurement at a time in this process, the tuner's timings and analysis.memory's counts alike: two threads
+# measuring at once would time each other's load, count each other's allocations as their contenders', and write the
+# decisions while the other adds one. A thread that waits here finds the decision the other made. One lock for both,
+# so that no two threads can take them in opposite orders; reentrant, so that a measurement may call what chooses (a
+# strategy's parts, a user's peak_allocated_bytes around a first call).
+MEASUREMENT_LOCK = threading.RLock()
+
+
 # The issue's rule: groupconv's forward+backward never holds more memory than torch's would. On the CPU, each
 # contender's peak memory is measured once more after the timings (analysis.memory), and one that holds more than
 # torch's kernels for the same op is not chosen, however fast. (Converting an NCHW ResNeXt 3x3 conv's operands to
@@ -196,10 +204,12 @@ MEMORY_TOLERANCE = 0.01  # within 1%: the allocator's bookkeeping, a scratch buf
 
 def measures_memory(problem) -> bool:
     """Whether the tuner weighs memory for `problem`: a CPU problem, where the native module (which counts the CPU
-    allocator's bytes) is built; elsewhere it decides by time alone."""
+    allocator's bytes) is built, and no peak-memory measurement is running in this thread already (a user's
+    `peak_allocated_bytes` around a first call: counts do not nest); elsewhere it decides by time alone, and the
+    decision is weighed again in a later process."""
     from ..analysis import memory  # (imported late: analysis imports the ops)
 
-    return problem.device_type == "cpu" and memory.can_measure()
+    return problem.device_type == "cpu" and memory.can_measure() and not memory.is_measuring()
 
 
 def peak_memory(runs: dict[str, Callable[[], object]]) -> dict[str, int]:
@@ -214,15 +224,9 @@ def within_memory(peak_bytes: int, baseline_peak_bytes: int) -> bool:
     return peak_bytes <= baseline_peak_bytes * (1 + MEMORY_TOLERANCE)
 
 
-# One measurement at a time in this process: two threads measuring at once would time each other's load, count each
-# other's allocations as their contenders' (analysis.memory), and write the decisions while the other adds one. A
-# thread that waits here finds the decision the other made. Reentrant: measuring a strategy may choose for its parts.
-_measuring = threading.RLock()
-
-
 def choose(problem, contenders: Sequence, run: Callable) -> object:
     """The fastest of `contenders` for `problem`: remembered from disk, or measured with run(backend) and saved."""
-    with _measuring:
+    with MEASUREMENT_LOCK:
         return _choose(problem, contenders, run)
 
 
