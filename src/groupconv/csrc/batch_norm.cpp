@@ -6,11 +6,10 @@
 // their backward likewise (threshold_backward, then BN's two passes); for a ShuffleNet g=8 step those
 // memory-bound passes cost as much as all its convolutions. Fused, the forward reads x twice
 // (statistics, then normalise) and writes y once; the backward reads grad and x twice and writes the
-// input gradient once (with a residual whose gradient is asked for: the first pass reads grad, x and
-// the residual and writes the residual's gradient, the second reads that and x: 1.13-1.17x faster than
-// reading grad and the residual again). The ReLU's mask is recomputed from x (and the residual) rather than stored:
+// input gradient once. The ReLU's mask is recomputed from x (and the residual) rather than stored:
 // z = x * scale + shift (+ residual) is evaluated by the same expression in both directions, so the
-// mask is the forward's exactly.
+// mask is the forward's exactly. Where the residual's gradient is asked for, the first pass writes it
+// (the masked grad) and the second reads it in place of grad and the residual: 1.13-1.17x faster.
 //
 // Statistics: per channel, sums of (x - K) and (x - K)^2 with K one sample of the channel (shifting
 // by a typical value keeps E[(x-K)^2] - E[x-K]^2 from cancelling when |mean| >> std), accumulated in
@@ -321,21 +320,18 @@ std::vector<at::Tensor> batch_norm_backward(const at::Tensor& grad_output, const
         return pre_activation<T, Residual>(x, r, scale, shift, i, c) > T(0) ? gradient : T(0);
       };
       std::vector<double> sum_g, sum_g_centered;
-      if (dr)
-        // The residual's gradient is g itself: written in this pass, it is what the next pass reads in place of the
-        // output gradient and the residual (5 passes over memory instead of 6, and no second ReLU mask).
+      // The residual's gradient is g itself: written in this pass, it is what the next pass reads in place of the
+      // output gradient and the residual (5 passes over memory instead of 6, and no second ReLU mask).
+      auto sums = [&](auto writes_residual_grad) {
         sum_per_channel<T>(s, [=](int64_t i, int64_t c, T& a, T& b) {
           const T g = masked(i, c);
-          dr[i] = g;
+          if constexpr (decltype(writes_residual_grad)::value) dr[i] = g;
           a = g;
           b = g * (x[i] - m[c]);
         }, sum_g, sum_g_centered);
-      else
-        sum_per_channel<T>(s, [=](int64_t i, int64_t c, T& a, T& b) {
-          const T g = masked(i, c);
-          a = g;
-          b = g * (x[i] - m[c]);
-        }, sum_g, sum_g_centered);
+      };
+      if (dr) sums(std::true_type{});
+      else sums(std::false_type{});
       // dx = scale * (g - mean(g) - xhat * mean(g * xhat)) in training; scale * g with running statistics.
       std::vector<T> centered_coefficient(C, T(0)), offset(C, T(0));
       for (int64_t c = 0; c < C; ++c) {
