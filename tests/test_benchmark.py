@@ -75,7 +75,10 @@ def test_benchmark_command_writes_tables_and_plot(tmp_path, capsys):
 
 def test_benchmark_command_rejects_bad_options(capsys):
     for argv, message in ((["benchmark", "--batch", "0"], "--batch=0 must be at least 1"),
-                          (["benchmark", "--models", "vgg16"], "--models: unknown model(s) vgg16")):
+                          (["benchmark", "--models", "vgg16"], "--models: unknown model(s) vgg16"),
+                          (["benchmark", "models", "--device", "tpu"], "--device=tpu: only cpu, or cuda"),
+                          (["benchmark", "layers", "--device", "cuda"],
+                           "times whole models only" if torch.cuda.is_available() else "--device=cuda: only cpu")):
         try:
             main(argv)
         except SystemExit as exit:

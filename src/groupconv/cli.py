@@ -135,6 +135,13 @@ def run_benchmark(args: argparse.Namespace) -> int:
     for name in what:
         if name not in BENCHMARKS:
             args.parser.error(f"{name!r} is not a benchmark: choose from {', '.join(BENCHMARKS)}")
+    if args.device != "cpu":
+        if args.device != "cuda" or not torch.cuda.is_available():
+            args.parser.error(f"--device={args.device}: only cpu, or cuda where torch sees a CUDA GPU "
+                              f"(torch.cuda.is_available() is {torch.cuda.is_available()})")
+        if set(what) != {"models"}:
+            args.parser.error(f"--device={args.device} times whole models only (`groupconv benchmark models`); "
+                              "benchmarks/bench_triton.py times the layers on a GPU")
     out = Path(args.out)
     kept = args.keep_memory and keep_freed_memory()
     print(f"groupconv benchmark: {torch.get_num_threads()} threads, batch {args.batch}, median of {args.repeats} "
@@ -165,7 +172,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         print("\nWhole models: groupconv's layers against the same model from plain torch.nn layers")
         print(benchmark.MODEL_HEADER)
         names = [name for name in args.models if name in benchmark.MODEL_BENCHMARK_DEFAULTS] or args.models
-        results = benchmark.model_benchmark(names, args.batch, args.repeats, args.image_size)
+        results = benchmark.model_benchmark(names, args.batch, args.repeats, args.image_size, device=args.device)
         print("(vs NCHW: groupconv in its faster layout over torch NCHW; vs best: over torch in its faster layout)")
         if comparison := benchmark.same_flops_comparison(results):
             print(comparison)
@@ -205,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--keep-memory", action=argparse.BooleanOptionalAction, default=True,
                        help="keep freed CPU memory for reuse (groupconv.allocator), for groupconv and torch alike; "
                             "--no-keep-memory measures glibc's default, a page fault per large tensor (default: on)")
+    bench.add_argument("--device", default="cpu", help="models: cpu, or cuda to train and infer on the GPU (default: cpu)")
     bench.add_argument("--out", default="benchmark-results", help="directory for CSV files and the sweep plot")
     bench.set_defaults(run=run_benchmark, parser=bench)
 
