@@ -195,10 +195,11 @@ def check_native_channels_last_against_torch(x, w, b, grad_output, stride=1, pad
 # (4-vector chunks), 1x1s that widen (192 outputs per group: 4 + 4 + 4 vectors), and odd widths (17, 33: a padded
 # last vector after 2- and 1-vector chunks); channels per group that end in a half vector (float32: 24, a vector and a
 # half; 8, a half alone; 20, 40 and 5, a half used in part), out (the forward) and in (the gradients); 5x7 pixels and
-# batch 3: a pixel remainder after the 8-pixel blocks.
+# batch 3: a pixel remainder after the 8-pixel blocks; dense 1x1s (groups = 1, ShuffleNet's narrow ones).
 @pytest.mark.parametrize("in_channels,out_channels,groups", [(96, 96, 8), (60, 240, 3), (384, 96, 8), (256, 512, 4),
                                                               (16, 384, 2), (34, 66, 2), (51, 99, 3), (96, 192, 8),
-                                                              (48, 96, 2), (64, 64, 8), (80, 40, 2), (6, 10, 2)])
+                                                              (48, 96, 2), (64, 64, 8), (80, 40, 2), (6, 10, 2),
+                                                              (24, 96, 1), (144, 36, 1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_channels_last_pointwise_matches_torch(in_channels, out_channels, groups, dtype, with_bias):
@@ -212,6 +213,19 @@ def test_channels_last_pointwise_matches_torch(in_channels, out_channels, groups
     check_native_channels_last_against_torch(x, w, b, grad_output, groups=groups)
     problem = ops.conv_problem(x, w, b, groups=groups)
     assert not ops.get_backend("native").not_supported_reasons(problem)
+
+
+def test_dense_pointwise_runs_on_the_native_kernel_only_where_tuned():
+    """A dense channels_last 1x1 is a contender for the tuner, but an untuned dispatch keeps oneDNN's (wide ones run
+    2x faster there); a grouped one runs natively untuned."""
+    x = torch.randn(2, 24, 5, 5).contiguous(memory_format=torch.channels_last)
+    native = ops.get_backend("native")
+    dense, grouped = ops.conv_problem(x, torch.randn(96, 24, 1, 1)), ops.conv_problem(x, torch.randn(96, 3, 1, 1),
+                                                                                        groups=8)
+    assert not native.not_supported_reasons(dense) and not native.not_supported_reasons(grouped)
+    assert not native.runs_untuned(dense) and native.runs_untuned(grouped)
+    assert "\n-> aten: can run" in ops.explain_conv(x, torch.randn(96, 24, 1, 1))  # (tests run untuned: conftest.py)
+    assert "\n-> native: can run" in ops.explain_conv(x, torch.randn(96, 3, 1, 1), groups=8)
 
 
 @pytest.mark.parametrize("in_channels,out_channels", [(8, 32), (32, 8)], ids=["widening", "narrowing"])

@@ -99,8 +99,9 @@ def unavailable_reason() -> str | None:
 
 
 def _is_pointwise(weight_shape, args) -> bool:
-    """A 2-D grouped 1x1 conv with stride 1, no padding and no fused shuffle (csrc/pointwise.cpp's, in channels_last)."""
-    return (len(weight_shape) == 4 and tuple(weight_shape[2:]) == (1, 1) and args.groups > 1
+    """A 2-D 1x1 conv (grouped or dense) with stride 1, no padding and no fused shuffle (csrc/pointwise.cpp's, in
+    channels_last)."""
+    return (len(weight_shape) == 4 and tuple(weight_shape[2:]) == (1, 1)
             and tuple(args.stride) == (1, 1) and tuple(args.padding) == (0, 0) and args.shuffle_groups == 1)
 
 
@@ -197,9 +198,15 @@ class NativeBackend(Backend):
     # and both gradients timed against torch's): their gradients, 1.0-3.8x slower on all but one (a tie), and the
     # forward on output planes under 28x28 (14x14: 1.2-2.5x slower, 7x7: 3x), where from 28x28 up it is 1.3-1.9x
     # faster. There the untuned choice is torch's; the tuner measures them as any contender.
+    #
+    # A dense (groups = 1) 1x1 conv runs on the pointwise kernel only where the tuner measured it faster: it wins where
+    # the conv is narrow (ShuffleNet's 24 -> 96 at 56x56, forward+backward 1.32x oneDNN's; 144 -> 36 at 28x28, 1.45x)
+    # and loses to oneDNN's matrix multiply on wide ones (MobileNet's 512 -> 512 at 14x14: 0.63x).
     def runs_untuned(self, problem: Problem) -> bool:
-        if isinstance(problem, ShuffleProblem) or problem.layout == "channels_last":
+        if isinstance(problem, ShuffleProblem):
             return True
+        if problem.layout == "channels_last":
+            return not (_is_pointwise(problem.weight_shape, problem.arguments) and problem.arguments.groups == 1)
         if problem.op != "conv_forward":
             return False
         args = problem.arguments
