@@ -86,13 +86,32 @@ def test_benchmark_command_rejects_bad_options(capsys):
         assert message in capsys.readouterr().err
 
 
-def test_same_flops_comparison_sets_groupconv_g8_against_stock_torch_g1():
-    def result(name, torch_nchw, torch_cl, ours_nchw, ours_cl):
-        return benchmark.ModelResult(name, (3, 224, 224), 32, torch_nchw, torch_cl, ours_nchw, ours_cl, 1, 1, 1, 1)
+def test_model_speedups_take_groupconv_in_its_faster_layout():
+    result = benchmark.ModelResult("shufflenet_g8_w1", (3, 224, 224), 32, 30.0, 35.0, 33.0, 40.0, 1, 1, 1, 1)
+    assert result.train_speedup == pytest.approx(40 / 30) and result.train_speedup_over_best_torch == pytest.approx(40 / 35)
 
-    g1 = result("shufflenet_g1_w1", 50.0, 80.0, 48.0, 79.0)
-    g8 = result("shufflenet_g8_w1", 30.0, 35.0, 33.0, 40.0)
-    assert g8.train_speedup == pytest.approx(40 / 30) and g8.train_speedup_over_best_torch == pytest.approx(40 / 35)
-    text = benchmark.same_flops_comparison([g1, g8])
-    assert "g=8 with groupconv 40.0 img/s vs g=1 with stock torch 50.0" in text and ": 0.80x (0.50x)" in text
-    assert benchmark.same_flops_comparison([g8]) is None
+
+def test_same_flops_benchmark_takes_the_ratio_round_by_round(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["benchmark", "same-flops", "--models", "shufflenet_g8_wd4", "shufflenet_g1_wd4", "--batch", "2",
+            "--rounds", "4", "--image-size", "32", "--out", str(out)]
+    assert main(argv) == 0
+    assert "groupconv g=8 (its faster layout) / stock g=1 NCHW:" in capsys.readouterr().out
+    with (out / "same_flops.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["g1_model"], row["g8_model"], row["rounds"]) == ("shufflenet_g1_wd4", "shufflenet_g8_wd4", "4")
+    speeds = {key: float(value) for key, value in row.items() if key.endswith("_images_per_second")}
+    assert len(speeds) == 5 and all(value > 0 for value in speeds.values())
+    assert float(row["speedup_low"]) <= float(row["speedup"]) <= float(row["speedup_high"])
+    assert 0 <= int(row["rounds_at_least_even"]) <= 4
+
+
+def test_same_flops_needs_a_g1_and_g8_of_one_width(capsys):
+    assert benchmark.same_flops_pair(["resnext29_32x4d", "shufflenet_g8_w1", "shufflenet_g1_w1"]) == (
+        "shufflenet_g1_w1", "shufflenet_g8_w1")
+    assert benchmark.same_flops_pair(["shufflenet_g8_w1", "shufflenet_g1_wd4"]) is None
+    try:
+        main(["benchmark", "same-flops", "--models", "shufflenet_g8_w1"])
+    except SystemExit as exit:
+        assert exit.code == 2
+    assert "same-flops needs a ShuffleNet g=8 and the g=1 of its width in --models" in capsys.readouterr().err

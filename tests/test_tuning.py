@@ -224,12 +224,14 @@ def test_short_runs_are_timed_more_often():
 
 
 def test_contenders_are_timed_in_alternation():
-    from groupconv.analysis.timing import median_seconds_interleaved
+    from groupconv.analysis.timing import median_seconds_interleaved, seconds_interleaved
 
     order = []
     seconds = median_seconds_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
                                          repeats=2, warmup=1)
     assert order == ["a", "b", "a", "b", "a", "b"] and set(seconds) == {"a", "b"}
+    rounds = seconds_interleaved({"a": lambda: time.sleep(0.002), "b": lambda: None}, repeats=3, warmup=0)
+    assert [len(rounds["a"]), len(rounds["b"])] == [3, 3] and min(rounds["a"]) > max(rounds["b"])
 
 
 def test_a_decision_is_measured_again_when_a_new_backend_can_run_the_problem(tuning):

@@ -118,14 +118,14 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = ["layers", "sweep", "shuffle", "models"]
+BENCHMARKS = ["layers", "sweep", "shuffle", "models", "same-flops"]
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
     """groupconv against torch: machine ceilings, zoo layers, the group sweep, whole models; tables, CSV, plot."""
     from . import benchmark
 
-    for option in ("batch", "repeats"):
+    for option in ("batch", "repeats", "rounds"):
         if getattr(args, option) < 1:
             args.parser.error(f"--{option}={getattr(args, option)} must be at least 1")
     unknown = [name for name in args.models if not models.is_model(name)]
@@ -135,6 +135,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
     for name in what:
         if name not in BENCHMARKS:
             args.parser.error(f"{name!r} is not a benchmark: choose from {', '.join(BENCHMARKS)}")
+    pair = benchmark.same_flops_pair(args.models)
+    if "same-flops" in args.what and pair is None:
+        args.parser.error(f"same-flops needs a ShuffleNet g=8 and the g=1 of its width in --models, got "
+                          f"{' '.join(args.models)}")
     if args.device != "cpu":
         if args.device != "cuda" or not torch.cuda.is_available():
             args.parser.error(f"--device={args.device}: only cpu, or cuda where torch sees a CUDA GPU "
@@ -174,9 +178,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
         names = [name for name in args.models if name in benchmark.MODEL_BENCHMARK_DEFAULTS] or args.models
         results = benchmark.model_benchmark(names, args.batch, args.repeats, args.image_size, device=args.device)
         print("(vs NCHW: groupconv in its faster layout over torch NCHW; vs best: over torch in its faster layout)")
-        if comparison := benchmark.same_flops_comparison(results):
-            print(comparison)
         benchmark.write_csv(out / "models.csv", [r.record() for r in results])
+    if "same-flops" in what and pair is not None:  # (by default, where --models holds such a pair)
+        print("\nSame FLOPs: ShuffleNet g=8 trained with groupconv against stock torch's g=1")
+        result = benchmark.same_flops_benchmark(*pair, args.batch, args.rounds, args.image_size)
+        benchmark.write_csv(out / "same_flops.csv", [vars(result)])
     return 0
 
 
@@ -197,13 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("benchmark", help="time groupconv against torch on the zoo's layers and models")
     # No argparse `choices`: Python 3.11 checks an empty nargs="*" list against them and refuses it.
-    bench.add_argument("what", nargs="*", metavar="{layers,sweep,shuffle,models}", help=f"which to run (default: all of {' '.join(BENCHMARKS)})")
+    bench.add_argument("what", nargs="*", metavar="{" + ",".join(BENCHMARKS) + "}", help=f"which to run (default: all of {' '.join(BENCHMARKS)})")
     bench.add_argument("--models", nargs="+", default=list(ZOO_MODELS), metavar="NAME",
                        help=f"models whose layers (and which whole models) to time (default: {' '.join(ZOO_MODELS)})")
     bench.add_argument("--batch", type=int, default=32, help="batch size (default: 32, as baseline.md)")
     bench.add_argument("--repeats", type=int, default=5,
                        help="timed runs per measurement (layers: at least this many, more for short ones); the median "
                             "is kept")
+    bench.add_argument("--rounds", type=int, default=11,
+                       help="same-flops: rounds of the train steps in alternation; the ratio's median and quartiles "
+                            "over them are kept (default: 11)")
     bench.add_argument("--limit", type=int, default=None, help="time only the first N distinct layers")
     bench.add_argument("--forward-only", action="store_true", help="layers: skip forward+backward")
     bench.add_argument("--image-size", type=int, default=None, help="models: input size (default: each model's own)")

@@ -36,6 +36,13 @@ def median_seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats:
     On a shared machine the load changes from second to second; timing the contenders side by side
     lets each see the same load, where timing one after the other can crown whichever ran in a quiet spell.
     """
+    return {name: statistics.median(values) for name, values in seconds_interleaved(fns, repeats, warmup).items()}
+
+
+def seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 7, warmup: int = 1
+                        ) -> dict[str, list[float]]:
+    """Every round's wall time of each fn, timed in alternation (median_seconds_interleaved's runs): entry r of
+    each list comes from round r, so a ratio taken round by round compares runs that saw the same load."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -47,4 +54,4 @@ def median_seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats:
             fn()
             _wait_for_device()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
