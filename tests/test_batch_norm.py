@@ -47,8 +47,27 @@ def reference(module: torch.nn.BatchNorm2d, x, residual, relu):
     return F.relu(out) if relu else out
 
 
+def strided_like(grad: torch.Tensor, form: str | None, memory_format) -> torch.Tensor:
+    """grad's values in a tensor of other strides, as autograd may hand an output gradient over."""
+    if form is None:
+        return grad
+    n, c, h, w = grad.shape
+    if form == "channel slice":  # a concatenation's gradient, as in ShuffleNet's downsampling units
+        whole = torch.zeros(n, c + 3, h, w, dtype=grad.dtype).contiguous(memory_format=memory_format)
+        whole[:, 1:1 + c] = grad
+        return whole[:, 1:1 + c]
+    if form == "expanded":  # a global average pool's gradient (the values then repeat over the pixels)
+        return grad.contiguous(memory_format=memory_format)[:, :, :1, :1].expand(n, c, h, w)
+    if form == "transposed":  # pixels that do not collapse into one stride: copied
+        return grad.transpose(2, 3).contiguous().transpose(2, 3)
+    if form == "other layout":
+        other = torch.contiguous_format if memory_format == torch.channels_last else torch.channels_last
+        return grad.contiguous(memory_format=other)
+    raise ValueError(form)
+
+
 def compare(shape, channels_last, relu, with_residual, training, dtype, affine=True, track=True, momentum=0.1,
-            offset=0.0, seed=0):
+            offset=0.0, seed=0, grad_form=None):
     generator = torch.Generator().manual_seed(seed)
     channels = shape[1]
     ours = BatchNormAct2d(channels, momentum=momentum, affine=affine, track_running_stats=track,
@@ -67,7 +86,7 @@ def compare(shape, channels_last, relu, with_residual, training, dtype, affine=T
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x = (torch.randn(shape, generator=generator, dtype=dtype) * 2 + offset).contiguous(memory_format=memory_format)
     residual = torch.randn(shape, generator=generator, dtype=dtype) if with_residual else None
-    grad = torch.randn(shape, generator=generator, dtype=dtype)
+    grad = strided_like(torch.randn(shape, generator=generator, dtype=dtype), grad_form, memory_format)
 
     def run(module, forward):
         inputs = [x.clone().requires_grad_()] + ([residual.clone().requires_grad_()] if with_residual else [])
@@ -99,6 +118,16 @@ def test_matches_torch_float64(path, channels_last, relu, with_residual, trainin
 def test_matches_torch_float32_larger_than_a_block(path, channels_last):
     """Planes and row ranges longer than the kernel's 1024-value accumulation blocks."""
     compare((4, 24, 40, 36), channels_last, True, True, True, torch.float32)
+
+
+@pytest.mark.parametrize("grad_form", ["channel slice", "expanded", "transposed", "other layout"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("relu, with_residual", [(False, False), (True, False), (True, True)],
+                         ids=["bn", "bn_relu", "bn_residual_relu"])
+def test_output_gradient_of_any_strides(path, grad_form, channels_last, relu, with_residual):
+    """The kernel reads a channel slice or an expanded output gradient in place and copies other strides; every
+    gradient as with a dense one."""
+    compare((3, 5, 7, 6), channels_last, relu, with_residual, True, torch.float64, grad_form=grad_form)
 
 
 @given(batch=st.integers(1, 4), channels=st.integers(1, 12), height=st.integers(1, 9), width=st.integers(2, 9),

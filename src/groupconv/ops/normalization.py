@@ -94,7 +94,8 @@ def _gradients(ctx, grad_output, backward_op):
     needs_input, needs_weight, needs_bias, needs_residual = ctx.needs_input_grad[:4]
     # Without a ReLU the residual's gradient is grad_output itself: no pass needed for it.
     masked_residual_grad = needs_residual and ctx.relu
-    grad_output = grad_output.contiguous(memory_format=memory_format_of(input))
+    # (grad_output as autograd hands it over: the kernel reads a view in place, such as a channel slice of a
+    # concatenation's gradient or a global pool's gradient expanded over the pixels, and copies other strides)
     grad_input, grad_weight, grad_bias, grad_residual = backward_op(
         grad_output, input, weight, bias, residual, mean, invstd, ctx.training, ctx.relu, masked_residual_grad)
     if needs_residual and not ctx.relu:
