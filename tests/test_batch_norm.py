@@ -40,11 +40,12 @@ def path(request, monkeypatch):
     return request.param
 
 
-def reference(module: torch.nn.BatchNorm2d, x, residual, relu):
+def reference(module: torch.nn.BatchNorm2d, x, residual, relu, concat=None):
     out = torch.nn.BatchNorm2d.forward(module, x)
     if residual is not None:
         out = out + residual
-    return F.relu(out) if relu else out
+    out = F.relu(out) if relu else out
+    return out if concat is None else torch.cat((out, concat), 1)
 
 
 def strided_like(grad: torch.Tensor, form: str | None, memory_format) -> torch.Tensor:
@@ -67,7 +68,7 @@ def strided_like(grad: torch.Tensor, form: str | None, memory_format) -> torch.T
 
 
 def compare(shape, channels_last, relu, with_residual, training, dtype, affine=True, track=True, momentum=0.1,
-            offset=0.0, seed=0, grad_form=None):
+            offset=0.0, seed=0, grad_form=None, concat_channels=0):
     generator = torch.Generator().manual_seed(seed)
     channels = shape[1]
     ours = BatchNormAct2d(channels, momentum=momentum, affine=affine, track_running_stats=track,
@@ -86,20 +87,24 @@ def compare(shape, channels_last, relu, with_residual, training, dtype, affine=T
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x = (torch.randn(shape, generator=generator, dtype=dtype) * 2 + offset).contiguous(memory_format=memory_format)
     residual = torch.randn(shape, generator=generator, dtype=dtype) if with_residual else None
-    grad = strided_like(torch.randn(shape, generator=generator, dtype=dtype), grad_form, memory_format)
+    concat = torch.randn(shape[0], concat_channels, *shape[2:], generator=generator, dtype=dtype)
+    out_shape = (shape[0], shape[1] + concat_channels, *shape[2:])
+    grad = strided_like(torch.randn(out_shape, generator=generator, dtype=dtype), grad_form, memory_format)
 
     def run(module, forward):
-        inputs = [x.clone().requires_grad_()] + ([residual.clone().requires_grad_()] if with_residual else [])
+        inputs = [x.clone().requires_grad_(), residual.clone().requires_grad_() if with_residual else None,
+                  concat.clone().requires_grad_() if concat_channels else None]
         out = forward(module, *inputs)
         parameters = [module.weight, module.bias] if affine else []
-        grads = torch.autograd.grad(out, inputs + parameters, grad)
+        grads = torch.autograd.grad(out, [t for t in inputs if t is not None] + parameters, grad)
         return out, grads
 
-    out, grads = run(ours, lambda m, x, r=None: m(x, r))
-    expected, expected_grads = run(theirs, lambda m, x, r=None: reference(m, x, r, relu))
+    out, grads = run(ours, lambda m, x, r, c: m(x, r, concat=c))
+    expected, expected_grads = run(theirs, lambda m, x, r, c: reference(m, x, r, relu, c))
     assert_close_scaled(out, expected, dtype, "output")
     assert out.is_contiguous(memory_format=memory_format), "output does not keep the input's layout"
-    names = ["input", "residual"][:1 + with_residual] + (["weight", "bias"] if affine else [])
+    names = ["input", "residual"][:1 + with_residual] + ["concat"][:concat_channels] + (["weight", "bias"] if affine
+                                                                                         else [])
     for name, actual, wanted in zip(names, grads, expected_grads):
         assert_close_scaled(actual, wanted, dtype, f"grad {name}")
     for name, buffer in theirs.named_buffers():
@@ -128,6 +133,17 @@ def test_output_gradient_of_any_strides(path, grad_form, channels_last, relu, wi
     """The kernel reads a channel slice or an expanded output gradient in place and copies other strides; every
     gradient as with a dense one."""
     compare((3, 5, 7, 6), channels_last, relu, with_residual, True, torch.float64, grad_form=grad_form)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("relu, with_residual", [(False, False), (True, False), (True, True)],
+                         ids=["bn", "bn_relu", "bn_residual_relu"])
+@pytest.mark.parametrize("concat_channels", [1, 4])
+def test_concatenates_with_concat(path, channels_last, relu, with_residual, concat_channels):
+    """cat((result, concat), 1) in one op: the output's values and layout, and every gradient, concat's too."""
+    compare((3, 5, 7, 6), channels_last, relu, with_residual, True, torch.float64, concat_channels=concat_channels)
+    compare((3, 5, 7, 6), channels_last, relu, with_residual, True, torch.float64, concat_channels=concat_channels,
+            grad_form="channel slice")
 
 
 @given(batch=st.integers(1, 4), channels=st.integers(1, 12), height=st.integers(1, 9), width=st.integers(2, 9),
@@ -232,6 +248,21 @@ def test_compiles_fullgraph():
 
 
 @needs_native
+def test_compiles_fullgraph_with_concat():
+    """The custom ops carry the concatenation too: values and gradients as in eager mode."""
+    module = BatchNormAct2d(6)
+    x = torch.randn(2, 6, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    concat = torch.randn(2, 3, 4, 4, requires_grad=True)
+    grad = torch.randn(2, 9, 4, 4)
+    expected = module(x, concat=concat)
+    expected_grads = torch.autograd.grad(expected, (x, concat, module.weight), grad)
+    out = torch.compile(module, fullgraph=True, backend="aot_eager")(x, concat=concat)
+    torch.testing.assert_close(out, expected)
+    for actual, wanted in zip(torch.autograd.grad(out, (x, concat, module.weight), grad), expected_grads):
+        torch.testing.assert_close(actual, wanted)
+
+
+@needs_native
 def test_exports_with_the_fused_op():
     module = BatchNormAct2d(6).eval()
     x, residual = torch.randn(2, 6, 4, 4), torch.randn(2, 6, 4, 4)
@@ -253,6 +284,9 @@ def test_state_dict_is_batchnorm2d():
     (lambda: ops.batch_norm(torch.randn(1, 3, 1, 1), None, None, None, None, True), "more than one value"),
     (lambda: ops.batch_norm(torch.randn(2, 3, 4), None, None, None, None, True, residual=1.0), "residual must be"),
     (lambda: ops.batch_norm(torch.randn(3), None, None, None, None, True), "input.dim()=1"),
+    (lambda: ops.batch_norm(torch.randn(2, 3, 4, 4), None, None, None, None, True, concat=torch.randn(2, 3, 4, 5)),
+     "concat must have the input's batch and spatial size"),
+    (lambda: ops.batch_norm(torch.randn(2, 3, 4, 4), None, None, None, None, True, concat=[1.0]), "concat must be a"),
     (lambda: BatchNormAct2d(3, apply_act="yes"), "apply_act='yes'"),
 ])
 def test_bad_input_names_the_argument(call, message):

@@ -396,13 +396,15 @@ def shuffle_cost(groups=(3, 8), batch: int = 32, repeats: int = 5, progress=prin
 
 class StockBatchNormAct2d(torch.nn.BatchNorm2d):
     """What stock models (pytorchcv, torchvision) run where groupconv fuses BN, residual and ReLU: torch's BN,
-    then `+ residual`, then an in-place ReLU, each its own op."""
+    then `+ residual`, then an in-place ReLU (then torch.cat with `concat`), each its own op."""
 
-    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None, *,
+                concat: torch.Tensor | None = None) -> torch.Tensor:
         out = super().forward(input)
         if residual is not None:
             out = out + residual
-        return torch.nn.functional.relu(out, inplace=True) if self.apply_act else out
+        out = torch.nn.functional.relu(out, inplace=True) if self.apply_act else out
+        return out if concat is None else torch.cat((out, concat), 1)
 
 
 def to_torch_layers(model: torch.nn.Module) -> torch.nn.Module:

@@ -272,7 +272,7 @@ std::vector<at::Tensor> batch_norm_forward(const at::Tensor& input, const c10::o
                                            const c10::optional<at::Tensor>& residual_opt,
                                            const c10::optional<at::Tensor>& running_mean_opt,
                                            const c10::optional<at::Tensor>& running_var_opt, bool training,
-                                           double eps, bool relu) {
+                                           double eps, bool relu, const c10::optional<at::Tensor>& concat_opt) {
   const Shape s = shape_of(input);
   const at::Tensor weight = contiguous_or_undefined(weight_opt), bias = contiguous_or_undefined(bias_opt);
   const at::Tensor residual = residual_opt.has_value() ? *residual_opt : at::Tensor();
@@ -280,7 +280,24 @@ std::vector<at::Tensor> batch_norm_forward(const at::Tensor& input, const c10::o
   const int64_t C = s.channels;
   const auto options = input.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor mean = at::empty({C}, options), invstd = at::empty({C}, options), var = at::empty({C}, options);
+  // With `concat`, the output is cat((result, concat), 1): the result is written into its channels directly.
+  const at::Tensor concat = concat_opt.has_value() ? *concat_opt : at::Tensor();
   at::Tensor output = at::empty_like(input);  // the input's layout
+  if (concat.defined()) {
+    TORCH_CHECK(concat.dim() == input.dim() && concat.size(0) == input.size(0) &&
+                    concat.sizes().slice(2) == input.sizes().slice(2) && concat.scalar_type() == input.scalar_type(),
+                "batch_norm: concat must have the input's batch, spatial size and dtype: got ", concat.sizes(), " ",
+                concat.scalar_type(), " for input ", input.sizes(), " ", input.scalar_type());
+    std::vector<int64_t> sizes = input.sizes().vec();
+    sizes[1] += concat.size(1);
+    const auto layout = !s.channels_last ? at::MemoryFormat::Contiguous
+                        : input.dim() == 5   ? at::MemoryFormat::ChannelsLast3d
+                                             : at::MemoryFormat::ChannelsLast;
+    output = at::empty(sizes, input.options().memory_format(layout));
+    output.narrow(1, C, concat.size(1)).copy_(concat);
+  }
+  const at::Tensor result = concat.defined() ? output.narrow(1, 0, C) : output;
+  const Addressing y_addressing = concat.defined() ? *addressing_of(result, s) : dense_addressing(s);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "groupconv_batch_norm_forward", [&] {
     using T = scalar_t;
     const T* x = input.data_ptr<T>();
@@ -320,12 +337,12 @@ std::vector<at::Tensor> batch_norm_forward(const at::Tensor& input, const c10::o
     const T* scale = scale_values.data();
     const T* shift = shift_values.data();
     const T* r = residual.defined() ? residual.data_ptr<T>() : nullptr;
-    T* y = output.data_ptr<T>();
+    T* y = result.data_ptr<T>();
     with_flags(relu, r != nullptr, [&](auto relu_flag, auto residual_flag) {
       constexpr bool Relu = decltype(relu_flag)::value, Residual = decltype(residual_flag)::value;
-      for_each_value(s, dense_addressing(s), [=](int64_t i, int64_t, int64_t c) {
+      for_each_value(s, y_addressing, [=](int64_t i, int64_t j, int64_t c) {
         const T z = pre_activation<T, Residual>(x, r, scale, shift, i, c);
-        y[i] = Relu ? std::max(z, T(0)) : z;
+        y[j] = Relu ? std::max(z, T(0)) : z;
       });
     });
   });

@@ -5,13 +5,14 @@
 
 #include <vector>
 
-// {output, mean, invstd, biased variance}; in eval mode the statistics are the running ones.
+// {output, mean, invstd, biased variance}; in eval mode the statistics are the running ones. With `concat` (the
+// input's batch and spatial size), the output is cat((the result, concat), 1), the result written into it directly.
 std::vector<at::Tensor> batch_norm_forward(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
                                            const c10::optional<at::Tensor>& bias,
                                            const c10::optional<at::Tensor>& residual,
                                            const c10::optional<at::Tensor>& running_mean,
                                            const c10::optional<at::Tensor>& running_var, bool training, double eps,
-                                           bool relu);
+                                           bool relu, const c10::optional<at::Tensor>& concat);
 
 // {grad_input, grad_weight, grad_bias, grad_residual}: the weight and bias gradients always (as if
 // weight were ones and bias zeros when absent), the residual's (the ReLU-masked grad_output) only with

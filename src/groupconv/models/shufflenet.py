@@ -157,8 +157,9 @@ class ShuffleUnit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branch = self.dw_bn2(self.dw_conv2(self.compress_bn1(self.compress_conv1(x))))
         if self.downsample:
-            # relu(cat(a, b)) = cat(relu(a), relu(b)): the branch's ReLU is fused into its BN.
-            return torch.cat((self.expand_bn3(self.expand_conv3(branch)), self.activ(self.avgpool(x))), dim=1)
+            # relu(cat(a, b)) = cat(relu(a), relu(b)): the branch's ReLU is fused into its BN, which writes its
+            # output into the concatenation directly.
+            return self.expand_bn3(self.expand_conv3(branch), concat=self.activ(self.avgpool(x)))
         return self.expand_bn3(self.expand_conv3(branch), x)
 
 

@@ -13,7 +13,9 @@ class BatchNormAct2d(torch.nn.BatchNorm2d):
     Like timm's BatchNormAct2d: a torch.nn.BatchNorm2d subclass (same arguments, parameters, buffers
     and state_dict, so checkpoints of a BN + ReLU model load unchanged) whose forward also applies
     the activation, here ReLU, when `apply_act` (the default). `forward(x, residual)` adds a residual
-    before the activation, as a ResNet or ShuffleNet unit does with its shortcut.
+    before the activation, as a ResNet or ShuffleNet unit does with its shortcut; `forward(x, concat=t)`
+    returns torch.cat((result, t), 1), as a ShuffleNet downsampling unit concatenates its shortcut, with
+    the result written into the concatenation directly.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
@@ -26,7 +28,8 @@ class BatchNormAct2d(torch.nn.BatchNorm2d):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, apply_act={self.apply_act}"
 
-    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None, *,
+                concat: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input_dim(input)
         # torch.nn.BatchNorm2d's rules for the momentum, the step count and which statistics to use.
         factor = 0.0 if self.momentum is None else self.momentum
@@ -38,4 +41,4 @@ class BatchNormAct2d(torch.nn.BatchNorm2d):
         tracked = not self.training or self.track_running_stats
         return batch_norm(input, self.running_mean if tracked else None, self.running_var if tracked else None,
                           self.weight, self.bias, batch_statistics, factor, self.eps, residual=residual,
-                          relu=self.apply_act)
+                          relu=self.apply_act, concat=concat)

@@ -1,8 +1,10 @@
 """Batch normalisation fused with the residual add and ReLU that follow it in a conv block.
 
 `batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, residual=None,
-relu=False)` is torch.nn.functional.batch_norm (same arguments, same running-statistics update),
-followed by `+ residual` and a ReLU when asked: y = relu(bn(input) + residual).
+relu=False, concat=None)` is torch.nn.functional.batch_norm (same arguments, same running-statistics
+update), followed by `+ residual` and a ReLU when asked: y = relu(bn(input) + residual); with
+`concat`, torch.cat((y, concat), 1), y written into the concatenation directly (ShuffleNet's
+downsampling units concatenate their branch with the pooled shortcut: one pass over the output less).
 
 Why: those are memory-bound passes, and in training torch makes each separately, forward and
 backward. In a ShuffleNet g=8 step they cost as much as all its convolutions, and its activations,
@@ -41,10 +43,10 @@ NATIVE_MIN_VALUES = 1 << 17
 
 def _batch_norm_forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
                         running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool, eps: float,
-                        relu: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                        relu: bool, concat: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(output, mean, invstd, biased variance), the statistics those of the batch in training, else the running ones."""
     output, mean, invstd, var = native.load().batch_norm_forward(input, weight, bias, residual, running_mean,
-                                                                 running_var, training, eps, relu)
+                                                                 running_var, training, eps, relu, concat)
     return output, mean, invstd, var
 
 
@@ -52,10 +54,13 @@ batch_norm_forward = torch.library.custom_op("groupconv::batch_norm_forward", _b
 
 
 @batch_norm_forward.register_fake
-def _batch_norm_forward_fake(input, weight, bias, residual, running_mean, running_var, training, eps, relu):
+def _batch_norm_forward_fake(input, weight, bias, residual, running_mean, running_var, training, eps, relu, concat):
     channels = input.new_empty((input.shape[1],))
-    return (torch.empty_like(input, memory_format=memory_format_of(input)), channels, torch.empty_like(channels),
-            torch.empty_like(channels))
+    shape = list(input.shape)
+    if concat is not None:
+        shape[1] += concat.shape[1]
+    return (input.new_empty(shape).contiguous(memory_format=memory_format_of(input)), channels,
+            torch.empty_like(channels), torch.empty_like(channels))
 
 
 def _batch_norm_backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
@@ -82,16 +87,21 @@ def _batch_norm_backward_fake(grad_output, input, weight, bias, residual, mean, 
 
 
 def _setup_context(ctx, inputs, output):
-    input, weight, bias, residual, running_mean, running_var, training, eps, relu = inputs
+    input, weight, bias, residual, running_mean, running_var, training, eps, relu, concat = inputs
     _, mean, invstd, _ = output
     ctx.save_for_backward(input, weight, bias, residual, mean, invstd)
-    ctx.training, ctx.relu = training, relu
+    ctx.training, ctx.relu, ctx.concatenated = training, relu, concat is not None
     ctx.mark_non_differentiable(*output[1:])
 
 
 def _gradients(ctx, grad_output, backward_op):
     input, weight, bias, residual, mean, invstd = ctx.saved_tensors
     needs_input, needs_weight, needs_bias, needs_residual = ctx.needs_input_grad[:4]
+    grad_concat = None
+    if ctx.concatenated:  # the concatenation's gradient: the normalised channels', then concat's (views)
+        channels = input.shape[1]
+        grad_concat = grad_output.narrow(1, channels, grad_output.shape[1] - channels)
+        grad_output = grad_output.narrow(1, 0, channels)
     # Without a ReLU the residual's gradient is grad_output itself: no pass needed for it.
     masked_residual_grad = needs_residual and ctx.relu
     # (grad_output as autograd hands it over: the kernel reads a view in place, such as a channel slice of a
@@ -102,7 +112,7 @@ def _gradients(ctx, grad_output, backward_op):
         grad_residual = grad_output
     return (grad_input if needs_input else None, grad_weight if needs_weight else None,
             grad_bias if needs_bias else None, grad_residual if needs_residual else None,
-            None, None, None, None, None)
+            None, None, None, None, None, grad_concat if ctx.needs_input_grad[9] else None)
 
 
 def _backward(ctx, grad_output, _grad_mean, _grad_invstd, _grad_var):
@@ -126,13 +136,14 @@ EagerBatchNorm = eager_function(
     (~100 us a call forward and backward), as library.EagerConv does for the convolution.""")
 
 
-def native_unsupported_reasons(input: Tensor, residual: Optional[Tensor] = None, relu: bool = False) -> list[str]:
+def native_unsupported_reasons(input: Tensor, residual: Optional[Tensor] = None, relu: bool = False,
+                               concat: Optional[Tensor] = None) -> list[str]:
     """Why the native kernel does not run this call (empty: it does), as the conv backends say it."""
     reasons = []
-    if residual is None and not relu and memory_format_of(input) != torch.contiguous_format:
+    if residual is None and not relu and concat is None and memory_format_of(input) != torch.contiguous_format:
         # Nothing to fuse, and torch's channels_last BN is as fast as the kernel (0.86-0.98x, bench_batch_norm.py);
         # in NCHW the kernel is 1.3-1.4x faster than torch's BN alone.
-        reasons.append("channels_last with no ReLU or residual to fuse: torch's batch norm is as fast")
+        reasons.append("channels_last with no ReLU, residual or concatenation to fuse: torch's batch norm is as fast")
     if input.numel() < NATIVE_MIN_VALUES:
         reasons.append(f"{input.numel()} values, fewer than {NATIVE_MIN_VALUES}: torch's ops are faster there")
     if input.device.type != "cpu":
@@ -144,12 +155,14 @@ def native_unsupported_reasons(input: Tensor, residual: Optional[Tensor] = None,
     if residual is not None and (residual.shape != input.shape or residual.dtype != input.dtype
                                  or residual.device != input.device):
         reasons.append(f"residual {tuple(residual.shape)} {residual.dtype} is not of the input's shape and dtype")
+    if concat is not None and concat.dtype != input.dtype:
+        reasons.append(f"concat's dtype {concat.dtype} is not the input's {input.dtype}")
     if not reasons and native.unavailable_reason():
         reasons.append(native.unavailable_reason())
     return reasons
 
 
-def _check_arguments(input, running_mean, running_var, weight, bias, training, residual):
+def _check_arguments(input, running_mean, running_var, weight, bias, training, residual, concat):
     if not isinstance(input, Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     if input.dim() < 2:
@@ -168,24 +181,36 @@ def _check_arguments(input, running_mean, running_var, weight, bias, training, r
         raise ValueError(f"training needs more than one value per channel, got input of shape {tuple(input.shape)}")
     if residual is not None and not isinstance(residual, Tensor):
         raise TypeError(f"residual must be a torch.Tensor or None, got {type(residual).__name__}")
+    if concat is not None:
+        if not isinstance(concat, Tensor):
+            raise TypeError(f"concat must be a torch.Tensor or None, got {type(concat).__name__}")
+        if (concat.dim() != input.dim() or concat.shape[0] != input.shape[0] or concat.shape[2:] != input.shape[2:]
+                or concat.device != input.device):
+            raise ValueError(f"concat must have the input's batch and spatial size (and device) to be concatenated "
+                             f"along its channels: got concat of shape {tuple(concat.shape)} on {concat.device} for "
+                             f"input of shape {tuple(input.shape)} on {input.device}")
 
 
 def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
                momentum: float = 0.1, eps: float = 1e-5, *, residual: Optional[Tensor] = None,
-               relu: bool = False) -> Tensor:
-    """torch.nn.functional.batch_norm, then `+ residual` (if given), then ReLU (if `relu`), fused on CPU."""
-    _check_arguments(input, running_mean, running_var, weight, bias, training, residual)
-    if native_unsupported_reasons(input, residual, relu):
+               relu: bool = False, concat: Optional[Tensor] = None) -> Tensor:
+    """torch.nn.functional.batch_norm, then `+ residual` (if given), then ReLU (if `relu`), fused on CPU; with
+    `concat`, torch.cat((that, concat), 1), written into the concatenation directly."""
+    _check_arguments(input, running_mean, running_var, weight, bias, training, residual, concat)
+    if native_unsupported_reasons(input, residual, relu, concat):
         out = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         if residual is not None:
             out = out + residual
         # In place, as stock models do it: `out` is this function's own fresh tensor.
-        return F.relu(out, inplace=True) if relu else out
+        out = F.relu(out, inplace=True) if relu else out
+        if concat is None:
+            return out
+        return torch.cat((out, concat), 1).contiguous(memory_format=memory_format_of(input))  # (as the kernel's)
     if residual is not None:
         residual = residual.contiguous(memory_format=memory_format_of(input))
-    inputs = (input, weight, bias, residual, running_mean, running_var, training, eps, relu)
-    if runs_eagerly(input, weight, bias, residual, running_mean, running_var):
+    inputs = (input, weight, bias, residual, running_mean, running_var, training, eps, relu, concat)
+    if runs_eagerly(input, weight, bias, residual, running_mean, running_var, concat):
         with profiled("groupconv::batch_norm_forward"):
             output, mean, _, var = EagerBatchNorm.apply(*inputs)
     else:
