@@ -494,6 +494,33 @@ def test_shufflenet_equals_pytorchcvs_unfused_unit(shufflenet_g3_pair, shuffle):
         assert_close_scaled(model(x), shufflenet_reference_forward(model, x, shuffle), torch.float32)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_shufflenet_training_gradients_equal_its_stock_torch_twin(monkeypatch, channels_last):
+    """Every fused path of a ShuffleNet training step (the shuffle read through; BN with its residual, ReLU and the
+    downsampling units' concatenation; BN reading its gradient strided; the shortcut's gradient summed in the first
+    conv's kernel) against the same model in plain torch.nn layers: the loss, the input's and every parameter's
+    gradient, in float64."""
+    from groupconv.benchmark import to_torch_layers
+    from groupconv.ops import normalization
+
+    monkeypatch.setattr(normalization, "NATIVE_MIN_VALUES", 0)  # the fused BN at these small sizes too
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    model = create_model("shufflenet_g8_wd4", num_classes=10, small_input=True).double().to(memory_format=layout)
+    twin = to_torch_layers(model)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64).contiguous(memory_format=layout)
+    results = []
+    for network in (model, twin):
+        leaf = x.clone().requires_grad_()
+        loss = network(leaf).square().mean()
+        results.append((loss, torch.autograd.grad(loss, [leaf, *network.parameters()])))
+    (loss, grads), (expected_loss, expected_grads) = results
+    assert_close_scaled(loss, expected_loss, torch.float64, "loss")
+    names = ["input"] + [name for name, _ in model.named_parameters()]
+    for name, actual, expected in zip(names, grads, expected_grads, strict=True):
+        assert_close_scaled(actual, expected, torch.float64, f"grad {name}")
+
+
 def test_shufflenet_without_shuffle_differs_for_the_same_weights(shufflenet_g3_pair):
     shuffled, plain = shufflenet_g3_pair
     x = torch.randn(2, 3, 32, 32)

@@ -667,9 +667,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("batch_norm_forward", &batch_norm_forward);
   m.def("batch_norm_backward", &batch_norm_backward);
   m.def("pointwise_forward_nhwc", &pointwise_forward_nhwc);
-  m.def("pointwise_backward_input_nhwc", &pointwise_backward_input_nhwc);
+  m.def("pointwise_backward_input_nhwc", &pointwise_backward_input_nhwc, py::arg("grad_output"), py::arg("weight"),
+        py::arg("groups"), py::arg("accumulate") = py::none());
   m.def("pointwise_backward_weight_nhwc", &pointwise_backward_weight_nhwc);
-  m.def("pointwise_backward_nhwc", &pointwise_backward_nhwc);
+  m.def("pointwise_backward_nhwc", &pointwise_backward_nhwc, py::arg("grad_output"), py::arg("input"),
+        py::arg("weight"), py::arg("groups"), py::arg("accumulate") = py::none());
   m.def("narrow_forward_nhwc", &narrow_forward_nhwc);
   m.def("narrow_backward_input_nhwc", &narrow_backward_input_nhwc);
   m.def("narrow_backward_weight_nhwc", &narrow_backward_weight_nhwc);

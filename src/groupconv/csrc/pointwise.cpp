@@ -101,22 +101,43 @@ inline void store_first(T* target, const V& v, int64_t count) {
   std::memcpy(target, &v, count * sizeof(T));
 }
 
-// y[p, column0 + j] = sum_k x[p, g*A + k] * K_g[k, column0 + j] (+ bias[g*B + column0 + j]) for PIXELS pixels and
-// VECTORS vectors (and a half vector with HALF) of columns from column0 (only the first `width` of them real).
+// The first `count` values at `source` in a vector, the rest zero (no read past them): store_first's counterpart.
+template <typename V, typename T>
+inline V load_first(const T* source, int64_t count) {
+  constexpr int64_t size = sizeof(V) / sizeof(T);
+  if (count >= size) return load<V>(source);
+  if (count <= 0) return V{};
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+  const unsigned mask = (1u << count) - 1;
+  if constexpr (std::is_same_v<T, float> && size == 16) return (V)_mm512_maskz_loadu_ps(mask, source);
+  if constexpr (std::is_same_v<T, float> && size == 8) return (V)_mm256_maskz_loadu_ps(mask, source);
+  if constexpr (std::is_same_v<T, double> && size == 8) return (V)_mm512_maskz_loadu_pd(mask, source);
+  if constexpr (std::is_same_v<T, double> && size == 4) return (V)_mm256_maskz_loadu_pd(mask, source);
+#endif
+  V v{};
+  std::memcpy(&v, source, count * sizeof(T));
+  return v;
+}
+
+// y[p, column0 + j] = sum_k x[p, g*A + k] * K_g[k, column0 + j] (+ bias[g*B + column0 + j]) (+ init[p, g*B +
+// column0 + j], where `init` is given: rows laid out as y's) for PIXELS pixels and VECTORS vectors (and a half vector
+// with HALF) of columns from column0 (only the first `width` of them real).
 template <typename T, int64_t PIXELS, int64_t VECTORS, bool HALF = false>
 inline void block(const T* x, int64_t x_stride, const Packed<T>& k, int64_t g, int64_t column0, int64_t width,
-                  T* y, int64_t y_stride) {
+                  T* y, int64_t y_stride, const T* init) {
   using V = typename Vector<T>::type;
   using H = typename Half<T>::type;
   constexpr int64_t lanes = Vector<T>::size;
   constexpr int64_t SLOTS = VECTORS > 0 ? VECTORS : 1;  // no zero-length arrays
   V acc[PIXELS][SLOTS];
   H tail[PIXELS];
+  const T* start = init ? init + g * k.b + column0 : nullptr;  // (the values the sums start from: else zero)
 #pragma GCC unroll 16
   for (int64_t p = 0; p < PIXELS; ++p) {
 #pragma GCC unroll 16
-    for (int64_t v = 0; v < VECTORS; ++v) acc[p][v] = V{};
-    tail[p] = H{};
+    for (int64_t v = 0; v < VECTORS; ++v)
+      acc[p][v] = start ? load_first<V>(start + p * y_stride + v * lanes, width - v * lanes) : V{};
+    tail[p] = HALF && start ? load_first<H>(start + p * y_stride + VECTORS * lanes, width - VECTORS * lanes) : H{};
   }
   const T* xg = x + g * k.a;
   const T* row = k.row(g, 0) + column0;
@@ -172,7 +193,7 @@ inline void block(const T* x, int64_t x_stride, const Packed<T>& k, int64_t g, i
 // vector and a half), with at most 16 accumulator registers (4-vector chunks take the pixels 4 at a time) and at
 // least 8 (an FMA's latency times its throughput: fewer independent sums leave the FMA units waiting).
 template <typename T, int64_t PIXELS>
-void pixels_of(const T* x, int64_t x_stride, const Packed<T>& k, T* y, int64_t y_stride) {
+void pixels_of(const T* x, int64_t x_stride, const Packed<T>& k, T* y, int64_t y_stride, const T* init) {
   constexpr int64_t lanes = Vector<T>::size;
   constexpr int64_t QUAD_PIXELS = PIXELS < 4 ? PIXELS : 4;
   for (int64_t g = 0; g < k.groups; ++g) {
@@ -180,13 +201,13 @@ void pixels_of(const T* x, int64_t x_stride, const Packed<T>& k, T* y, int64_t y
     for (; column + 4 * lanes <= k.padded; column += 4 * lanes)
       for (int64_t p = 0; p < PIXELS; p += QUAD_PIXELS)
         block<T, QUAD_PIXELS, 4>(x + p * x_stride, x_stride, k, g, column, std::min<int64_t>(4 * lanes, k.b - column),
-                                 y + p * y_stride, y_stride);
+                                 y + p * y_stride, y_stride, init ? init + p * y_stride : nullptr);
     for (; column + 2 * lanes <= k.padded; column += 2 * lanes)
-      block<T, PIXELS, 2>(x, x_stride, k, g, column, std::min<int64_t>(2 * lanes, k.b - column), y, y_stride);
+      block<T, PIXELS, 2>(x, x_stride, k, g, column, std::min<int64_t>(2 * lanes, k.b - column), y, y_stride, init);
     const int64_t left = k.padded - column, width = k.b - column;  // left: none, a half, one or 1.5 vectors
-    if (left == lanes + lanes / 2) block<T, PIXELS, 1, true>(x, x_stride, k, g, column, width, y, y_stride);
-    else if (left == lanes) block<T, PIXELS, 1>(x, x_stride, k, g, column, width, y, y_stride);
-    else if (left == lanes / 2) block<T, PIXELS, 0, true>(x, x_stride, k, g, column, width, y, y_stride);
+    if (left == lanes + lanes / 2) block<T, PIXELS, 1, true>(x, x_stride, k, g, column, width, y, y_stride, init);
+    else if (left == lanes) block<T, PIXELS, 1>(x, x_stride, k, g, column, width, y, y_stride, init);
+    else if (left == lanes / 2) block<T, PIXELS, 0, true>(x, x_stride, k, g, column, width, y, y_stride, init);
   }
 }
 
@@ -220,21 +241,22 @@ inline void stream_fence() {
 #endif
 }
 
-// y for pixels first ... last (x's rows times K), in blocks of PIXEL_BLOCK pixels; with `buffer` (PIXEL_BLOCK rows of
-// y), each block is computed there and streamed out.
+// y for pixels first ... last (x's rows times K, plus init's rows where given), in blocks of PIXEL_BLOCK pixels; with
+// `buffer` (PIXEL_BLOCK rows of y), each block is computed there and streamed out.
 template <typename T>
 void pointwise_rows(const T* x, int64_t x_stride, const Packed<T>& k, T* y, int64_t y_stride, int64_t first,
-                    int64_t last, T* buffer) {
+                    int64_t last, T* buffer, const T* init) {
+  auto init_at = [&](int64_t p) { return init ? init + p * y_stride : nullptr; };
   int64_t p = first;
   for (; p + PIXEL_BLOCK <= last; p += PIXEL_BLOCK) {
     if (buffer) {
-      pixels_of<T, PIXEL_BLOCK>(x + p * x_stride, x_stride, k, buffer, y_stride);
+      pixels_of<T, PIXEL_BLOCK>(x + p * x_stride, x_stride, k, buffer, y_stride, init_at(p));
       stream_out(y + p * y_stride, buffer, PIXEL_BLOCK * y_stride);
     } else {
-      pixels_of<T, PIXEL_BLOCK>(x + p * x_stride, x_stride, k, y + p * y_stride, y_stride);
+      pixels_of<T, PIXEL_BLOCK>(x + p * x_stride, x_stride, k, y + p * y_stride, y_stride, init_at(p));
     }
   }
-  for (; p < last; ++p) pixels_of<T, 1>(x + p * x_stride, x_stride, k, y + p * y_stride, y_stride);
+  for (; p < last; ++p) pixels_of<T, 1>(x + p * x_stride, x_stride, k, y + p * y_stride, y_stride, init_at(p));
 }
 
 template <typename T>
@@ -243,7 +265,7 @@ bool streams(int64_t pixel_count, int64_t y_stride) {
 }
 
 template <typename T>
-void pointwise_nhwc(const T* x, int64_t pixel_count, const Packed<T>& k, T* y) {
+void pointwise_nhwc(const T* x, int64_t pixel_count, const Packed<T>& k, T* y, const T* init) {
   const int64_t x_stride = k.groups * k.a, y_stride = k.groups * k.b;
   const int64_t chunks = (pixel_count + FORWARD_CHUNK - 1) / FORWARD_CHUNK;
   const int64_t work_per_chunk = FORWARD_CHUNK * x_stride * k.b;
@@ -255,7 +277,8 @@ void pointwise_nhwc(const T* x, int64_t pixel_count, const Packed<T>& k, T* y) {
       const int64_t first = chunk * FORWARD_CHUNK, last = std::min(first + FORWARD_CHUNK, pixel_count);
       touch(x + first * x_stride, (last - first) * x_stride);
       if (!streaming) touch(static_cast<const T*>(y + first * y_stride), (last - first) * y_stride);
-      pointwise_rows(x, x_stride, k, y, y_stride, first, last, streaming ? buffer.data() : nullptr);
+      if (init) touch(init + first * y_stride, (last - first) * y_stride);
+      pointwise_rows(x, x_stride, k, y, y_stride, first, last, streaming ? buffer.data() : nullptr, init);
     }
     if (streaming) stream_fence();
   });
@@ -364,11 +387,13 @@ void gradient_group(const T* x, int64_t x_stride, const T* x_end, const T* grad,
 }
 
 // The weight gradient and, with `input_k` (the weight packed for the input gradient) and `grad_x`, the input
-// gradient too, chunk by chunk: both read a chunk of grad_y while it is in cache, so the pair costs one pass over
-// grad_y instead of two (for ShuffleNet's expanding 1x1s grad_y is the large tensor).
+// gradient too (plus `init`, where given, laid out as grad_x), chunk by chunk: both read a chunk of grad_y while it
+// is in cache, so the pair costs one pass over grad_y instead of two (for ShuffleNet's expanding 1x1s grad_y is the
+// large tensor).
 template <typename T>
 void pointwise_weight_gradient(const T* grad, const T* x, int64_t pixel_count, int64_t groups, int64_t a, int64_t b,
-                               T* grad_w, const Packed<T>* input_k = nullptr, T* grad_x = nullptr) {
+                               T* grad_w, const Packed<T>* input_k = nullptr, T* grad_x = nullptr,
+                               const T* init = nullptr) {
   const int64_t x_stride = groups * a, grad_stride = groups * b, size = groups * b * a;
   const T* x_end = x + pixel_count * x_stride;
   const int64_t chunks = (pixel_count + GRADIENT_CHUNK - 1) / GRADIENT_CHUNK;
@@ -380,9 +405,10 @@ void pointwise_weight_gradient(const T* grad, const T* x, int64_t pixel_count, i
       const int64_t p0 = chunk * GRADIENT_CHUNK, pixels = std::min(GRADIENT_CHUNK, pixel_count - p0);
       touch(x + p0 * x_stride, pixels * x_stride);
       touch(grad + p0 * grad_stride, pixels * grad_stride);
+      if (init) touch(init + p0 * x_stride, pixels * x_stride);
       if (grad_x)
         pointwise_rows(grad, grad_stride, *input_k, grad_x, x_stride, p0, p0 + pixels,
-                       streaming ? buffer.data() : nullptr);
+                       streaming ? buffer.data() : nullptr, init);
       for (int64_t g = 0; g < groups; ++g)
         gradient_group(x + p0 * x_stride + g * a, x_stride, x_end, grad + p0 * grad_stride + g * b, grad_stride,
                        pixels, a, b, partials.data() + chunk * size + g * b * a);
@@ -398,8 +424,18 @@ void pointwise_weight_gradient(const T* grad, const T* x, int64_t pixel_count, i
   });
 }
 
+// `accumulate` (optional): a tensor of the output's shape added to it, read as the output is written (a residual
+// block's shortcut gradient, summed into its first conv's input gradient without a pass of its own).
+at::Tensor accumulated_rows(const c10::optional<at::Tensor>& accumulate, at::IntArrayRef sizes) {
+  if (!accumulate.has_value() || !accumulate->defined()) return at::Tensor();
+  TORCH_CHECK(accumulate->sizes() == sizes, "pointwise NHWC kernel: accumulate must have the input gradient's shape ",
+              sizes, ", got ", accumulate->sizes());
+  return accumulate->contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 at::Tensor run(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-               int64_t groups, int64_t out_channels, bool transposed) {
+               int64_t groups, int64_t out_channels, bool transposed,
+               const c10::optional<at::Tensor>& accumulate = c10::nullopt) {
   TORCH_CHECK(input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast),
               "pointwise NHWC kernel: input must be a channels_last 4-D tensor, got strides ", input.strides());
   const at::Tensor w = weight.contiguous();
@@ -408,10 +444,12 @@ at::Tensor run(const at::Tensor& input, const at::Tensor& weight, const c10::opt
   at::Tensor out = at::empty({input.size(0), out_channels, input.size(2), input.size(3)},
                              input.options().memory_format(at::MemoryFormat::ChannelsLast));
   const int64_t pixel_count = input.size(0) * input.size(2) * input.size(3);
+  const at::Tensor init = accumulated_rows(accumulate, out.sizes());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "groupconv_pointwise_nhwc", [&] {
     const Packed<scalar_t> k = pack(w.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr, groups, a,
                                     out_per_group, transposed);
-    pointwise_nhwc(input.data_ptr<scalar_t>(), pixel_count, k, out.data_ptr<scalar_t>());
+    pointwise_nhwc(input.data_ptr<scalar_t>(), pixel_count, k, out.data_ptr<scalar_t>(),
+                   init.defined() ? init.data_ptr<scalar_t>() : nullptr);
   });
   return out;
 }
@@ -439,7 +477,8 @@ at::Tensor pointwise_backward_weight_nhwc(const at::Tensor& grad_output, const a
 }
 
 std::vector<at::Tensor> pointwise_backward_nhwc(const at::Tensor& grad_output, const at::Tensor& input,
-                                               const at::Tensor& weight, int64_t groups) {
+                                               const at::Tensor& weight, int64_t groups,
+                                               const c10::optional<at::Tensor>& accumulate) {
   const auto channels_last = at::MemoryFormat::ChannelsLast;
   TORCH_CHECK(input.dim() == 4 && input.is_contiguous(channels_last),
               "pointwise NHWC kernel: input must be a channels_last 4-D tensor, got strides ", input.strides());
@@ -449,15 +488,18 @@ std::vector<at::Tensor> pointwise_backward_nhwc(const at::Tensor& grad_output, c
   at::Tensor grad_x = at::empty(input.sizes(), input.options().memory_format(channels_last));
   const int64_t pixel_count = input.size(0) * input.size(2) * input.size(3);
   const int64_t a = input.size(1) / groups, b = grad.size(1) / groups;
+  const at::Tensor init = accumulated_rows(accumulate, grad_x.sizes());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "groupconv_pointwise_backward_nhwc", [&] {
     const Packed<scalar_t> input_k = pack(w.data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr), groups, b,
                                           a, /*transposed=*/false);
     pointwise_weight_gradient(grad.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), pixel_count, groups, a, b,
-                              grad_w.data_ptr<scalar_t>(), &input_k, grad_x.data_ptr<scalar_t>());
+                              grad_w.data_ptr<scalar_t>(), &input_k, grad_x.data_ptr<scalar_t>(),
+                              init.defined() ? init.data_ptr<scalar_t>() : nullptr);
   });
   return {grad_x, grad_w};
 }
 
-at::Tensor pointwise_backward_input_nhwc(const at::Tensor& grad_output, const at::Tensor& weight, int64_t groups) {
-  return run(grad_output, weight, c10::nullopt, groups, weight.size(1) * groups, /*transposed=*/false);
+at::Tensor pointwise_backward_input_nhwc(const at::Tensor& grad_output, const at::Tensor& weight, int64_t groups,
+                                         const c10::optional<at::Tensor>& accumulate) {
+  return run(grad_output, weight, c10::nullopt, groups, weight.size(1) * groups, /*transposed=*/false, accumulate);
 }

@@ -9,13 +9,16 @@
 at::Tensor pointwise_forward_nhwc(const at::Tensor& input, const at::Tensor& weight,
                                   const c10::optional<at::Tensor>& bias, int64_t groups);
 
-// The input gradient of that conv, channels_last, from a channels_last output gradient.
-at::Tensor pointwise_backward_input_nhwc(const at::Tensor& grad_output, const at::Tensor& weight, int64_t groups);
+// The input gradient of that conv, channels_last, from a channels_last output gradient; plus `accumulate` (a tensor
+// of the input's shape) where given, added as the gradient is written.
+at::Tensor pointwise_backward_input_nhwc(const at::Tensor& grad_output, const at::Tensor& weight, int64_t groups,
+                                         const c10::optional<at::Tensor>& accumulate);
 
 // The weight gradient of that conv (weight_shape: (M, C/groups, 1, 1)), from channels_last operands.
 at::Tensor pointwise_backward_weight_nhwc(const at::Tensor& grad_output, const at::Tensor& input,
                                          at::IntArrayRef weight_shape, int64_t groups);
 
-// Both gradients {grad_input, grad_weight} in one pass over grad_output.
+// Both gradients {grad_input, grad_weight} in one pass over grad_output (`accumulate` as above).
 std::vector<at::Tensor> pointwise_backward_nhwc(const at::Tensor& grad_output, const at::Tensor& input,
-                                               const at::Tensor& weight, int64_t groups);
+                                               const at::Tensor& weight, int64_t groups,
+                                               const c10::optional<at::Tensor>& accumulate);

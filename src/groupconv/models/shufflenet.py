@@ -155,12 +155,14 @@ class ShuffleUnit(nn.Module):
             self.activ = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch = self.dw_bn2(self.dw_conv2(self.compress_bn1(self.compress_conv1(x))))
+        # x feeds the first conv and the shortcut: one autograd node for both sums their gradients in the conv's kernel.
+        compressed, shortcut = gnn.with_shortcut(self.compress_conv1, x)
+        branch = self.dw_bn2(self.dw_conv2(self.compress_bn1(compressed)))
         if self.downsample:
             # relu(cat(a, b)) = cat(relu(a), relu(b)): the branch's ReLU is fused into its BN, which writes its
             # output into the concatenation directly.
-            return self.expand_bn3(self.expand_conv3(branch), concat=self.activ(self.avgpool(x)))
-        return self.expand_bn3(self.expand_conv3(branch), x)
+            return self.expand_bn3(self.expand_conv3(branch), concat=self.activ(self.avgpool(shortcut)))
+        return self.expand_bn3(self.expand_conv3(branch), shortcut)
 
 
 class ShuffleInitBlock(nn.Module):

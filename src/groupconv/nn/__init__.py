@@ -1,6 +1,7 @@
 """Layers: drop-ins for torch.nn.ConvNd, the grouped-convolution family, and BatchNormAct2d (BN + residual + ReLU)."""
 
 from .accelerate import accelerate
+from .base import with_shortcut
 from .conv import Conv1d, Conv2d, Conv3d
 from .separable import (
     DepthwiseConv2d,
@@ -15,4 +16,5 @@ from .shuffle import ChannelShuffle, ShuffledGroupedConv2d
 __all__ = [
     "BatchNormAct2d", "ChannelShuffle", "Conv1d", "Conv2d", "Conv3d", "DepthwiseConv2d", "DepthwiseSeparableConv2d",
     "FlattenedConv2d", "PointwiseGroupedConv2d", "ShuffledGroupedConv2d", "SpatialSeparableConv2d", "accelerate",
+    "with_shortcut",
 ]

@@ -26,7 +26,7 @@ from .dispatch import (
     unregister_backend,
     use_backend,
 )
-from .functional import channel_shuffle, conv1d, conv2d, conv3d, conv_problem, explain_conv
+from .functional import channel_shuffle, conv1d, conv2d, conv3d, conv_problem, conv_with_shortcut, explain_conv
 from .gemm import GemmBackend
 from .native import NativeBackend
 from .normalization import batch_norm
@@ -43,7 +43,7 @@ register_backend(NativeBackend(), priority=30)
 
 __all__ = [
     "Backend", "ConvProblem", "ShuffleProblem", "batch_norm", "cache_path", "channel_shuffle", "clear_tuning_cache", "conv1d",
-    "conv2d", "conv_problem", "conv3d", "explain", "explain_conv", "forced_backend", "get_backend", "list_backends",
+    "conv2d", "conv_problem", "conv3d", "conv_with_shortcut", "explain", "explain_conv", "forced_backend", "get_backend", "list_backends",
     "not_supported_reasons", "register_backend", "select_backend", "set_backend", "set_tuning", "tuning_enabled",
     "unregister_backend", "use_backend",
 ]

@@ -148,6 +148,18 @@ class Backend:
         return (self.conv_backward_input(grad_output, weight, input.shape, args, input),
                 self.conv_backward_weight(grad_output, input, weight.shape, args))
 
+    # A residual block's input feeds its first conv and its shortcut, and autograd sums the two gradients in a pass of
+    # its own (2 reads and a write of the input's size). A backend whose kernel writes the input gradient can add the
+    # shortcut's gradient (`accumulate`) as it writes instead: these return that sum, or None where the backend has
+    # no such kernel for the call (the caller then adds).
+    def conv_backward_input_accumulating(self, grad_output, weight, input_shape, args: ConvArguments,
+                                         input: torch.Tensor | None, accumulate: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def conv_backward_accumulating(self, grad_output, input, weight, args: ConvArguments,
+                                   accumulate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None
+
     def channel_shuffle(self, x: torch.Tensor, groups: int) -> torch.Tensor:
         raise NotImplementedError
 

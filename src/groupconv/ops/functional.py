@@ -55,6 +55,24 @@ def conv3d(input, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 
     return _conv(3, input, weight, bias, stride, padding, dilation, groups, shuffle_groups)
 
 
+def conv_with_shortcut(input, weight, bias=None, stride: IntOrTuple = 1, padding: Padding = 0,
+                       dilation: IntOrTuple = 1, groups: int = 1, *, shuffle_groups: int = 1):
+    """(convNd(input, weight, ...), input), N from the weight: a residual block's first conv and its shortcut.
+
+    The same values as calling the conv and using `input` again, but the two come from one autograd node, which
+    adds the shortcut's gradient into the conv's input gradient as the kernel writes it (groupconv's channels_last
+    1x1 kernel) instead of autograd summing the two in a pass over memory of its own.
+    """
+    spatial_dims = weight.dim() - 2 if isinstance(weight, torch.Tensor) else 0
+    batched, args, unbatched = _prepare(
+        spatial_dims, input, weight, bias, stride, padding, dilation, groups, shuffle_groups
+    )
+    if batched is not input:  # (unbatched, or pre-padded for an even 'same' span: the conv reads another tensor)
+        out = library.convolution(batched, weight, bias, args)
+        return (out.squeeze(0) if unbatched else out), input
+    return library.convolution_with_shortcut(input, weight, bias, args)
+
+
 def channel_shuffle(input: torch.Tensor, groups: int) -> torch.Tensor:
     """ShuffleNet's channel shuffle of an (N, C, ...) tensor of rank 3 to 5.
 

@@ -269,6 +269,16 @@ class NativeBackend(Backend):
                                           args.shuffle_groups)
         return grad.squeeze(2) if one_d else grad
 
+    def conv_backward_input_accumulating(self, grad_output, weight, input_shape, args, input, accumulate):
+        if _is_pointwise(weight.shape, args) and memory_format_of(grad_output) == torch.channels_last:
+            return load().pointwise_backward_input_nhwc(grad_output, weight, args.groups, accumulate)
+        return None
+
+    def conv_backward_accumulating(self, grad_output, input, weight, args, accumulate):
+        if _is_pointwise(weight.shape, args) and memory_format_of(input) == torch.channels_last:
+            return tuple(load().pointwise_backward_nhwc(grad_output, input, weight, args.groups, accumulate))
+        return None
+
     def conv_backward(self, grad_output, input, weight, args):
         if _is_pointwise(weight.shape, args) and memory_format_of(input) == torch.channels_last:
             return tuple(load().pointwise_backward_nhwc(grad_output, input, weight, args.groups))
