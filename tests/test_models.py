@@ -521,6 +521,22 @@ def test_shufflenet_training_gradients_equal_its_stock_torch_twin(monkeypatch, c
         assert_close_scaled(actual, expected, torch.float64, f"grad {name}")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
+def test_shufflenet_downsampling_gradients_on_cuda_channels_last():
+    """torch's CUDA avg_pool2d backward is wrong for channels_last inputs with padding (pytorch/pytorch#188344): the
+    downsampling unit pools those in NCHW, and its gradients equal the NCHW unit's."""
+    from groupconv.models.shufflenet import ShuffleUnit
+
+    torch.manual_seed(0)
+    unit = ShuffleUnit(24, 96, 8, downsample=True, ignore_group=False).cuda().double()
+    x = torch.randn(2, 24, 16, 16, device="cuda", dtype=torch.float64)
+    grads = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        leaf = x.contiguous(memory_format=layout).requires_grad_()
+        grads.append(torch.autograd.grad(unit(leaf).square().sum(), leaf)[0])
+    assert_close_scaled(grads[1], grads[0], torch.float64, "input gradient")
+
+
 def test_shufflenet_without_shuffle_differs_for_the_same_weights(shufflenet_g3_pair):
     shuffled, plain = shufflenet_g3_pair
     x = torch.randn(2, 3, 32, 32)

@@ -161,8 +161,17 @@ class ShuffleUnit(nn.Module):
         if self.downsample:
             # relu(cat(a, b)) = cat(relu(a), relu(b)): the branch's ReLU is fused into its BN, which writes its
             # output into the concatenation directly.
-            return self.expand_bn3(self.expand_conv3(branch), concat=self.activ(self.avgpool(shortcut)))
+            return self.expand_bn3(self.expand_conv3(branch), concat=self.activ(self.avgpool(_poolable(shortcut))))
         return self.expand_bn3(self.expand_conv3(branch), shortcut)
+
+
+def _poolable(x: torch.Tensor) -> torch.Tensor:
+    """x, or on CUDA in channels_last its NCHW copy: there torch's avg_pool2d backward returns wrong input gradients
+    for channels_last inputs with padding (pytorch/pytorch#188344, fixed in later releases; measured on an H200 with
+    torch 2.11: 0.9 relative error, float32 and float64), which silently corrupted a downsampling unit's gradients."""
+    if x.is_cuda and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return x.contiguous()
+    return x
 
 
 class ShuffleInitBlock(nn.Module):
