@@ -467,13 +467,14 @@ def _eager_conv_setup_context(ctx, inputs, output):
     ctx.call = call
 
 
-def _eager_conv_backward(ctx, grad_output):
+def _eager_conv_backward(ctx, grad_output, accumulate: Optional[Tensor] = None):
+    """EagerConv's gradients (and EagerConvWithShortcut's, `accumulate` its shortcut's gradient)."""
     # A backward that must itself be differentiated (create_graph) goes through the custom ops, which carry the
     # double backward.
     if torch.is_grad_enabled():
-        return *_conv_gradients(ctx, grad_output, GradientOps(ctx.call.conv_arguments)), None
+        return *_conv_gradients(ctx, grad_output, GradientOps(ctx.call.conv_arguments), accumulate), None
     with profiled("groupconv::conv_backward"):
-        return *_conv_gradients(ctx, grad_output, ctx.call), None
+        return *_conv_gradients(ctx, grad_output, ctx.call, accumulate), None
 
 
 EagerConv = eager_function(
@@ -535,12 +536,7 @@ class EagerConvWithShortcut(torch.autograd.Function):
     def backward(ctx, grad_output, grad_shortcut):
         if grad_output is None:  # the conv's output unused: the input's gradient is the shortcut's alone
             return grad_shortcut, None, None, None
-        if torch.is_grad_enabled():  # differentiated again: the custom ops (as _eager_conv_backward)
-            ops = GradientOps(ctx.call.conv_arguments)
-        else:
-            ops = ctx.call
-        with profiled("groupconv::conv_backward"):
-            return *_conv_gradients(ctx, grad_output, ops, grad_shortcut), None
+        return _eager_conv_backward(ctx, grad_output, grad_shortcut)
 
 
 def convolution_with_shortcut(input: Tensor, weight: Tensor, bias: Optional[Tensor],
