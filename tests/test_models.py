@@ -396,7 +396,7 @@ def test_resnext_stride_is_on_the_3x3_conv():
 # ---------------------------------------------------------------- ResNeXt (CIFAR): block forms
 
 
-def test_resnext_cifar_form_c_has_the_seed_state_dict_names():
+def test_resnext_cifar_form_c_has_prlz77s_state_dict_names():
     state = meta_model("resnext29_32x4d").state_dict()
     assert "conv_1_3x3.weight" in state and "classifier.weight" in state
     prefix = "stage_2.stage_2_bottleneck_0."

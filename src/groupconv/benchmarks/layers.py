@@ -71,7 +71,7 @@ class LayerResult:
     groupconv_channels_last_ms: float
     floor_ms: float
     # Forward+backward: the most memory groupconv's step held at once over torch's, in the same layout (NCHW, and
-    # channels_last); 1 means as much. None for the forward (the rule is about forward+backward).
+    # channels_last); 1 means as much. None for the forward (the memory rule, never more than torch's, is about forward+backward).
     peak_memory_vs_torch: float | None = None
     peak_memory_vs_torch_channels_last: float | None = None
 

@@ -76,7 +76,7 @@ def inference(model: torch.nn.Module, x: torch.Tensor):
     return run
 
 
-# The models of the training targets (ResNeXt-50 is left out: a minute per step on 2 cores).
+# The models of the training-speed targets (ResNeXt-50 is left out: a minute per step on 2 cores).
 MODEL_BENCHMARK_DEFAULTS = ("shufflenet_g1_w1", "shufflenet_g3_w1", "shufflenet_g8_w1", "resnext29_32x4d",
                             "mobilenet_w1")
 LAYOUTS = {"": torch.contiguous_format, "_cl": torch.channels_last}

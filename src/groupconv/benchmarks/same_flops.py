@@ -17,7 +17,7 @@ from .twins import to_torch_layers
 
 @dataclass
 class SameFlopsResult:
-    """The issue's first target in one run: ShuffleNet g=8 trained with groupconv against stock torch's g=1 of the same
+    """The headline comparison in one run: ShuffleNet g=8 trained with groupconv against stock torch's g=1 of the same
     width (the same multiply-adds), their train steps timed in alternation. The speedups are medians of the rounds'
     own ratios, so that the machine's drift between rounds cancels (the models benchmark times g=1 and g=8 minutes
     apart: its cross-model ratio carried that drift, 0.89x-1.04x across the runs of two stops)."""

@@ -1,7 +1,7 @@
 """ShuffleNet v1 (Zhang, Zhou, Lin, Sun 2017, "ShuffleNet: An Extremely Efficient Convolutional Neural
 Network for Mobile Devices", arXiv 1707.01083), for every group count of the paper's Table 1.
 
-Layout and names follow pytorchcv / imgclsmob (the seed's code), so a pytorchcv state_dict loads
+Layout and names follow pytorchcv / imgclsmob, so a pytorchcv state_dict loads
 with strict=True: features.init_block (3x3 s2 conv, BN, ReLU, 3x3 s2 max-pool), features.stage1..3
 (the paper's stages 2..4, 4/8/4 units), features.final_pool, output (FC with bias). Channels are
 scaled by `width` with pytorchcv's truncation int(c * width), init block included.
