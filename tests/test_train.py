@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from groupconv.train import CheckpointError, load_run, resolve_config, train
 from groupconv.cli import build_parser
 from groupconv.cli import main as cli_main
+from groupconv.models.shufflenet import ShuffleUnit
+from groupconv.train import CheckpointError, load_run, resolve_config, train
+from groupconv.train.builders import build_model
 from groupconv.train.checkpoint import load_checkpoint
 from groupconv.train.experiment import model_cost, study_variants
 from groupconv.train.metrics import COLUMNS, TIMING_COLUMNS, read_metrics
@@ -365,3 +367,12 @@ def test_equal_macs_widens_the_grouped_nets():
     assert all(abs(macs - costs[0][1]) / costs[0][1] < 0.15 for _, macs in costs)
     equal_width = [model_cost(v.model_kwargs, (1, 16, 16), 10) for v in study_variants("groups", (1, 16, 16))]
     assert [p for p, _ in equal_width] == sorted((p for p, _ in equal_width), reverse=True)
+
+
+@pytest.mark.parametrize("zero_init", [True, False])
+def test_build_model_asks_the_model_to_zero_its_residual_branches(zero_init):
+    config = resolve_config({"model": "shufflenet_compact", "zero_init_residual": zero_init})
+    model = build_model(config, num_classes=10, in_chans=1, input_shape=(1, 16, 16))
+    residual = [m for m in model.modules() if isinstance(m, ShuffleUnit) and not m.downsample]
+    assert residual
+    assert all((torch.count_nonzero(unit.expand_bn3.weight) == 0) == zero_init for unit in residual)
