@@ -81,19 +81,19 @@ def run_experiment(args: argparse.Namespace) -> int:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add train, eval and experiment; each sets `run=` to a function(args) -> exit code."""
-    train = commands.add_parser(
+    training = commands.add_parser(
         "train", help="train a model from the zoo on a dataset (default: a small ShuffleNet on digits)",
         description="Train a model, writing a run directory: config.json, metrics.csv/json, loss.png, "
                     "accuracy.png, last.safetensors and best.safetensors. Ctrl-C saves a checkpoint and exits; "
                     "--resume continues it.",
         epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("--config", metavar="FILE", default=None,
-                       help="a JSON config (e.g. a run's config.json) whose values replace the defaults; its "
-                            "output and overwrite are ignored, so a replay gets a new run directory")
-    train.add_argument("--resume", metavar="RUN_DIR", default=None,
-                       help="continue the run in RUN_DIR from its last.safetensors, with its config.json")
-    add_config_arguments(train)
-    train.set_defaults(run=_reported("train", run_train))
+    training.add_argument("--config", metavar="FILE", default=None,
+                          help="a JSON config (e.g. a run's config.json) whose values replace the defaults; its "
+                               "output and overwrite are ignored, so a replay gets a new run directory")
+    training.add_argument("--resume", metavar="RUN_DIR", default=None,
+                          help="continue the run in RUN_DIR from its last.safetensors, with its config.json")
+    add_config_arguments(training)
+    training.set_defaults(run=_reported("train", run_train))
 
     evaluate = commands.add_parser(
         "eval", help="accuracy, loss and confusion matrix of a trained checkpoint on a test split",
