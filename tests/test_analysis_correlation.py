@@ -8,7 +8,7 @@ import torch
 
 import groupconv.nn as gnn
 from groupconv.analysis import default_pair, filter_correlation, layer_correlation
-from groupconv.analysis.cli import main
+from groupconv.cli import main
 
 
 def two_layers(groups: int) -> torch.nn.Sequential:

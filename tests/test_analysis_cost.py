@@ -9,7 +9,7 @@ import torch
 
 import groupconv.nn as gnn
 from groupconv.analysis import MachineCeilings, analyze_layers, analyze_model, count_multiply_adds
-from groupconv.analysis.cli import main
+from groupconv.cli import main
 
 # Fixed ceilings: tests never depend on how fast this machine happens to be right now.
 CEILINGS = MachineCeilings(500.0, 50.0, "test ceilings")
@@ -211,7 +211,7 @@ def test_the_groupconv_command_has_the_analysis_commands(capsys):
 def test_every_analysis_option_has_help():
     import argparse
 
-    from groupconv.analysis.cli import add_commands
+    from groupconv.cli.analysis import add_commands
 
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers())

@@ -8,7 +8,7 @@ from PIL import Image
 import groupconv.nn as gnn
 from groupconv.analysis import ConnectionLayout, draw_connections, draw_filters, draw_layer_connections
 from groupconv.analysis.drawings import filter_groups, scaled_layout, standard_layouts
-from groupconv.analysis.cli import main
+from groupconv.cli import main
 
 
 def assert_real_picture(path, size):

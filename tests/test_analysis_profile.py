@@ -9,7 +9,7 @@ from PIL import Image
 
 import groupconv.nn as gnn
 from groupconv.analysis import MachineCeilings, plot_profile, profile_layers
-from groupconv.analysis.cli import main
+from groupconv.cli import main
 
 CEILINGS = MachineCeilings(500.0, 50.0, "test ceilings")
 

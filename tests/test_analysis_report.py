@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from groupconv.analysis import MachineCeilings, write_report
 from groupconv.analysis.report import read_metrics_csv
-from groupconv.analysis.cli import main
+from groupconv.cli import main
 from groupconv.models import create_model
 
 CEILINGS = MachineCeilings(500.0, 50.0, "test ceilings")

@@ -1,4 +1,4 @@
-"""The benchmark's ingredients (zoo layer shapes, the torch.nn twin of a model) and the command, at tiny sizes."""
+"""The benchmarks' ingredients (zoo layer shapes, the torch.nn twin of a model) and the command, at tiny sizes."""
 
 import csv
 
@@ -6,13 +6,17 @@ import pytest
 import torch
 
 import groupconv.nn as gnn
-from groupconv import benchmark, models
+from groupconv import models
 from groupconv.analysis import memory
+from groupconv.benchmarks.models import ModelResult
+from groupconv.benchmarks.same_flops import same_flops_pair
+from groupconv.benchmarks.shapes import zoo_layer_shapes
+from groupconv.benchmarks.twins import to_torch_layers
 from groupconv.cli import main
 
 
 def test_zoo_layer_shapes_come_from_the_models():
-    shapes = benchmark.zoo_layer_shapes(["shufflenet_g8_w1"])
+    shapes = zoo_layer_shapes(["shufflenet_g8_w1"])
     assert {s.kind for s in shapes} == {"depthwise", "pointwise-grouped"}
     assert all(s.groups > 1 for s in shapes)
     assert len({s.key() for s in shapes}) == len(shapes)  # distinct
@@ -20,12 +24,12 @@ def test_zoo_layer_shapes_come_from_the_models():
     # stage 2, unit 1 of ShuffleNet 1x g=8: bottleneck 384 // 4 = 96 channels at 56x56, stride 2, shuffled by 8
     assert (first_depthwise.in_channels, first_depthwise.stride, first_depthwise.shuffle_groups) == (96, (2, 2), 8)
     assert (first_depthwise.height, first_depthwise.width) == (56, 56)
-    resnext = benchmark.zoo_layer_shapes(["resnext29_32x4d"])
+    resnext = zoo_layer_shapes(["resnext29_32x4d"])
     assert {s.kind for s in resnext} == {"grouped"} and all(s.groups == 32 for s in resnext)
 
 
 def test_layer_shape_costs_agree_with_the_layers():
-    for shape in benchmark.zoo_layer_shapes(["shufflenet_g3_wd4", "resnext29_32x4d"]):
+    for shape in zoo_layer_shapes(["shufflenet_g3_wd4", "resnext29_32x4d"]):
         layer = shape.groupconv_layer()
         assert shape.multiply_adds(batch=2) == 2 * layer.multiply_adds((shape.height, shape.width))
         with torch.no_grad():
@@ -36,7 +40,7 @@ def test_layer_shape_costs_agree_with_the_layers():
 def test_torch_twin_computes_the_same_function_without_groupconv_layers():
     torch.manual_seed(0)
     model = models.create_model("shufflenet_g3_wd4", num_classes=10, small_input=True).eval()
-    twin = benchmark.to_torch_layers(model).eval()
+    twin = to_torch_layers(model).eval()
     assert not any(isinstance(m, gnn.Conv2d) for m in twin.modules())
     assert sum(isinstance(m, torch.nn.ChannelShuffle) for m in twin.modules()) == 16  # one per unit
     assert any(isinstance(m, gnn.Conv2d) for m in model.modules())  # the original is untouched
@@ -87,7 +91,7 @@ def test_benchmark_command_rejects_bad_options(capsys):
 
 
 def test_model_speedups_take_groupconv_in_its_faster_layout():
-    result = benchmark.ModelResult("shufflenet_g8_w1", (3, 224, 224), 32, 30.0, 35.0, 33.0, 40.0, 1, 1, 1, 1)
+    result = ModelResult("shufflenet_g8_w1", (3, 224, 224), 32, 30.0, 35.0, 33.0, 40.0, 1, 1, 1, 1)
     assert result.train_speedup == pytest.approx(40 / 30) and result.train_speedup_over_best_torch == pytest.approx(40 / 35)
 
 
@@ -107,11 +111,27 @@ def test_same_flops_benchmark_takes_the_ratio_round_by_round(tmp_path, capsys):
 
 
 def test_same_flops_needs_a_g1_and_g8_of_one_width(capsys):
-    assert benchmark.same_flops_pair(["resnext29_32x4d", "shufflenet_g8_w1", "shufflenet_g1_w1"]) == (
+    assert same_flops_pair(["resnext29_32x4d", "shufflenet_g8_w1", "shufflenet_g1_w1"]) == (
         "shufflenet_g1_w1", "shufflenet_g8_w1")
-    assert benchmark.same_flops_pair(["shufflenet_g8_w1", "shufflenet_g1_wd4"]) is None
+    assert same_flops_pair(["shufflenet_g8_w1", "shufflenet_g1_wd4"]) is None
     try:
         main(["benchmark", "same-flops", "--models", "shufflenet_g8_w1"])
     except SystemExit as exit:
         assert exit.code == 2
     assert "same-flops needs a ShuffleNet g=8 and the g=1 of its width in --models" in capsys.readouterr().err
+
+
+def test_named_only_sections_run_when_named(tmp_path, capsys):
+    argv = ["benchmark", "dispatch", "batch-norm", "triton", "--models", "shufflenet_g8_wd4", "--batch", "1",
+            "--repeats", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "groupconv benchmark:" not in out  # the default sections' header: none of them ran
+    assert "per-call overhead on a tiny conv" in out and "dispatch cost" in out
+    assert "NCHW: forward+backward speedup over torch's BN/add/ReLU, geometric mean" in out
+    if not torch.cuda.is_available():
+        assert "the Triton backend runs on CUDA devices and this machine has none" in out
+    with pytest.raises(SystemExit):
+        main(["benchmark", "sweeps"])
+    assert "'sweeps' is not a benchmark: choose from layers, sweep, shuffle, models, same-flops, dispatch" in (
+        capsys.readouterr().err)

@@ -24,12 +24,13 @@ from groupconv.analysis import count_multiply_adds, count_parameters
 from groupconv.models import create_model, list_models, model_entry, register_model
 from groupconv.models.resnext_cifar import CifarResNeXt, convert_block_form
 from groupconv.models.common import width_suffix
-from groupconv.models.shufflenet import STAGE_CHANNELS, WIDTHS, ShuffleNet, channel_plan, shufflenet
+from groupconv.models.shufflenet import STAGE_CHANNELS, WIDTHS, ShuffleNet, ShuffleUnit, channel_plan, shufflenet
 
 from .conftest import assert_close_scaled
 
 ALL_MODELS = list_models()
-REAL_INPUT = (2, 3, 16, 16)
+# Image models run for real on 16x16 images; a "1d" model (its tag) on its own (channels, length) signals.
+REAL_IMAGE_INPUT = (2, 3, 16, 16)
 # Run for real only through the meta-device tests: each costs 5-12 s of forward/backward even at 16x16, and
 # every module class they use runs for real in resnext50_32x4d and resnext29_32x4d.
 HEAVY_MODELS = {"resnext101_32x4d", "resnext101_32x8d", "resnext101_64x4d", "resnext29_8x64d", "resnext29_16x64d"}
@@ -41,6 +42,8 @@ FAMILY_REPRESENTATIVES = {  # the smallest model of each family
     "resnext": "resnext50_32x4d",
     "resnext_cifar": "resnext29_32x4d",
     "shufflenet": "shufflenet_g3_wd4",
+    "shufflenet_compact": "shufflenet_compact",
+    "cnn1d": "grouped_cnn1d_mnist1d",
 }
 
 # Exact parameter counts. models.md unless marked; [pytorchcv] = the count asserted in pytorchcv's own
@@ -114,8 +117,13 @@ def _meta_model(name: str, options: tuple) -> torch.nn.Module:
 
 
 def meta_input(name: str, batch: int = 1, in_chans: int | None = None) -> torch.Tensor:
-    channels, height, width = model_entry(name).input_size
-    return torch.empty(batch, in_chans or channels, height, width, device="meta")
+    channels, *spatial = model_entry(name).input_size
+    return torch.empty(batch, in_chans or channels, *spatial, device="meta")
+
+
+def real_input_shape(name: str) -> tuple[int, ...]:
+    entry = model_entry(name)
+    return (2, *entry.input_size) if "1d" in entry.tags else REAL_IMAGE_INPUT
 
 
 @contextlib.contextmanager
@@ -157,7 +165,7 @@ def linear_multiply_adds(model: torch.nn.Module) -> int:
 # ---------------------------------------------------------------- the registry
 
 
-def test_registry_holds_exactly_the_zoo():
+def test_registry_holds_exactly_the_zoo_and_the_tagged_study_models():
     shufflenets = [f"shufflenet_g{g}_{w}" for g in (1, 2, 3, 4, 8) for w in ("wd4", "wd2", "w3d4", "w1", "w3d2", "w2")]
     expected = {
         "alexnet", "alexnet_g1", "alexnet_g4",
@@ -165,9 +173,16 @@ def test_registry_holds_exactly_the_zoo():
         "resnext29_8x64d", "resnext29_16x64d", "resnext29_32x4d",
         "mobilenet_w1", "mobilenet_w3d4", "mobilenet_wd2", "mobilenet_wd4",
         "nin_cifar", "nin_root2", "nin_root4", "nin_root8", "nin_root16", *shufflenets,
+        "cnn1d_mnist1d",
     }
-    assert set(ALL_MODELS) == expected
+    studies = {"shufflenet_compact", "grouped_cnn1d_mnist1d"}
+    assert set(ALL_MODELS) == expected | studies
     assert ALL_MODELS == sorted(ALL_MODELS)
+    assert set(list_models(tag="study")) == studies
+    assert set(list_models(exclude_tag="study")) == expected
+    assert list_models(tag="1d") == ["cnn1d_mnist1d", "grouped_cnn1d_mnist1d"]
+    assert all(len(model_entry(name).input_size) == 2 for name in list_models(tag="1d"))
+    assert all(len(model_entry(name).input_size) == 3 for name in list_models(exclude_tag="1d"))
 
 
 def test_list_models_filters_with_fnmatch_patterns_and_families():
@@ -179,6 +194,11 @@ def test_list_models_filters_with_fnmatch_patterns_and_families():
     assert list_models("*32x4d") == ["resnext101_32x4d", "resnext29_32x4d", "resnext50_32x4d"]
     assert list_models(family="resnext_cifar") == ["resnext29_16x64d", "resnext29_32x4d", "resnext29_8x64d"]
     assert list_models("no_such_*") == []
+    assert list_models("shufflenet_*", tag="study") == ["shufflenet_compact"]
+    with pytest.raises(ValueError, match="tag='2d' is not a model tag"):
+        list_models(tag="2d")
+    with pytest.raises(ValueError, match=r"unknown tag\(s\) \['paper'\]"):
+        register_model(lambda **kwargs: torch.nn.Identity(), name="tagged_typo", tags=("paper",))
 
 
 def test_every_model_is_registered_by_its_own_family_file():
@@ -189,12 +209,13 @@ def test_every_model_is_registered_by_its_own_family_file():
 
 
 def test_every_convolution_is_a_groupconv_layer():
-    """The issue's rule: no model builds torch.nn.Conv2d directly."""
+    """No model builds a torch.nn convolution directly, so that every model runs on groupconv's dispatcher."""
+    torch_convs, groupconv_convs = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d), (gnn.Conv1d, gnn.Conv2d, gnn.Conv3d)
     for name in ALL_MODELS:
         model = meta_model(name)
-        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        convs = [m for m in model.modules() if isinstance(m, torch_convs)]
         assert convs, name
-        assert all(isinstance(m, gnn.Conv2d) for m in convs), name
+        assert all(isinstance(m, groupconv_convs) for m in convs), name
 
 
 # ---------------------------------------------------------------- counts (meta device)
@@ -240,7 +261,7 @@ def test_output_shape_at_the_paper_input_size(name):
 
 @pytest.mark.parametrize("name", REAL_RUN_MODELS)
 def test_forward_and_backward(name):
-    x = torch.randn(REAL_INPUT, requires_grad=True)
+    x = torch.randn(real_input_shape(name), requires_grad=True)
     with built_model(name) as model:
         out = model(x)
         assert out.shape == (2, 10)
@@ -251,9 +272,9 @@ def test_forward_and_backward(name):
         assert not missing, f"no or non-finite gradient for {missing[:5]}"
 
 
-@pytest.mark.parametrize("name", REAL_RUN_MODELS)
-def test_channels_last_input_gives_the_same_output(name):
-    x = torch.randn(REAL_INPUT)
+@pytest.mark.parametrize("name", [name for name in REAL_RUN_MODELS if name not in list_models(tag="1d")])
+def test_channels_last_input_gives_the_same_output(name):  # (channels_last is a layout of 4-D image batches)
+    x = torch.randn(REAL_IMAGE_INPUT)
     with built_model(name) as model, torch.no_grad():
         model.eval()
         expected = model(x)
@@ -265,7 +286,7 @@ def test_channels_last_input_gives_the_same_output(name):
 def test_a_fixed_seed_gives_the_same_model_and_output(name):
     torch.manual_seed(0)
     second = create_model(name, num_classes=10, **small_input_options(name)).eval()
-    x = torch.randn(REAL_INPUT)
+    x = torch.randn(real_input_shape(name))
     with built_model(name) as first, torch.no_grad():
         first_state, second_state = first.state_dict(), second.state_dict()
         assert all(torch.equal(first_state[k], second_state[k]) for k in first_state)
@@ -375,7 +396,7 @@ def test_resnext_stride_is_on_the_3x3_conv():
 # ---------------------------------------------------------------- ResNeXt (CIFAR): block forms
 
 
-def test_resnext_cifar_form_c_has_the_seed_state_dict_names():
+def test_resnext_cifar_form_c_has_prlz77s_state_dict_names():
     state = meta_model("resnext29_32x4d").state_dict()
     assert "conv_1_3x3.weight" in state and "classifier.weight" in state
     prefix = "stage_2.stage_2_bottleneck_0."
@@ -500,7 +521,7 @@ def test_shufflenet_training_gradients_equal_its_stock_torch_twin(monkeypatch, c
     downsampling units' concatenation; BN reading its gradient strided; the shortcut's gradient summed in the first
     conv's kernel) against the same model in plain torch.nn layers: the loss, the input's and every parameter's
     gradient, in float64."""
-    from groupconv.benchmark import to_torch_layers
+    from groupconv.benchmarks.twins import to_torch_layers
     from groupconv.ops import normalization
 
     monkeypatch.setattr(normalization, "NATIVE_MIN_VALUES", 0)  # the fused BN at these small sizes too
@@ -627,6 +648,33 @@ def test_alexnet_feature_maps_follow_the_paper():
     assert sizes == {"conv1": (96, 55, 55), "pool1": (96, 27, 27), "pool2": (256, 13, 13),
                      "conv5": (256, 13, 13), "pool5": (256, 6, 6)}
     assert [getattr(model.features, f"conv{i}").groups for i in range(1, 6)] == [1, 2, 1, 2, 2]
+
+
+def test_mnist1d_models_grouped_has_fewer_parameters_than_the_published_baseline():
+    baseline = create_model("cnn1d_mnist1d", num_classes=10, in_chans=1)
+    grouped = create_model("grouped_cnn1d_mnist1d", num_classes=10, in_chans=1)
+    assert count_parameters(baseline) == 5210  # Conv1d(1->25,k5,s2,p1), Conv1d(25->25,k3,s2,p1) x2, Linear(125->10)
+    assert count_parameters(grouped) < 5210
+    grouped_convs = [m for m in grouped.modules() if isinstance(m, torch.nn.Conv1d) and m.groups > 1]
+    assert grouped_convs and all(m.groups == 4 for m in grouped_convs)
+    x = torch.randn(3, 1, 40)
+    assert baseline(x).shape == grouped(x).shape == (3, 10)
+
+
+@pytest.mark.parametrize("name", ["shufflenet_g3_wd4", "shufflenet_compact"])
+def test_zero_init_last_starts_every_residual_unit_as_the_identity(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10)
+    units = [m for m in model.modules() if isinstance(m, ShuffleUnit)]
+    before = {id(unit): unit.expand_bn3.weight.detach().clone() for unit in units}
+    model.zero_init_last()
+    residual = [unit for unit in units if not unit.downsample]
+    assert residual and all(torch.count_nonzero(unit.expand_bn3.weight) == 0 for unit in residual)
+    assert all(torch.equal(unit.expand_bn3.weight, before[id(unit)]) for unit in units if unit.downsample)
+    unit = residual[0].eval()  # its branch now adds zero (BN shift is zero at initialisation): out = relu(x)
+    x = torch.randn(2, unit.expand_bn3.num_features, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(unit(x), torch.relu(x))
 
 
 def test_nin_root_groups_only_conv2_and_conv3():

@@ -1,4 +1,4 @@
-"""groupconv.signal.convolve against numpy.convolve and scipy.signal.convolve2d (seed 003)."""
+"""groupconv.signal.convolve against numpy.convolve and scipy.signal.convolve2d."""
 
 import numpy as np
 import pytest
@@ -18,7 +18,7 @@ def test_1d_matches_numpy_in_every_mode(m, n, seed):
     a, b = rng.standard_normal(m), rng.standard_normal(n)
     np.testing.assert_allclose(convolve(a, b, "full"), np.convolve(a, b, "full"), atol=1e-12)
     np.testing.assert_allclose(convolve(a, b, "full"), convolve(b, a, "full"), atol=1e-12)  # commutative
-    if m >= n:  # numpy swaps the arguments when b is longer; the seed's (and MATLAB's) valid does not
+    if m >= n:  # numpy swaps the arguments when b is longer; groupconv's (and MATLAB's) valid does not
         np.testing.assert_allclose(convolve(a, b, "valid"), np.convolve(a, b, "valid"), atol=1e-12)
         np.testing.assert_allclose(convolve(a, b, "same"), np.convolve(a, b, "same"), atol=1e-12)
     np.testing.assert_allclose(convolve(a, b, "same"), scipy.signal.convolve(a, b, "same"), atol=1e-12)

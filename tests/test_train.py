@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from groupconv.cli import build_parser
+from groupconv.cli import main as cli_main
+from groupconv.models.shufflenet import ShuffleUnit
 from groupconv.train import CheckpointError, load_run, resolve_config, train
-from groupconv.train.__main__ import build_parser
-from groupconv.train.__main__ import main as cli_main
+from groupconv.train.builders import build_model
 from groupconv.train.checkpoint import load_checkpoint
+from groupconv.train.experiment import model_cost, study_variants
 from groupconv.train.metrics import COLUMNS, TIMING_COLUMNS, read_metrics
 
 from .test_data import write_cifar10, write_image_folder
@@ -70,9 +73,7 @@ def test_help_explains_every_option(command, capsys):
 
 
 def test_top_level_command_has_the_training_commands():
-    from groupconv.cli import build_parser as top_level_parser
-
-    choices = top_level_parser()._subparsers._group_actions[0].choices
+    choices = build_parser()._subparsers._group_actions[0].choices
     assert {"train", "eval", "experiment"} <= set(choices)
 
 
@@ -178,7 +179,7 @@ def test_resume_equals_an_uninterrupted_run(tiny_folder, tmp_path, capsys, monke
 
 def test_ctrl_c_in_a_real_process_saves_a_checkpoint_and_exits_cleanly(tiny_folder, tmp_path):
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "groupconv.train", "train", *tiny_options(tiny_folder, run, epochs=500)]
+    command = [sys.executable, "-m", "groupconv", "train", *tiny_options(tiny_folder, run, epochs=500)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=subprocess_env(), cwd=tmp_path)
     deadline = time.monotonic() + 60
@@ -312,7 +313,7 @@ def test_eval_refuses_a_checkpoint_of_another_model_or_class_count(tiny_folder, 
 
 
 def test_the_real_entry_point_prints_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "groupconv.train", "train", "--dataset", "folder", "--data-dir",
+    result = subprocess.run([sys.executable, "-m", "groupconv", "train", "--dataset", "folder", "--data-dir",
                              str(tmp_path / "missing"), "--output", str(tmp_path / "run")],
                             capture_output=True, text=True, env=subprocess_env(), timeout=120)
     assert result.returncode == 2
@@ -359,8 +360,6 @@ def test_experiment_with_small_settings(tiny_folder, tmp_path, capsys):
 
 
 def test_equal_macs_widens_the_grouped_nets():
-    from groupconv.train.experiment import model_cost, study_variants
-
     variants = study_variants("equal-macs", (1, 16, 16))
     costs = [model_cost(v.model_kwargs, (1, 16, 16), 10) for v in variants]
     widths = [v.model_kwargs["channels"][0] for v in variants]
@@ -370,17 +369,10 @@ def test_equal_macs_widens_the_grouped_nets():
     assert [p for p, _ in equal_width] == sorted((p for p, _ in equal_width), reverse=True)
 
 
-# ---------------------------------------------------------------- the 1-D models
-
-def test_mnist1d_models_grouped_has_fewer_parameters_than_the_published_baseline():
-    from groupconv.analysis import count_parameters
-    from groupconv.train import TRAINING_MODELS
-
-    baseline = TRAINING_MODELS["cnn1d_mnist1d"].builder(num_classes=10, in_chans=1)
-    grouped = TRAINING_MODELS["grouped_cnn1d_mnist1d"].builder(num_classes=10, in_chans=1)
-    assert count_parameters(baseline) == 5210  # Conv1d(1->25,k5,s2,p1), Conv1d(25->25,k3,s2,p1) x2, Linear(125->10)
-    assert count_parameters(grouped) < 5210
-    grouped_convs = [m for m in grouped.modules() if isinstance(m, torch.nn.Conv1d) and m.groups > 1]
-    assert grouped_convs and all(m.groups == 4 for m in grouped_convs)
-    x = torch.randn(3, 1, 40)
-    assert baseline(x).shape == grouped(x).shape == (3, 10)
+@pytest.mark.parametrize("zero_init", [True, False])
+def test_build_model_asks_the_model_to_zero_its_residual_branches(zero_init):
+    config = resolve_config({"model": "shufflenet_compact", "zero_init_residual": zero_init})
+    model = build_model(config, num_classes=10, in_chans=1, input_shape=(1, 16, 16))
+    residual = [m for m in model.modules() if isinstance(m, ShuffleUnit) and not m.downsample]
+    assert residual
+    assert all((torch.count_nonzero(unit.expand_bn3.weight) == 0) == zero_init for unit in residual)

@@ -1,7 +1,7 @@
-"""The mathematical convolution of 1-D and 2-D arrays (seed 003), computed by groupconv's conv ops.
+"""The mathematical convolution of 1-D and 2-D arrays, computed by groupconv's conv ops.
 
 Deep-learning "convolution" is cross-correlation; the mathematical one flips the kernel:
-(a * b)[n] = sum_k a[k] b[n - k]. The three modes follow MATLAB's conv/conv2 and the seed:
+(a * b)[n] = sum_k a[k] b[n - k]. The three modes follow MATLAB's conv/conv2:
 
 - 'full':  every partial overlap, length m + n - 1. Commutative: convolve(a, b) == convolve(b, a).
 - 'valid': only positions where b lies wholly inside a, length max(m - n + 1, 0). Not commutative:

@@ -143,7 +143,7 @@ def scaled_layout(layout: ConnectionLayout, max_channels: int = 48) -> Connectio
 
 def standard_layouts(in_channels: int, out_channels: int, groups: int, shuffle_groups: int | None = None
                      ) -> list[ConnectionLayout]:
-    """The family of seed 002 for one channel count: standard 3x3, grouped 3x3, pointwise grouped, shuffled
+    """The grouped-convolution family for one channel count: standard 3x3, grouped 3x3, pointwise grouped, shuffled
     pointwise grouped (ShuffleNet), and depthwise 3x3 when out_channels is a multiple of in_channels."""
     layouts = [ConnectionLayout(in_channels, out_channels, kernel_size=3),
                ConnectionLayout(in_channels, out_channels, groups, kernel_size=3),

@@ -31,6 +31,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..models.registry import create_model, model_entry
 from .cost import conv_multiply_adds, count_parameters
 from .modules import conv_family, explained_forward_failure, is_conv, layer_kind, leaf_modules, tensors_in
 from .roofline import MachineCeilings, machine_ceilings
@@ -380,8 +381,6 @@ def registered_model_input(name: str, input_size=None, batch_size: int = 1, smal
     (square), (H, W), or (C, H, W) (C other than the model's builds it with in_chans=C).
     An unknown name raises groupconv.models' own ValueError.
     """
-    from ..models import model_entry
-
     entry = model_entry(name)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
@@ -429,8 +428,6 @@ class _SkipMetaFills(TorchFunctionMode):
 
 def build_on_meta(name: str, **kwargs) -> torch.nn.Module:
     """groupconv.models.create_model(name, **kwargs) on the meta device: shapes only, no memory, no initialisation."""
-    from ..models import create_model
-
     with torch.device("meta"), _SkipMetaFills():
         return create_model(name, **kwargs)
 

@@ -70,7 +70,7 @@ def layer_kind(module: torch.nn.Module) -> str:
 
 
 def conv_family(module: torch.nn.Module) -> str:
-    """Which member of the grouped-convolution family a conv is: the categories of seed 002.
+    """Which member of the grouped-convolution family a conv is.
 
     'dense' (groups=1), 'grouped' (1 < groups < in_channels), 'depthwise' (groups = in_channels),
     with 'pointwise ' in front for 1x1 kernels and ' shuffled' after when the layer reads its input

@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .layers import CostTable, LayerCost, analyze_layers
+from ..models.registry import create_model, model_entry
+from .drawings import new_figure, save_figure
+from .layers import CostTable, LayerCost, analyze_layers, registered_model_input
 from .modules import leaf_modules, tensors_in
 from .roofline import MachineCeilings, machine_ceilings
 from .tables import format_table, shape_text, si, write_csv, write_json
@@ -358,9 +360,6 @@ def profile_model(name: str, batch_size: int = 8, input_size=None, small_input: 
     Defaults keep it to seconds on a laptop CPU: batch 8 and the small-input (32x32) variant when the
     model has one (small_input=None), else the model's own input size.
     """
-    from ..models import create_model, model_entry
-    from .layers import registered_model_input
-
     if small_input is None:
         small_input = model_entry(name).has_small_input and input_size is None
     kwargs, shape, hint = registered_model_input(name, input_size, batch_size, small_input)
@@ -384,8 +383,6 @@ def plot_profile(table: ProfileTable, path, width_pixels: int = 1400, height_pix
     """PNG of the profile: left, a roofline chart (achieved GFLOP/s against FLOPs per byte, forward + backward,
     each conv and linear layer a point coloured by family); right, measured time of each conv/linear layer
     against its floor, in execution order."""
-    from .drawings import new_figure, save_figure
-
     figure = new_figure(width_pixels, height_pixels, dpi)
     roof_axes, time_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
     computing = [x for x in table.layers if x.cost.kind in ("conv", "linear") and x.flops > 0 and x.seconds > 0]

@@ -5,9 +5,8 @@ the ZCA-whitened correlation between two adjacent layers ("Deep Roots"), the cor
 the filters of the grouped layer, its channel connections, and the first layer's filters
 coloured by group.
 
-`write_report` takes the pieces (model, metrics rows, data batches) and is what the tests
-exercise; `report_run` reads them from a run directory written by groupconv.train (through
-groupconv.train.load_run and groupconv.data.load_dataset, imported only when called).
+`write_report` takes the pieces (model, metrics rows, data batches); groupconv.train.report_run
+reads them from a run directory (analysis sits below train, so it never loads a run itself).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from .drawings import draw_filters, draw_layer_connections, new_figure, save_fig
 from .layers import analyze_layers
 from .modules import conv_layers
 from .roofline import MachineCeilings, machine_ceilings
-from .sample_data import dataset_batches
 from .tables import shape_text, si
 
 REPORT_FOLDER = "report"
@@ -174,27 +172,3 @@ def write_report(run_dir, model: torch.nn.Module, metrics_rows: list[dict], data
                     f"{html.escape(model_name)} report</title><style>{_STYLE}</style></head><body>\n"
                     + "\n".join(sections) + "\n</body></html>\n")
     return page
-
-
-def load_run_with_data(run_dir, which: str = "best", batch_size: int = 64, batches: int = 4):
-    """(model, config, test batches) of a groupconv.train run directory (config.json + checkpoint)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ValueError(f"run_dir={str(run_dir)!r} is not a directory")
-    if not (run_dir / "config.json").is_file():
-        raise ValueError(f"run_dir={str(run_dir)!r} has no config.json: is it a groupconv training run?")
-    from ..train import load_run
-
-    model, config = load_run(run_dir, which=which)
-    image_size = getattr(config, "image_size", None) or None
-    data, _ = dataset_batches(config.dataset, batch_size, batches, image_size, getattr(config, "data_dir", None))
-    return model, config, data
-
-
-def report_run(run_dir, which: str = "best", batch_size: int = 64, batches: int = 4,
-               ceilings: MachineCeilings | None = None, whiten: bool = True) -> Path:
-    """write_report for a run directory of groupconv.train: its checkpoint, metrics.csv and test split."""
-    model, config, data = load_run_with_data(run_dir, which, batch_size, batches)
-    metrics_path = Path(run_dir) / "metrics.csv"
-    rows = read_metrics_csv(metrics_path) if metrics_path.is_file() else []
-    return write_report(run_dir, model, rows, data, config.model, (1, *data[0].shape[1:]), ceilings, whiten)

@@ -2,13 +2,14 @@
 
 - random: standard normal inputs of a given shape (no download, no dependency).
 - any name groupconv.data.load_dataset knows (digits, mnist1d, cifar10 ...): the first images of its
-  test split, resized by the dataset loader to the model's input size. groupconv.data is imported
-  only when a dataset is asked for.
+  test split, resized by the dataset loader to the model's input size.
 """
 
 from __future__ import annotations
 
 import torch
+
+from ..data import load_dataset
 
 RANDOM = "random"
 
@@ -39,8 +40,6 @@ def dataset_batches(name: str, batch_size: int, batches: int = 4, image_size: in
 
     Fewer batches come back when the split is smaller than batch_size x batches.
     """
-    from ..data import load_dataset
-
     _check_count("batch_size", batch_size)
     _check_count("batches", batches)
     dataset = load_dataset(name, root=root, image_size=image_size)

@@ -1,8 +1,10 @@
-"""What every model family shares: argument checks and the width-multiplier naming."""
+"""What every model family shares: argument checks, the width-multiplier naming and zero_init_last."""
 
 from __future__ import annotations
 
 from fractions import Fraction
+
+import torch
 
 
 def check_positive_int(value, name: str) -> None:
@@ -37,3 +39,11 @@ def width_suffix(width: float) -> str:
 def scale_channels(channels: int, width: float) -> int:
     """pytorchcv's rounding of a scaled channel count: truncation, int(c * width), and no rounding at width 1."""
     return channels if width == 1.0 else int(channels * width)
+
+
+def zero_init_last_blocks(model: torch.nn.Module) -> None:
+    """Call zero_init_last() on every block of `model` that has one (timm's convention): a model's own
+    zero_init_last delegates here, and each block decides what its last layer is."""
+    for module in model.modules():
+        if module is not model and hasattr(module, "zero_init_last"):
+            module.zero_init_last()

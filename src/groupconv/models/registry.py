@@ -4,6 +4,11 @@ Each family file registers its builders at import time; `groupconv.models` impor
 so the registry is complete as soon as the package is imported. A registry entry also records
 the input size the model was designed for and whether it has a small-input (32x32) variant, so
 tests, benchmarks and the command line can feed every model without knowing its family.
+
+Tags mark what sets an entry apart from the published image networks, so that a caller can pick or
+skip it (`list_models(tag=...)`, `exclude_tag=`):
+- "1d": takes 1-D signals (channels, length), not images; image-only checks (channels_last) skip it.
+- "study": built for groupconv's own training studies (`groupconv experiment`, MNIST-1D), not a paper's network.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import torch
 # The input a small-input variant (small_input=True) is built for: CIFAR-size images.
 SMALL_INPUT_SIZE = (3, 32, 32)
 
+TAGS = ("1d", "study")  # see the module's docstring
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -26,8 +33,9 @@ class ModelEntry:
     name: str
     builder: Callable[..., torch.nn.Module]
     family: str  # the family file that defines it, e.g. "shufflenet"
-    input_size: tuple[int, int, int]  # (channels, height, width) of the paper's input
+    input_size: tuple[int, ...]  # (channels, height, width) of the paper's input; (channels, length) for "1d"
     has_small_input: bool  # whether the builder accepts small_input=True (then the input is SMALL_INPUT_SIZE)
+    tags: frozenset[str] = frozenset()  # see TAGS
 
     @property
     def small_input_size(self) -> tuple[int, int, int]:
@@ -38,32 +46,42 @@ class ModelEntry:
 _registry: dict[str, ModelEntry] = {}
 
 
-def register_model(builder=None, *, name: str | None = None, input_size=(3, 224, 224), small_input: bool = False):
+def register_model(builder=None, *, name: str | None = None, input_size=(3, 224, 224), small_input: bool = False,
+                   tags=()):
     """Register a model builder under `name` (default: the function's name).
 
     Usable bare (`@register_model`), with options (`@register_model(input_size=(3, 32, 32))`), or
     called directly for builders made in a loop (`register_model(fn, name="shufflenet_g3_w1")`).
     `small_input=True` declares that the builder accepts `small_input=True` and then expects
-    SMALL_INPUT_SIZE inputs. Registering a name twice is an error: two families must never
-    silently shadow each other.
+    SMALL_INPUT_SIZE inputs. `tags`: any of TAGS. Registering a name twice is an error: two families
+    must never silently shadow each other.
     """
+    unknown = set(tags) - set(TAGS)
+    if unknown:
+        raise ValueError(f"tags={sorted(tags)}: unknown tag(s) {sorted(unknown)}, choose from {TAGS}")
 
     def register(fn):
         model_name = name or fn.__name__
         if model_name in _registry:
             raise ValueError(f"model name {model_name!r} is already registered (by {_registry[model_name].family})")
         family = fn.__module__.rsplit(".", 1)[-1]
-        _registry[model_name] = ModelEntry(model_name, fn, family, tuple(input_size), small_input)
+        _registry[model_name] = ModelEntry(model_name, fn, family, tuple(input_size), small_input, frozenset(tags))
         return fn
 
     return register if builder is None else register(builder)
 
 
-def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
-    """Registered model names matching an fnmatch `pattern` (as timm: "shufflenet_g3_*"), sorted."""
+def list_models(pattern: str = "*", family: str | None = None, tag: str | None = None,
+                exclude_tag: str | None = None) -> list[str]:
+    """Registered model names matching an fnmatch `pattern` (as timm: "shufflenet_g3_*"), sorted; optionally
+    only those of one `family`, only those with `tag`, and none with `exclude_tag`."""
+    for option, value in (("tag", tag), ("exclude_tag", exclude_tag)):
+        if value is not None and value not in TAGS:
+            raise ValueError(f"{option}={value!r} is not a model tag: choose from {', '.join(TAGS)}")
     return sorted(
         name for name, entry in _registry.items()
         if fnmatch.fnmatchcase(name, pattern) and (family is None or entry.family == family)
+        and (tag is None or tag in entry.tags) and (exclude_tag is None or exclude_tag not in entry.tags)
     )
 
 

@@ -5,11 +5,11 @@ arXiv 1611.05431, Sec. 5.3), in any of the paper's three equivalent block forms 
   (b) early concatenation: C paths of 1x1 -> 3x3, concatenated, then one 1x1;
   (c) grouped convolution: one 1x1, one 3x3 conv with C groups, one 1x1.
 
-The architecture is the seed's (prlz77/ResNeXt.pytorch): a 3x3 stem to 64 channels, three stages
+The architecture is prlz77/ResNeXt.pytorch's (the CIFAR code this family reproduces): a 3x3 stem to 64 channels, three stages
 of depth // 9 blocks with outputs [64, 64 wf, 128 wf, 256 wf] (widen factor wf = 4), block width
 D = C * int(base_width * out / (wf * 64)), a 1x1 projection shortcut + BN where a block changes
 the channel count (stride 2 on it, and on the 3x3 conv, at stages 2 and 3), global average pool
-(the seed's 8x8 pool at 32x32), FC. Form (c) has the seed's module names, so its checkpoints load
+(prlz77's 8x8 pool at 32x32), FC. Form (c) has prlz77's module names, so its checkpoints load
 with strict=True.
 
 Every BN is per channel, so a BN after concatenated paths is the per-path BNs side by side, and in
@@ -106,7 +106,7 @@ class ResNeXtBlock(nn.Module):
 
 
 class GroupedConvBlock(ResNeXtBlock):
-    """Form (c), the seed's ResNeXtBottleneck: the C paths are one grouped 3x3 conv."""
+    """Form (c), prlz77's ResNeXtBottleneck: the C paths are one grouped 3x3 conv."""
 
     block_form = "c"
     path_layers = {}
@@ -210,7 +210,7 @@ class CifarResNeXt(nn.Module):
         return stage
 
     def _init_parameters(self) -> None:
-        # The seed's initialisation: Kaiming-normal fan_out convs, BN 1/0, Kaiming-normal FC with zero bias.
+        # prlz77's initialisation: Kaiming-normal fan_out convs, BN 1/0, Kaiming-normal FC with zero bias.
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out")
@@ -225,7 +225,7 @@ class CifarResNeXt(nn.Module):
         return [(name, module) for name, module in self.named_modules() if isinstance(module, ResNeXtBlock)]
 
     def grouped_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state_dict this model would have in form (c) (the seed's names): loadable by any form."""
+        """The state_dict this model would have in form (c) (prlz77's names): loadable by any form."""
         state = OrderedDict()
         block_prefixes = tuple(f"{name}." for name, _ in self.blocks())
         for key, value in self.state_dict().items():

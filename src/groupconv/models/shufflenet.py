@@ -1,7 +1,7 @@
 """ShuffleNet v1 (Zhang, Zhou, Lin, Sun 2017, "ShuffleNet: An Extremely Efficient Convolutional Neural
 Network for Mobile Devices", arXiv 1707.01083), for every group count of the paper's Table 1.
 
-Layout and names follow pytorchcv / imgclsmob (the seed's code), so a pytorchcv state_dict loads
+Layout and names follow pytorchcv / imgclsmob, so a pytorchcv state_dict loads
 with strict=True: features.init_block (3x3 s2 conv, BN, ReLU, 3x3 s2 max-pool), features.stage1..3
 (the paper's stages 2..4, 4/8/4 units), features.final_pool, output (FC with bias). Channels are
 scaled by `width` with pytorchcv's truncation int(c * width), init block included.
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .. import nn as gnn
-from .common import check_classifier_arguments, check_width, scale_channels, width_suffix
+from .common import check_classifier_arguments, check_width, scale_channels, width_suffix, zero_init_last_blocks
 from .registry import register_model
 
 # Table 1 of the paper: output channels of stages 2, 3, 4 at 1x, for each group count.
@@ -164,6 +164,14 @@ class ShuffleUnit(nn.Module):
             return self.expand_bn3(self.expand_conv3(branch), concat=self.activ(self.avgpool(_poolable(shortcut))))
         return self.expand_bn3(self.expand_conv3(branch), shortcut)
 
+    def zero_init_last(self) -> None:
+        """Start a residual unit as the identity: zero scale on its last BatchNorm (Goyal et al. 2017).
+
+        A downsampling unit concatenates its branch instead of adding it, so it keeps its initialisation.
+        """
+        if not self.downsample:
+            nn.init.zeros_(self.expand_bn3.weight)
+
 
 def _poolable(x: torch.Tensor) -> torch.Tensor:
     """x, or on CUDA in channels_last its NCHW copy: there torch's avg_pool2d backward returns wrong input gradients
@@ -227,6 +235,10 @@ class ShuffleNet(nn.Module):
                 nn.init.kaiming_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+
+    def zero_init_last(self) -> None:
+        """Every residual unit starts as the identity (see ShuffleUnit.zero_init_last)."""
+        zero_init_last_blocks(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(torch.flatten(self.features(x), 1))

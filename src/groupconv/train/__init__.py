@@ -1,16 +1,16 @@
-"""Training: `train(config)` runs the loop, `load_run(run_dir)` gives the trained model back; the
-`groupconv train/eval/experiment` commands live in .cli.
+"""Training: `train(config)` runs the loop, `load_run(run_dir)` gives the trained model back,
+`report_run(run_dir)` writes a run's HTML report; the `groupconv train/eval/experiment/report`
+commands live in groupconv.cli.
 
-Models made for training studies (the MNIST-1D CNNs of models1d, the compact ShuffleNet of
-experiment) sit in TRAINING_MODELS beside the model zoo's registry; build_model looks in both.
+Every model comes from the model zoo's registry (groupconv.models), the study models included.
 """
 
-from . import experiment, models1d
+from . import experiment
 from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig, resolve_config
 from .evaluation import evaluate_checkpoint, load_run
 from .loop import train
-from .models1d import TRAINING_MODELS
+from .report import load_run_with_data, report_run
 
-__all__ = ["TRAINING_MODELS", "CheckpointError", "ConfigError", "TrainConfig", "evaluate_checkpoint", "experiment",
-           "load_run", "models1d", "resolve_config", "train"]
+__all__ = ["CheckpointError", "ConfigError", "TrainConfig", "evaluate_checkpoint", "experiment", "load_run",
+           "load_run_with_data", "report_run", "resolve_config", "train"]

@@ -12,9 +12,7 @@ import numpy as np
 import torch
 
 from ..models import model_entry
-from ..models.shufflenet import ShuffleUnit
 from .config import ConfigError, TrainConfig
-from .models1d import TRAINING_MODELS
 
 SMALL_INPUT_THRESHOLD = 64  # images below this size get the small-input (stride-1 stem, no max-pool) variant
 
@@ -31,12 +29,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def build_model(config: TrainConfig, num_classes: int, in_chans: int, input_shape: tuple[int, ...]) -> torch.nn.Module:
     """The registry model for data of this shape; a model that cannot take it is a ConfigError naming the option."""
-    entry = TRAINING_MODELS.get(config.model)
-    if entry is None:
-        try:
-            entry = model_entry(config.model)
-        except ValueError as error:
-            raise ConfigError(f"--model={config.model}: {error} (or one of {', '.join(TRAINING_MODELS)})") from None
+    try:
+        entry = model_entry(config.model)
+    except ValueError as error:
+        raise ConfigError(f"--model={config.model}: {error}") from None
     kind = {2: "1-D signals", 3: "images"}
     if len(entry.input_size) != len(input_shape):
         raise ConfigError(f"--model={config.model} takes {kind.get(len(entry.input_size))} but --dataset="
@@ -61,16 +57,9 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, input_shap
     except RuntimeError as error:
         raise ConfigError(f"--model={config.model} cannot take inputs of shape {tuple(input_shape)} "
                           f"(--image-size={config.image_size}): {str(error).splitlines()[0]}") from None
-    if config.zero_init_residual:
-        zero_init_residual_branches(model)
+    if config.zero_init_residual and hasattr(model, "zero_init_last"):
+        model.zero_init_last()  # the model's blocks know which of their layers is last (timm's convention)
     return model.train()
-
-
-def zero_init_residual_branches(model: torch.nn.Module) -> None:
-    """Zero the last BatchNorm scale of every ShuffleNet unit whose branch is added to its input (not concatenated)."""
-    for module in model.modules():
-        if isinstance(module, ShuffleUnit) and not module.downsample:
-            torch.nn.init.zeros_(module.expand_bn3.weight)
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -1,4 +1,4 @@
-"""`groupconv experiment`: the seeds' claims about grouped convolutions, measured with several seeds.
+"""`groupconv experiment`: claims about grouped convolutions, measured with several seeds.
 
 Studies (each a list of variants of one compact ShuffleNet, trained with the same recipe):
 - groups:     G = 1, 2, 4, 8 at equal width: fewer parameters and multiply-adds as G grows; accuracy?
@@ -6,8 +6,8 @@ Studies (each a list of variants of one compact ShuffleNet, trained with the sam
               (what ShuffleNet's Table 1 does): does the width that grouping buys pay off?
 - shuffle:    G = 3 and 8, with and without channel shuffle (ShuffleNet's Table 3 ablation).
 
-The compact ShuffleNet (`shufflenet_compact`) is the zoo's ShuffleNet unit (groupconv.models.shufflenet)
-in a short stack (1, 2, 1 units per stage) with channels set directly, so that G = 1..8 share one
+Every variant is the zoo's compact ShuffleNet (groupconv.models.shufflenet_compact: the ShuffleNet unit
+in a short stack, 1, 2, 1 units per stage, with channels set directly), so that G = 1..8 share one
 width; it is small enough that a variant trains on digits in seconds. Every trial is an ordinary
 run directory (replay with `groupconv train --config DIR/runs/NAME-seedK/config.json`).
 """
@@ -24,54 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from .. import nn as gnn
 from ..analysis import count_multiply_adds, count_parameters
-from ..models.shufflenet import ShuffleUnit
 from ..data import load_dataset
+from ..models.shufflenet_compact import EQUAL_WIDTH_CHANNELS, STEM_CHANNELS, shufflenet_compact
 from .config import ConfigError, resolve_config
-from .models1d import add_training_model
+from .loop import idle_cores, train
+from .plots import pyplot
 
-INIT_CHANNELS = 24
-UNITS = (1, 2, 1)
-EQUAL_WIDTH_CHANNELS = (96, 192, 384)  # divisible as every G in 1..8 needs: bottleneck C/4 by 3 and 8
 STUDIES = ("groups", "equal-macs", "shuffle")
-
-
-class CompactShuffleNet(nn.Module):
-    """Stem (3x3 conv, stride 1), three stages of ShuffleNet units (the first of each downsamples), pool, FC."""
-
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, groups: int = 3,
-                 channels: tuple[int, int, int] = EQUAL_WIDTH_CHANNELS, units: tuple[int, ...] = UNITS,
-                 shuffle: bool = True):
-        super().__init__()
-        if len(channels) != len(units) or channels[0] <= INIT_CHANNELS:
-            raise ValueError(f"channels={list(channels)} needs one entry per stage of units={list(units)}, the first "
-                             f"above the stem's {INIT_CHANNELS}")
-        self.stem = nn.Sequential(gnn.Conv2d(in_chans, INIT_CHANNELS, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(INIT_CHANNELS), nn.ReLU(inplace=True))
-        stages, in_channels = [], INIT_CHANNELS
-        for stage_index, (out_channels, count) in enumerate(zip(channels, units)):
-            for unit_index in range(count):
-                first = unit_index == 0
-                stages.append(ShuffleUnit(in_channels, out_channels, groups, downsample=first,
-                                          ignore_group=first and stage_index == 0, shuffle=shuffle))
-                in_channels = out_channels
-        self.stages = nn.Sequential(*stages)
-        self.output = nn.Linear(in_channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.stages(self.stem(x)).mean(dim=(2, 3)))
-
-
-def shufflenet_compact(groups: int = 3, channels=EQUAL_WIDTH_CHANNELS, units=UNITS, shuffle: bool = True,
-                       **kwargs) -> CompactShuffleNet:
-    """A short ShuffleNet with the stage channels given directly (see groupconv.train.experiment)."""
-    return CompactShuffleNet(groups=groups, channels=tuple(channels), units=tuple(units), shuffle=shuffle, **kwargs)
-
-
-add_training_model(shufflenet_compact, (3, 32, 32))
 
 
 @dataclass(frozen=True)
@@ -97,7 +58,7 @@ def equal_macs_channels(groups: int, input_shape: tuple[int, ...]) -> tuple[int,
     """Stage channels (c, 2c, 4c) for `groups`, c a multiple of 4G, whose multiply-adds are closest to G = 1's."""
     target = model_cost({"groups": 1, "channels": EQUAL_WIDTH_CHANNELS}, input_shape, 10)[1]
     step = 4 * groups
-    first = range(step * (INIT_CHANNELS // step + 1), 4 * EQUAL_WIDTH_CHANNELS[0] + 1, step)  # wider than the stem
+    first = range(step * (STEM_CHANNELS // step + 1), 4 * EQUAL_WIDTH_CHANNELS[0] + 1, step)  # wider than the stem
     candidates = [(c, 2 * c, 4 * c) for c in first]
     def distance(channels):
         return abs(model_cost({"groups": groups, "channels": channels}, input_shape, 10)[1] - target)
@@ -153,8 +114,6 @@ def summarise(values: list[float]) -> tuple[float, float]:
 
 def run_experiments(args: argparse.Namespace) -> list[dict]:
     """Train every variant of the chosen studies with every seed; print and save the table (CSV, JSON, PNG)."""
-    from .loop import idle_cores, train
-
     studies = _check_arguments(args)
     output = Path(args.output or f"runs/experiment-{time.strftime('%Y%m%d-%H%M%S')}")
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
@@ -241,9 +200,7 @@ def format_table(rows: list[dict], seeds: int) -> str:
 
 def plot_summary(path: Path, rows: list[dict]) -> None:
     """One panel per study: accuracy (mean ± std error bars) per variant, annotated with params and MACs."""
-    from .plots import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     studies = list(dict.fromkeys(row["study"] for row in rows))
     figure, axes = plt.subplots(1, len(studies), figsize=(4.5 * len(studies), 3.8), squeeze=False)
     for axis, study in zip(axes[0], studies):

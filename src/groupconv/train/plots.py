@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed, and no window popping up in the middle of training
@@ -18,7 +18,7 @@ def _pyplot():
 
 def plot_history(run_dir: Path, history: list[dict]) -> None:
     """loss.png and accuracy.png: train and test curves against the epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     for name, label in (("loss", "cross-entropy loss"), ("accuracy", "accuracy")):
         figure, axes = plt.subplots(figsize=(5, 3.5))
@@ -35,7 +35,7 @@ def plot_history(run_dir: Path, history: list[dict]) -> None:
 
 def plot_confusion_matrix(path: Path, matrix: np.ndarray, class_names: list[str], title: str) -> None:
     """Rows are true classes, columns predictions; counts written in the cells when there are few classes."""
-    plt = _pyplot()
+    plt = pyplot()
     classes = len(matrix)
     size = min(3 + 0.45 * classes, 16)
     figure, axes = plt.subplots(figsize=(size, size))

@@ -5,7 +5,7 @@
 # installed there); logs and CSVs go to $OUT (or ./gpu-check-results). Each stage has its own time
 # limit so that a slow one cannot take the others' time.
 #
-#     bash benchmarks/gpu_check.sh [TEST_SECONDS MODEL_SECONDS LAYER_SECONDS]
+#     bash scripts/gpu_check.sh [TEST_SECONDS MODEL_SECONDS LAYER_SECONDS]
 set -u
 out=${OUT:-gpu-check-results}
 mkdir -p "$out"
@@ -24,5 +24,5 @@ timeout "${2:-200}" $python -m groupconv benchmark models --device cuda --batch 
   --models shufflenet_g1_w1 shufflenet_g8_w1 --out "$out/models" 2>&1 | tee "$out/models.log" | grep -v Warning
 
 echo "== layers of ShuffleNet g=8, ResNeXt-29 and MobileNet: triton against cuDNN"
-timeout "${3:-150}" $python benchmarks/bench_triton.py --batch 32 \
+timeout "${3:-150}" $python -m groupconv benchmark triton --batch 32 \
   --models shufflenet_g8_w1 resnext29_32x4d mobilenet_w1 2>&1 | tee "$out/bench_triton.log"

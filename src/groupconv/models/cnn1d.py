@@ -1,10 +1,7 @@
-"""1-D models for MNIST-1D: the published CNN baseline and a shuffled grouped CNN with fewer parameters.
+"""1-D models for MNIST-1D (Greydanus 2020): the published CNN baseline and a shuffled grouped CNN with fewer
+parameters. Both take (channels, length) signals, so they carry the registry's "1d" tag.
 
-They live in groupconv.train's own table of models (TRAINING_MODELS), which `groupconv train`,
-`eval` and `load_run` consult before groupconv.models' registry, so
-`groupconv train --model grouped_cnn1d_mnist1d --dataset mnist1d` works like any other model.
-They are not put in the model zoo's registry: the zoo holds the published image networks, and its
-tests check it holds exactly those.
+    groupconv train --model grouped_cnn1d_mnist1d --dataset mnist1d
 """
 
 from __future__ import annotations
@@ -13,7 +10,8 @@ import torch
 from torch import nn
 
 from .. import nn as gnn
-from ..models import ModelEntry
+from .common import check_classifier_arguments
+from .registry import register_model
 
 MNIST1D_INPUT = (1, 40)
 
@@ -23,6 +21,7 @@ class BaselineCNN1d(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, channels: int = 25, length: int = 40):
         super().__init__()
+        check_classifier_arguments(num_classes, in_chans)
         self.features = nn.Sequential(
             gnn.Conv1d(in_chans, channels, 5, stride=2, padding=1), nn.ReLU(),
             gnn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
@@ -61,6 +60,7 @@ class GroupedCNN1d(nn.Module):
     def __init__(self, num_classes: int = 10, in_chans: int = 1, channels: int = 32, groups: int = 4,
                  strides: tuple[int, ...] = (1, 2, 1, 2, 1), shuffle: bool = True):
         super().__init__()
+        check_classifier_arguments(num_classes, in_chans)
         if channels % groups:
             raise ValueError(f"channels={channels} is not divisible by groups={groups}")
         self.stem = nn.Sequential(gnn.Conv1d(in_chans, channels, 5, padding=2, bias=False),
@@ -72,23 +72,13 @@ class GroupedCNN1d(nn.Module):
         return self.output(self.blocks(self.stem(x)).mean(dim=-1))
 
 
+@register_model(input_size=MNIST1D_INPUT, tags=("1d",))
 def cnn1d_mnist1d(**kwargs) -> BaselineCNN1d:
     """The published MNIST-1D CNN baseline (94% test accuracy, 5,210 parameters)."""
     return BaselineCNN1d(**kwargs)
 
 
+@register_model(input_size=MNIST1D_INPUT, tags=("1d", "study"))
 def grouped_cnn1d_mnist1d(**kwargs) -> GroupedCNN1d:
     """Shuffled grouped 1-D CNN for MNIST-1D, fewer parameters than the CNN baseline."""
     return GroupedCNN1d(**kwargs)
-
-
-TRAINING_MODELS: dict[str, ModelEntry] = {}
-
-
-def add_training_model(builder, input_size: tuple[int, ...]) -> None:
-    TRAINING_MODELS[builder.__name__] = ModelEntry(builder.__name__, builder, builder.__module__.rsplit(".", 1)[-1],
-                                                   tuple(input_size), False)
-
-
-add_training_model(cnn1d_mnist1d, MNIST1D_INPUT)
-add_training_model(grouped_cnn1d_mnist1d, MNIST1D_INPUT)

@@ -1,28 +1,26 @@
-"""groupconv's fused BN (+ residual) (+ ReLU) against torch's separate ops, in one run, on the zoo's shapes.
+"""`groupconv benchmark batch-norm`: groupconv's fused BN (+ residual) (+ ReLU) against torch's separate ops, in one
+run, on the zoo's shapes.
 
 Every groupconv.nn.BatchNormAct2d of the models below is recorded (input shape, ReLU, residual) at
 batch 32 in a forward pass; each distinct one is timed forward and forward+backward, as
 torch.nn.BatchNorm2d -> (+ residual) -> ReLU (the stock model) and as groupconv's layer, in both
 layouts, in alternation. Prints each row's speedup, and the geometric mean per layout.
 
-    .venv/bin/python benchmarks/bench_batch_norm.py [--batch 32] [--repeats 7] [--models shufflenet_g8_w1 ...]
-        [--min-values 0]
+    groupconv benchmark batch-norm [--batch 32] [--repeats 7] [--models shufflenet_g8_w1 ...] [--min-values 0]
 """
 
 from __future__ import annotations
 
-import argparse
-import math
-
 import torch
 
-from groupconv import models
-from groupconv import nn as gnn
-from groupconv.allocator import keep_freed_memory
-from groupconv.analysis.timing import median_seconds_interleaved
-from groupconv.benchmark import StockBatchNormAct2d
-from groupconv.ops import normalization
+from .. import models
+from .. import nn as gnn
+from ..analysis.timing import median_seconds_interleaved
+from ..ops import normalization
+from .results import geometric_mean
+from .twins import StockBatchNormAct2d
 
+BATCH, REPEATS = 32, 7  # this benchmark's defaults
 DEFAULT_MODELS = ("shufflenet_g8_w1", "shufflenet_g1_w1", "resnext29_32x4d", "mobilenet_w1")
 
 
@@ -66,25 +64,28 @@ def contenders(shape, relu, residual, memory_format):
     return steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
-    parser.add_argument("--min-values", type=int, default=normalization.NATIVE_MIN_VALUES,
-                        help="run the fused op from this many values up (default: the library's "
-                             "NATIVE_MIN_VALUES); 0 times it on every shape, to place that threshold")
-    options = parser.parse_args()
-    normalization.NATIVE_MIN_VALUES = options.min_values
-    keep_freed_memory()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {options.batch}; "
+def batch_norm_benchmark(names=DEFAULT_MODELS, batch: int = BATCH, repeats: int = REPEATS,
+                         min_values: int | None = None) -> None:
+    """Print each BN call's times and speedups, and the geometric mean per layout. `min_values`: run the fused
+    op from this many values up (default: the library's NATIVE_MIN_VALUES); 0 times it on every shape, to
+    place that threshold."""
+    library_threshold = normalization.NATIVE_MIN_VALUES
+    normalization.NATIVE_MIN_VALUES = library_threshold if min_values is None else min_values
+    try:
+        _time_batch_norms(names, batch, repeats)
+    finally:
+        normalization.NATIVE_MIN_VALUES = library_threshold
+
+
+def _time_batch_norms(names, batch: int, repeats: int) -> None:
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch}; "
           f"fused op from {normalization.NATIVE_MIN_VALUES} values up")
     print(f"{'shape':22} {'relu':>4} {'res':>3} {'layout':>6} | {'fwd torch':>9} {'ours':>7} {'x':>5} | "
           f"{'fb torch':>9} {'ours':>7} {'x':>5}")
     speedups = {"NCHW": [], "CL": []}
-    for shape, relu, residual in zoo_batch_norm_shapes(options.models, options.batch):
+    for shape, relu, residual in zoo_batch_norm_shapes(names, batch):
         for layout, memory_format in (("NCHW", torch.contiguous_format), ("CL", torch.channels_last)):
-            t = median_seconds_interleaved(contenders(shape, relu, residual, memory_format), repeats=options.repeats,
+            t = median_seconds_interleaved(contenders(shape, relu, residual, memory_format), repeats=repeats,
                                            warmup=2)
             forward = t["torch fwd"] / t["groupconv fwd"]
             both = t["torch fb"] / t["groupconv fb"]
@@ -93,10 +94,5 @@ def main() -> None:
                   f"{layout:>6} | {t['torch fwd'] * 1e3:9.2f} {t['groupconv fwd'] * 1e3:7.2f} {forward:5.2f} | "
                   f"{t['torch fb'] * 1e3:9.2f} {t['groupconv fb'] * 1e3:7.2f} {both:5.2f}")
     for layout, values in speedups.items():
-        geomean = math.exp(sum(map(math.log, values)) / len(values))
-        print(f"{layout}: forward+backward speedup over torch's BN/add/ReLU, geometric mean {geomean:.2f}x, "
-              f"min {min(values):.2f}x, max {max(values):.2f}x over {len(values)} shapes")
-
-
-if __name__ == "__main__":
-    main()
+        print(f"{layout}: forward+backward speedup over torch's BN/add/ReLU, geometric mean "
+              f"{geometric_mean(values):.2f}x, min {min(values):.2f}x, max {max(values):.2f}x over {len(values)} shapes")

@@ -1,5 +1,5 @@
-"""The `groupconv` subcommands of groupconv.analysis (wired into groupconv.cli): analyze, profile, correlate,
-draw and report.
+"""The `groupconv` subcommands of groupconv.analysis: analyze, profile, correlate, draw and report (the report
+of a training run, through groupconv.train).
 
 Every command's function takes the parsed arguments and returns an exit code. A user mistake
 (an unknown model or layer, an input too small for the model, layers that do not line up) is a
@@ -10,12 +10,19 @@ as `groupconv COMMAND: error: ...` with exit code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
-from ..command_errors import reported
-from .roofline import MachineCeilings, machine_ceilings
+from ..analysis import (ConnectionLayout, MachineCeilings, analyze_model, default_pair, draw_connections,
+                        draw_filters, draw_layer_connections, filter_correlation, layer_correlation,
+                        machine_ceilings, plot_profile, profile_model, standard_layouts)
+from ..analysis.layers import build_on_meta
+from ..analysis.modules import conv_layers, find_layer
+from ..analysis.sample_data import RANDOM, dataset_batches, random_batches
+from ..analysis.tables import write_json
+from ..models import create_model, model_entry
+from ..train import load_run, load_run_with_data, report_run
+from .errors import reported
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -71,8 +78,6 @@ def _check_threads(threads) -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from .layers import analyze_model
-
     table = analyze_model(args.model, _input_size(args), args.batch_size, args.small_input, _ceilings(args),
                           DTYPES[args.dtype], args.num_classes)
     if args.csv:
@@ -92,8 +97,6 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    from .profile import plot_profile, profile_model
-
     _check_threads(args.threads)
     small_input = None if args.input_size is None and not args.native_input else False
     table = profile_model(args.model, args.batch_size, _input_size(args), small_input, _ceilings(args),
@@ -116,17 +119,12 @@ def run_profile(args: argparse.Namespace) -> int:
 def _model_and_data(args: argparse.Namespace):
     """(model, name, batches): from a run directory, or a registered model with random weights."""
     if args.run_dir:
-        from .report import load_run_with_data
-
         if args.model:
             raise ValueError(f"give a MODEL ({args.model!r}) or --run ({args.run_dir!r}), not both")
         model, config, data = load_run_with_data(args.run_dir, args.which, args.batch_size, args.batches)
         return model, config.model, data
     if not args.model:
         raise ValueError("give a MODEL name or --run RUN_DIR")
-    from ..models import create_model, model_entry
-    from .sample_data import RANDOM, dataset_batches, random_batches
-
     entry = model_entry(args.model)
     kwargs = {"small_input": True} if entry.has_small_input else {}
     channels, *spatial = entry.small_input_size
@@ -141,9 +139,6 @@ def _model_and_data(args: argparse.Namespace):
 
 
 def run_correlate(args: argparse.Namespace) -> int:
-    from .correlation import default_pair, filter_correlation, layer_correlation
-    from .modules import conv_layers
-
     model, name, data = _model_and_data(args)
     if args.list_layers:
         for layer_name, layer in conv_layers(model).items():
@@ -170,8 +165,6 @@ def run_correlate(args: argparse.Namespace) -> int:
         filters.draw(args.filters_output)
         print(f"wrote {args.filters_output}")
     if args.json:
-        from .tables import write_json
-
         write_json(args.json, {"model": name, "layers": correlation.to_dict(),
                                "filters": {"layer": second, "block_energy": filters.block_energy,
                                            "unstructured_energy": filters.unstructured_energy},
@@ -185,14 +178,9 @@ def run_correlate(args: argparse.Namespace) -> int:
 
 
 def run_draw_connections(args: argparse.Namespace) -> int:
-    from .drawings import ConnectionLayout, draw_connections, draw_layer_connections, standard_layouts
-    from .modules import find_layer
-
     if args.model or args.layer:
         if not (args.model and args.layer):
             raise ValueError("--model and --layer go together: the conv layer LAYER of registered model MODEL")
-        from .layers import build_on_meta
-
         layer = find_layer(build_on_meta(args.model), args.layer, "--layer")
         size = draw_layer_connections(layer, args.output, args.layer, max_channels=args.max_channels)
     else:
@@ -210,17 +198,11 @@ def run_draw_connections(args: argparse.Namespace) -> int:
 
 
 def run_draw_filters(args: argparse.Namespace) -> int:
-    from .drawings import draw_filters
-
     if args.run_dir:
         if args.model:
             raise ValueError(f"give a MODEL ({args.model!r}) or --run ({args.run_dir!r}), not both")
-        from ..train import load_run
-
         model, _ = load_run(args.run_dir, which=args.which)
     elif args.model:
-        from ..models import create_model
-
         torch.manual_seed(args.seed)
         model = create_model(args.model)
     else:
@@ -235,8 +217,6 @@ def run_draw_filters(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from .report import report_run
-
     page = report_run(args.run_dir, args.which, args.batch_size, args.batches, _ceilings(args), args.whiten)
     print(f"wrote {page}")
     return 0
@@ -361,17 +341,3 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                         help="ZCA-whiten the responses of the correlation map (default: on)")
     _add_ceiling_options(report)
     report.set_defaults(run=_reported("report", run_report))
-
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The analysis commands on their own (`python -m groupconv.analysis.cli analyze MODEL`); groupconv.cli's
-    `groupconv` command includes the same commands through add_commands."""
-    parser = argparse.ArgumentParser(prog="groupconv", description="groupconv's analysis commands")
-    add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,20 +1,18 @@
-"""groupconv against torch in one run: the per-call cost of groupconv's dispatch, and layer times.
+"""`groupconv benchmark dispatch`: the per-call cost of groupconv's dispatch against torch, and layer times.
 
 groupconv's layers run behind argument checks, the dispatcher and (in eager mode) an autograd
-Function; this measures what that costs on a tiny conv (the "dispatch cost" the kernel issues
-promise never to exceed), then times a few layer shapes of ../shared/reference/baseline.md.
+Function; this measures what that costs on a tiny conv (the dispatch cost the fast kernels
+must stay under), then times a few layer shapes of baseline.md, groupconv and torch in one run.
 
-    .venv/bin/python benchmarks/bench_dispatch.py [--batch 8] [--repeats 7]
+    groupconv benchmark dispatch [--batch 8] [--repeats 7]
 """
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-import groupconv.nn as gnn
-from groupconv.analysis import median_seconds
+from .. import nn as gnn
+from ..analysis.timing import median_seconds
 
 # name: (in_channels, out_channels, kernel, groups, spatial size) from baseline.md
 LAYERS = {
@@ -49,13 +47,13 @@ def pair(in_channels, out_channels, kernel, groups):
     return ours, theirs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=8, help="batch size of the layer shapes (default: 8)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs; the median is kept (default: 7)")
-    args = parser.parse_args()
+BATCH, REPEATS = 8, 7  # this benchmark's defaults
+
+
+def dispatch_benchmark(batch: int = BATCH, repeats: int = REPEATS) -> None:
+    """Print the dispatch cost on a tiny conv, then groupconv and torch times of LAYERS at `batch`."""
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, median of {args.repeats} runs")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, median of {repeats} runs")
 
     ours, theirs = pair(8, 8, 3, 2)
     tiny = torch.randn(1, 8, 8, 8)
@@ -64,16 +62,12 @@ def main() -> None:
     print(f"\nper-call overhead on a tiny conv (1x8x8x8, g=2): groupconv {ours_s * 1e6:.1f} us, "
           f"torch {theirs_s * 1e6:.1f} us, dispatch cost {(ours_s - theirs_s) * 1e6:+.1f} us")
 
-    header = f"{'layer (batch %d)' % args.batch:40} {'pass':5} {'groupconv ms':>12} {'torch ms':>9} {'torch/groupconv':>15}"
+    header = f"{'layer (batch %d)' % batch:40} {'pass':5} {'groupconv ms':>12} {'torch ms':>9} {'torch/groupconv':>15}"
     print("\n" + header + "\n" + "-" * len(header))
     for name, (cin, cout, kernel, groups, size) in LAYERS.items():
         ours, theirs = pair(cin, cout, kernel, groups)
-        x = torch.randn(args.batch, cin, size, size)
+        x = torch.randn(batch, cin, size, size)
         for label, make in (("f", forward_only), ("fb", forward_backward)):
-            ours_s = median_seconds(make(ours, x), repeats=args.repeats)
-            theirs_s = median_seconds(make(theirs, x), repeats=args.repeats)
+            ours_s = median_seconds(make(ours, x), repeats=repeats)
+            theirs_s = median_seconds(make(theirs, x), repeats=repeats)
             print(f"{name:40} {label:5} {ours_s * 1e3:12.2f} {theirs_s * 1e3:9.2f} {theirs_s / ours_s:14.2f}x")
-
-
-if __name__ == "__main__":
-    main()

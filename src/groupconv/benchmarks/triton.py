@@ -1,7 +1,8 @@
-"""The Triton backend against torch (cuDNN) on the model zoo's grouped, depthwise and pointwise-grouped layers.
+"""`groupconv benchmark triton`: the Triton backend against torch (cuDNN) on the model zoo's grouped, depthwise and
+pointwise-grouped layers.
 
 Every distinct grouped conv of the zoo's models (shapes taken from the models by
-groupconv.benchmark.zoo_layer_shapes, not typed by hand) is timed forward and forward+backward:
+groupconv.benchmarks.shapes.zoo_layer_shapes, not typed by hand) is timed forward and forward+backward:
 torch.nn.Conv2d in NCHW and channels_last (a ChannelShuffle module first where the layer reads its
 input shuffled, as stock implementations build it) against groupconv's layer forced onto the triton
 backend, NCHW and channels_last, in one run. Next to the times: the speedup over torch's faster
@@ -12,19 +13,18 @@ the same run; 100% is the most a memory-bound layer can get).
 Times are triton.testing.do_bench's (CUDA events, after warm-up). Needs a CUDA device; elsewhere it
 says so and exits 0.
 
-    .venv/bin/python benchmarks/bench_triton.py [--batch 32] [--dtype float32] [--forward-only] [--models ...]
+    groupconv benchmark triton [--batch 32] [--dtype float32] [--forward-only] [--models ...]
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 import torch
 
-from groupconv import ops
-from groupconv.benchmark import BYTES_PER_ELEMENT, ZOO_MODELS, LayerShape, geometric_mean, zoo_layer_shapes
+from .. import ops
+from .results import geometric_mean
+from .shapes import BYTES_PER_ELEMENT, ZOO_MODELS, LayerShape, zoo_layer_shapes
 
+BATCH = 32  # this benchmark's default
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -65,43 +65,39 @@ def bandwidth_floor_ms(shape: LayerShape, batch: int, dtype: torch.dtype, bandwi
     return 1e3 * passes * traffic / (bandwidth_gbs * 1e9)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=32, help="batch size (default: 32)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
-    parser.add_argument("--forward-only", action="store_true", help="skip the forward+backward timings")
-    parser.add_argument("--models", nargs="+", default=list(ZOO_MODELS), help="zoo models whose layers to time")
-    args = parser.parse_args(argv)
+def triton_benchmark(names=ZOO_MODELS, batch: int = BATCH, dtype_name: str = "float32",
+                     forward_only: bool = False) -> None:
+    """Print the table of the zoo's layers, cuDNN against triton; without a CUDA device, say so and return."""
     if not torch.cuda.is_available():
-        print("bench_triton: the Triton backend runs on CUDA devices and this machine has none; nothing to time.")
-        return 0
+        print("benchmark triton: the Triton backend runs on CUDA devices and this machine has none; nothing to time.")
+        return
     reasons = ops.get_backend("triton").not_supported_reasons(
         ops.conv_problem(torch.empty(1, 8, 4, 4, device="cuda"), torch.empty(8, 1, 3, 3, device="cuda"), groups=8))
     if reasons:
-        print(f"bench_triton: the triton backend cannot run here: {'; '.join(reasons)}")
-        return 0
+        print(f"benchmark triton: the triton backend cannot run here: {'; '.join(reasons)}")
+        return
 
-    dtype = DTYPES[args.dtype]
+    dtype = DTYPES[dtype_name]
     bandwidth = device_bandwidth_gbs()
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.dtype}, batch {args.batch}, "
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {dtype_name}, batch {batch}, "
           f"TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'} (torch.backends.cudnn.allow_tf32, both sides); "
           f"copy bandwidth {bandwidth:.0f} GB/s measured now")
     header = (f"{'layer':52} {'pass':>4} {'cuDNN':>8} {'cuDNN CL':>8} {'triton':>8} {'triton CL':>9} "
               f"{'vs best':>7} {'%floor':>6}")
     print(header + "\n" + "-" * len(header))
     speedups = {"f": [], "fb": []}
-    for shape in zoo_layer_shapes(args.models):
+    for shape in zoo_layer_shapes(names):
         torch.manual_seed(0)
         ours = shape.groupconv_layer().to("cuda", dtype)
         theirs = shape.torch_layer(ours).to("cuda", dtype)
-        x = torch.randn(args.batch, shape.in_channels, shape.height, shape.width, device="cuda", dtype=dtype)
+        x = torch.randn(batch, shape.in_channels, shape.height, shape.width, device="cuda", dtype=dtype)
         x_cl = x.contiguous(memory_format=torch.channels_last)
-        for backward in (False,) if args.forward_only else (False, True):
+        for backward in (False,) if forward_only else (False, True):
             triton_nchw = time_ms(ours, x, backward, "triton")
             triton_cl = time_ms(ours, x_cl, backward, "triton")
             cudnn_nchw, cudnn_cl = time_ms(theirs, x, backward), time_ms(theirs, x_cl, backward)
             best_torch, best_triton = min(cudnn_nchw, cudnn_cl), min(triton_nchw, triton_cl)
-            floor = bandwidth_floor_ms(shape, args.batch, dtype, bandwidth, backward)
+            floor = bandwidth_floor_ms(shape, batch, dtype, bandwidth, backward)
             passes = "fb" if backward else "f"
             speedups[passes].append(best_torch / best_triton)
             print(f"{shape.label():52} {passes:>4} {cudnn_nchw:8.3f} {cudnn_cl:8.3f} {triton_nchw:8.3f} {triton_cl:9.3f} "
@@ -110,8 +106,3 @@ def main(argv: list[str] | None = None) -> int:
         if values:
             print(f"{'forward' if passes == 'f' else 'forward+backward':>16}: triton vs torch's faster layout, "
                   f"geometric mean {geometric_mean(values):.2f}x, slowest {min(values):.2f}x")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The `groupconv` subcommands of groupconv.train (wired into groupconv.cli): train, eval and experiment.
+"""The `groupconv` subcommands of groupconv.train: train, eval and experiment.
 
 Every command's function takes the parsed arguments and returns an exit code. A user mistake
 (ConfigError, DatasetError, CheckpointError: all ValueErrors) is printed as
@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..command_errors import EXIT_INTERRUPTED, reported
 from ..data import DATASETS, DatasetError
-from .checkpoint import CheckpointError
-from .config import ConfigError, add_config_arguments, load_config_file, resolve_config
-from .run_directory import CONFIG_FILE
+from ..train import CheckpointError, ConfigError, evaluate_checkpoint, train
+from ..train.config import add_config_arguments, load_config_file, resolve_config
+from ..train.experiment import add_experiment_arguments, run_experiments
+from ..train.run_directory import CONFIG_FILE
+from .errors import EXIT_INTERRUPTED, reported
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
 
@@ -41,8 +42,6 @@ def given_options(args: argparse.Namespace, exclude: tuple[str, ...]) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .loop import train
-
     given = given_options(args, ("config", "resume", "run", "command"))
     layers = []
     if args.resume is not None:
@@ -69,8 +68,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_checkpoint
-
     overrides = {"dataset": args.dataset, "data_dir": args.data_dir, "image_size": args.image_size,
                  "model": args.model}
     evaluate_checkpoint(args.checkpoint, args.which, overrides, args.batch_size, args.device, args.output)
@@ -78,27 +75,25 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    from .experiment import run_experiments
-
     run_experiments(args)
     return 0
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add train, eval and experiment; each sets `run=` to a function(args) -> exit code."""
-    train = commands.add_parser(
+    training = commands.add_parser(
         "train", help="train a model from the zoo on a dataset (default: a small ShuffleNet on digits)",
         description="Train a model, writing a run directory: config.json, metrics.csv/json, loss.png, "
                     "accuracy.png, last.safetensors and best.safetensors. Ctrl-C saves a checkpoint and exits; "
                     "--resume continues it.",
         epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("--config", metavar="FILE", default=None,
-                       help="a JSON config (e.g. a run's config.json) whose values replace the defaults; its "
-                            "output and overwrite are ignored, so a replay gets a new run directory")
-    train.add_argument("--resume", metavar="RUN_DIR", default=None,
-                       help="continue the run in RUN_DIR from its last.safetensors, with its config.json")
-    add_config_arguments(train)
-    train.set_defaults(run=_reported("train", run_train))
+    training.add_argument("--config", metavar="FILE", default=None,
+                          help="a JSON config (e.g. a run's config.json) whose values replace the defaults; its "
+                               "output and overwrite are ignored, so a replay gets a new run directory")
+    training.add_argument("--resume", metavar="RUN_DIR", default=None,
+                          help="continue the run in RUN_DIR from its last.safetensors, with its config.json")
+    add_config_arguments(training)
+    training.set_defaults(run=_reported("train", run_train))
 
     evaluate = commands.add_parser(
         "eval", help="accuracy, loss and confusion matrix of a trained checkpoint on a test split",
@@ -121,10 +116,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                           help="where confusion.png and eval.json go (default: eval-<checkpoint>/ beside it)")
     evaluate.set_defaults(run=_reported("eval", run_eval))
 
-    from .experiment import add_experiment_arguments
-
     experiment = commands.add_parser(
-        "experiment", help="the seeds' claims on embedded data: groups, equal cost, shuffle; mean ± std over seeds",
+        "experiment", help="grouped-convolution claims on embedded data: groups, equal cost, shuffle; mean ± std over seeds",
         description="Train families of small ShuffleNets on an embedded dataset with several seeds and print "
                     "a table of mean ± std (parameters, multiply-adds, accuracy, train time), saved as CSV "
                     "and PNG. Studies: groups (G = 1/2/4/8 at equal width), equal-macs (G = 1/2/4/8, layers "

@@ -1,0 +1,137 @@
+"""`groupconv benchmark [SECTION ...]`: groupconv against torch, one section per module of groupconv.benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from .. import models
+from ..allocator import keep_freed_memory
+from ..analysis import roofline
+from ..benchmarks import batch_norm, dispatch, triton
+from ..benchmarks.layers import LAYER_HEADER, MAX_REPEATS, layer_benchmark, summarise_layers
+from ..benchmarks.models import MODEL_BENCHMARK_DEFAULTS, MODEL_HEADER, model_benchmark
+from ..benchmarks.results import write_csv
+from ..benchmarks.same_flops import same_flops_benchmark, same_flops_pair
+from ..benchmarks.shapes import ZOO_MODELS, zoo_layer_shapes
+from ..benchmarks.shuffle import shuffle_cost
+from ..benchmarks.sweep import group_sweep, plot_sweep
+
+BENCHMARKS = ["layers", "sweep", "shuffle", "models", "same-flops"]  # run by default, in this order
+NAMED_ONLY = ["dispatch", "batch-norm", "triton"]  # run only when named
+SECTIONS = BENCHMARKS + NAMED_ONLY
+BATCH, REPEATS = 32, 5  # the defaults of the BENCHMARKS sections
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """groupconv against torch: machine ceilings, zoo layers, the group sweep, whole models; tables, CSV, plot."""
+    for option in ("batch", "repeats", "rounds"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            args.parser.error(f"--{option}={value} must be at least 1")
+    unknown = [name for name in args.models or () if not models.is_model(name)]
+    if unknown:
+        args.parser.error(f"--models: unknown model(s) {', '.join(unknown)}; see `groupconv models`")
+    what = args.what or BENCHMARKS
+    for name in what:
+        if name not in SECTIONS:
+            args.parser.error(f"{name!r} is not a benchmark: choose from {', '.join(SECTIONS)}")
+    zoo = args.models or list(ZOO_MODELS)
+    pair = same_flops_pair(zoo)
+    if "same-flops" in args.what and pair is None:
+        args.parser.error(f"same-flops needs a ShuffleNet g=8 and the g=1 of its width in --models, got "
+                          f"{' '.join(zoo)}")
+    if args.device != "cpu":
+        if args.device != "cuda" or not torch.cuda.is_available():
+            args.parser.error(f"--device={args.device}: only cpu, or cuda where torch sees a CUDA GPU "
+                              f"(torch.cuda.is_available() is {torch.cuda.is_available()})")
+        if set(what) != {"models"}:
+            args.parser.error(f"--device={args.device} times whole models only (`groupconv benchmark models`); "
+                              "`groupconv benchmark triton` times the layers on a GPU")
+    out = Path(args.out)
+    kept = args.keep_memory and keep_freed_memory()
+    batch, repeats = args.batch or BATCH, args.repeats or REPEATS
+    if set(what) & set(BENCHMARKS):
+        print(f"groupconv benchmark: {torch.get_num_threads()} threads, batch {batch}, median of {repeats} "
+              f"runs (layers: more where short, up to {MAX_REPEATS}), float32, freed memory "
+              f"{'kept for reuse' if kept else 'returned to the system'} (both sides); "
+              f"results in {out}/")
+    if "layers" in what:
+        ceilings = roofline.machine_ceilings(args.peak_gflops, args.bandwidth_gbs)
+        print(f"ceilings: {ceilings.source}")
+        shapes = zoo_layer_shapes(zoo)[: args.limit]
+        print(f"\n{len(shapes)} distinct grouped/depthwise/pointwise-grouped layers of {', '.join(zoo)} "
+              f"(ms; CL = channels_last input; xfloor = best groupconv time / roofline floor)")
+        print(LAYER_HEADER)
+        results = layer_benchmark(shapes, batch, repeats, not args.forward_only, ceilings)
+        print(summarise_layers(results))
+        write_csv(out / "layers.csv", [r.record() for r in results])
+    if "sweep" in what:
+        print("\nOne 256->256 conv at 28x28, forward+backward, G = 1 ... 256 (depthwise):")
+        points = group_sweep(batch=batch, repeats=repeats)
+        write_csv(out / "sweep.csv", [vars(p) for p in points])
+        plot_sweep(points, out / "sweep.png")
+    if "shuffle" in what:
+        print("\nThe channel shuffle's cost: a ShuffleNet unit with and without it, forward+backward")
+        results = shuffle_cost(batch=batch, repeats=repeats)
+        write_csv(out / "shuffle.csv", [{**vars(r), "groupconv_overhead": round(r.groupconv_overhead, 4),
+                                         "torch_overhead": round(r.torch_overhead, 4)} for r in results])
+    if "models" in what:
+        print("\nWhole models: groupconv's layers against the same model from plain torch.nn layers")
+        print(MODEL_HEADER)
+        names = [name for name in zoo if name in MODEL_BENCHMARK_DEFAULTS] or zoo
+        results = model_benchmark(names, batch, repeats, args.image_size, device=args.device)
+        print("(vs NCHW: groupconv in its faster layout over torch NCHW; vs best: over torch in its faster layout)")
+        write_csv(out / "models.csv", [r.record() for r in results])
+    if "same-flops" in what and pair is not None:  # (by default, where --models holds such a pair)
+        print("\nSame FLOPs: ShuffleNet g=8 trained with groupconv against stock torch's g=1")
+        result = same_flops_benchmark(*pair, batch, args.rounds, args.image_size)
+        write_csv(out / "same_flops.csv", [vars(result)])
+    if "dispatch" in what:
+        print("\nDispatch: groupconv's per-call cost and a few layers, against torch")
+        dispatch.dispatch_benchmark(args.batch or dispatch.BATCH, args.repeats or dispatch.REPEATS)
+    if "batch-norm" in what:
+        print("\nBatch norm: groupconv's fused BN (+ residual) (+ ReLU) against torch's separate ops")
+        batch_norm.batch_norm_benchmark(args.models or batch_norm.DEFAULT_MODELS, args.batch or batch_norm.BATCH,
+                                        args.repeats or batch_norm.REPEATS, args.min_values)
+    if "triton" in what:
+        print("\nTriton: the triton backend against cuDNN on the zoo's layers")
+        triton.triton_benchmark(zoo, args.batch or triton.BATCH, args.dtype, args.forward_only)
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add benchmark; it sets `run=` to a function(args) -> exit code."""
+    bench = commands.add_parser("benchmark", help="time groupconv against torch on the zoo's layers and models")
+    # No argparse `choices`: Python 3.11 checks an empty nargs="*" list against them and refuses it.
+    bench.add_argument("what", nargs="*", metavar="{" + ",".join(SECTIONS) + "}",
+                       help=f"which to run (default: all of {' '.join(BENCHMARKS)}; {', '.join(NAMED_ONLY)} run "
+                            "only when named)")
+    bench.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                       help=f"models whose layers (and which whole models) to time (default: {' '.join(ZOO_MODELS)}; "
+                            f"batch-norm: {' '.join(batch_norm.DEFAULT_MODELS)})")
+    bench.add_argument("--batch", type=int, default=None,
+                       help=f"batch size (default: {BATCH}, as baseline.md; dispatch: {dispatch.BATCH})")
+    bench.add_argument("--repeats", type=int, default=None,
+                       help=f"timed runs per measurement (layers: at least this many, more for short ones); the median "
+                            f"is kept (default: {REPEATS}; dispatch and batch-norm: {dispatch.REPEATS})")
+    bench.add_argument("--rounds", type=int, default=11,
+                       help="same-flops: rounds of the train steps in alternation; the ratio's median and quartiles "
+                            "over them are kept (default: 11)")
+    bench.add_argument("--limit", type=int, default=None, help="time only the first N distinct layers")
+    bench.add_argument("--forward-only", action="store_true", help="layers, triton: skip forward+backward")
+    bench.add_argument("--image-size", type=int, default=None, help="models: input size (default: each model's own)")
+    bench.add_argument("--peak-gflops", type=float, default=None, help="compute ceiling (default: measured now)")
+    bench.add_argument("--bandwidth-gbs", type=float, default=None, help="memory ceiling (default: measured now)")
+    bench.add_argument("--keep-memory", action=argparse.BooleanOptionalAction, default=True,
+                       help="keep freed CPU memory for reuse (groupconv.allocator), for groupconv and torch alike; "
+                            "--no-keep-memory measures glibc's default, a page fault per large tensor (default: on)")
+    bench.add_argument("--device", default="cpu", help="models: cpu, or cuda to train and infer on the GPU (default: cpu)")
+    bench.add_argument("--dtype", choices=list(triton.DTYPES), default="float32", help="triton: dtype (default: float32)")
+    bench.add_argument("--min-values", type=int, default=None,
+                       help="batch-norm: run the fused op from this many values up (default: the library's "
+                            "NATIVE_MIN_VALUES); 0 times it on every shape, to place that threshold")
+    bench.add_argument("--out", default="benchmark-results", help="directory for CSV files and the sweep plot")
+    bench.set_defaults(run=run_benchmark, parser=bench)
