@@ -70,14 +70,16 @@ def test_shuffle_exchange_gives_each_rank_its_block_of_the_shuffled_channels(cha
             assert plan.receive_counts == (channels // parts**2,) * parts
 
 
-@pytest.mark.parametrize("first, second, parts", [(88, 8, 4), (96, 96, 2), (180, 12, 2), (6, 2, 2)])
-def test_concat_exchange_reorders_local_concatenations_into_blocks(first, second, parts):
-    full = torch.arange(first + second)
-    held = [list(channel_block(first, parts, rank)) + [first + c for c in channel_block(second, parts, rank)]
-            for rank in range(parts)]
-    plans = [concat_exchange(first, second, parts, rank) for rank in range(parts)]
-    for rank, got in enumerate(simulate_exchange(full, held, plans)):
-        assert got.tolist() == list(channel_block(first + second, parts, rank))
+@pytest.mark.parametrize("part_channels, parts", [((88, 8), 4), ((96, 96), 2), ((180, 12), 2), ((6, 2), 2),
+                                                   ((4, 4, 4, 4), 2), ((8, 4, 12), 4)])
+def test_concat_exchange_reorders_local_concatenations_into_blocks(part_channels, parts):
+    total = sum(part_channels)
+    # What each rank's local torch.cat holds: its block of every part, one part after another.
+    locals_ = [torch.cat([torch.arange(total).split(part_channels)[part][list(channel_block(c, parts, rank))]
+                          for part, c in enumerate(part_channels)]) for rank in range(parts)]
+    plans = [concat_exchange(part_channels, parts, rank) for rank in range(parts)]
+    for rank, got in enumerate(simulate_exchange(torch.arange(total), [t.tolist() for t in locals_], plans)):
+        assert got.tolist() == list(channel_block(total, parts, rank))
 
 
 def test_plan_exchange_rejects_inconsistent_layouts():
@@ -138,10 +140,14 @@ def test_bad_arguments_are_named():
 
 # -- spawned runs against one process
 
-def compare_with_one_process(rank: int, world_size: int, model_name: str, model_options: dict, input_shape: tuple,
-                             batch_size: int, group_parallel: int) -> dict:
-    """One SGD step of `model_name` over a (world / P) x P mesh; rank 0 also runs it in one process, as data
+def compare_with_one_process(rank: int, world_size: int, cases: list[tuple]) -> list[dict]:
+    """For each case, one SGD step of a model over a (world / P) x P mesh; rank 0 also runs it in one process, as data
     parallelism defines it: each data-parallel replica's micro-batch through the model, gradients averaged."""
+    return [compare_one_case(rank, *case) for case in cases]
+
+
+def compare_one_case(rank: int, model_name: str, model_options: dict, input_shape: tuple, batch_size: int,
+                     group_parallel: int) -> dict:
     torch.manual_seed(0)
     model = models.create_model(model_name, **model_options).double()
     reference = copy.deepcopy(model) if rank == 0 else None
@@ -184,6 +190,7 @@ def compare_with_one_process(rank: int, world_size: int, model_name: str, model_
 
 
 def check_against_one_process(results: list[dict]) -> None:
+    """`results`: one case's result from every rank."""
     reference = results[0]
     assert reference["same_keys"] and reference["same_shapes"]
     assert reference["largest_update"] > 1e-4  # (the step did something, so equal states mean something)
@@ -194,35 +201,60 @@ def check_against_one_process(results: list[dict]) -> None:
         assert error <= TOLERANCE * max(1.0, expected.abs().max().item()), f"rank {rank}: logits differ by {error}"
 
 
-def run_comparison(world_size, model_name, model_options, input_shape, batch_size, group_parallel) -> list[dict]:
-    return run_ranks(compare_with_one_process, world_size,
-                     (model_name, model_options, input_shape, batch_size, group_parallel),
-                     timeout=RUN_TIMEOUT, process_group_timeout=PROCESS_GROUP_TIMEOUT, threads=1)
+# Dropout off in AlexNet: each rank draws its own mask. Small inputs: 32x32 AlexNet (the registry's small-input
+# variant), 16x16 for the others; ResNeXt-29 32x4d at widen factor 1 (stages of 64, 128, 256 channels).
+ALEXNET = ("alexnet", dict(small_input=True, num_classes=10, dropout=0.0), (3, 32, 32), 2)
+SHUFFLENET_G8 = ("shufflenet_g8_wd4", dict(small_input=True, num_classes=10), (3, 16, 16), 4)
+RESNEXT29 = ("resnext29_32x4d", dict(widen_factor=1, num_classes=10), (3, 16, 16), 4)
+RESNEXT29_CONCATENATED = ("resnext29_32x4d", dict(widen_factor=1, num_classes=10, block_form="b"), (3, 16, 16), 4)
+TWO_RANK_CASES = {"alexnet": (*ALEXNET, 2), "shufflenet": (*SHUFFLENET_G8, 2), "resnext": (*RESNEXT29, 2),
+                  "resnext form b": (*RESNEXT29_CONCATENATED, 2)}
+# Four ranks: ShuffleNet over all four, and a 2 x 2 mesh (two data-parallel replicas of two group-parallel ranks).
+FOUR_RANK_CASES = {"shufflenet": (*SHUFFLENET_G8, 4), "2 x 2 mesh": (*SHUFFLENET_G8, 2)}
 
 
-def test_alexnet_over_two_ranks_equals_one_process():
-    # Dropout off: each rank would draw its own mask (eval mode would hide the training step's batch statistics,
-    # which AlexNet does not have, so this is the only difference).
-    results = run_comparison(2, "alexnet", dict(small_input=True, num_classes=10, dropout=0.0), (3, 32, 32), 2, 2)
-    check_against_one_process(results)
-    assert all(result["parameter_fraction"] <= 0.6 for result in results), [r["parameter_fraction"] for r in results]
+def run_cases(world_size: int, cases: dict) -> dict[str, list[dict]]:
+    """Every case's results from every rank, from one spawned process group."""
+    per_rank = run_ranks(compare_with_one_process, world_size, (list(cases.values()),), timeout=RUN_TIMEOUT,
+                         process_group_timeout=PROCESS_GROUP_TIMEOUT, threads=1)
+    return {name: [rank_results[index] for rank_results in per_rank] for index, name in enumerate(cases)}
 
 
-@pytest.mark.parametrize("group_parallel", [2, 4])
-def test_shufflenet_g8_equals_one_process(group_parallel):
-    results = run_comparison(group_parallel, "shufflenet_g8_wd4", dict(small_input=True, num_classes=10),
-                             (3, 16, 16), 4, group_parallel)
-    check_against_one_process(results)
+@pytest.fixture(scope="module")
+def two_ranks():
+    return run_cases(2, TWO_RANK_CASES)
 
 
-def test_resnext29_over_two_ranks_equals_one_process():
-    results = run_comparison(2, "resnext29_32x4d", dict(widen_factor=1, num_classes=10), (3, 16, 16), 4, 2)
-    check_against_one_process(results)
+@pytest.fixture(scope="module")
+def four_ranks():
+    return run_cases(4, FOUR_RANK_CASES)
 
 
-def test_two_by_two_mesh_equals_one_process():
-    # Two data-parallel replicas of two group-parallel ranks each; gradients averaged over the replicas.
-    results = run_comparison(4, "shufflenet_g8_wd4", dict(small_input=True, num_classes=10), (3, 16, 16), 4, 2)
+def test_alexnet_over_two_ranks_equals_one_process(two_ranks):
+    check_against_one_process(two_ranks["alexnet"])
+    fractions = [result["parameter_fraction"] for result in two_ranks["alexnet"]]
+    assert all(fraction <= 0.6 for fraction in fractions), fractions
+
+
+def test_shufflenet_g8_over_two_ranks_equals_one_process(two_ranks):
+    check_against_one_process(two_ranks["shufflenet"])
+
+
+def test_shufflenet_g8_over_four_ranks_equals_one_process(four_ranks):
+    check_against_one_process(four_ranks["shufflenet"])
+
+
+def test_resnext29_over_two_ranks_equals_one_process(two_ranks):
+    check_against_one_process(two_ranks["resnext"])
+
+
+def test_resnext29_concatenating_its_paths_equals_one_process(two_ranks):
+    # Form (b) concatenates its paths with torch.cat in the model's code, on channel-sharded tensors.
+    check_against_one_process(two_ranks["resnext form b"])
+
+
+def test_two_by_two_mesh_equals_one_process(four_ranks):
+    results = four_ranks["2 x 2 mesh"]
     assert sorted(result["data_rank"] for result in results) == [0, 0, 1, 1]
     check_against_one_process(results)
 

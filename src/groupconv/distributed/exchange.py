@@ -11,8 +11,8 @@ Python, no process group, so it is tested directly):
   block; when P divides both g and C / g every pair of ranks exchanges exactly C / P^2 channels
   (`shuffle_exchange`), otherwise the splits are unequal but the plan is the same kind;
 - a concatenation of two sharded tensors (ShuffleNet's downsampling unit concatenates its branch and
-  its pooled shortcut): rank r's local concatenation holds block r of each part, which is not block r
-  of the whole (`concat_exchange`).
+  its pooled shortcut; ResNeXt's form (b) concatenates its paths): rank r's local concatenation holds
+  block r of each part, which is not block r of the whole (`concat_exchange`).
 """
 
 from __future__ import annotations
@@ -94,8 +94,12 @@ def shuffle_exchange(channels: int, groups: int, parts: int, rank: int) -> Chann
     return plan_exchange(blocks(channels, parts), wanted, rank)
 
 
-def concat_exchange(first_channels: int, second_channels: int, parts: int, rank: int) -> ChannelExchange:
-    """From [block r of a, block r of b] (each rank's local torch.cat) to block r of torch.cat((a, b))."""
-    held = [a + [first_channels + channel for channel in b]
-            for a, b in zip(blocks(first_channels, parts), blocks(second_channels, parts))]
-    return plan_exchange(held, blocks(first_channels + second_channels, parts), rank)
+def concat_exchange(part_channels: Sequence[int], parts: int, rank: int) -> ChannelExchange:
+    """From [block r of a, block r of b, ...] (each rank's local torch.cat) to block r of torch.cat((a, b, ...))."""
+    held = [[] for _ in range(parts)]
+    offset = 0
+    for channels in part_channels:
+        for index, block in enumerate(blocks(channels, parts)):
+            held[index] += [offset + channel for channel in block]
+        offset += channels
+    return plan_exchange(held, blocks(offset, parts), rank)

@@ -33,6 +33,7 @@ training it differs from one process's (it is still dropout with the same rate).
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -46,6 +47,7 @@ from .. import nn as gnn
 from ..ops import channel_shuffle
 from .collectives import exchange_channels, gather_channels, keep_own_channels, replicated_for_partial_use
 from .exchange import channel_block, concat_exchange, shuffle_exchange
+from .model_code import ModelCodeOnShards
 
 LOCAL = "local"
 SHUFFLE = "all-to-all then local"
@@ -167,9 +169,10 @@ class _ForwardContext:
     replicated layers whose channels cannot be split), and gathers already made (a tensor read by two column-parallel
     layers, as a residual block's input by its first conv and its projection shortcut, is gathered once)."""
 
-    def __init__(self):
-        self.replicated: list[torch.Tensor] = []
+    def __init__(self, inputs: list[torch.Tensor] | None = None):
+        self.replicated: list[torch.Tensor] = list(inputs or [])
         self.gathered: list[tuple[torch.Tensor, int, bool, torch.Tensor]] = []
+        self.layer_depth = 0  # > 0 while a layer (a leaf module) runs, 0 in the model's own code
 
     def is_replicated(self, x: torch.Tensor) -> bool:
         return any(x is tensor for tensor in self.replicated)
@@ -274,7 +277,7 @@ class _LocalBatchNorm(_LayerCommunication):
         if concat is None:
             return output
         parts = self.state.parts
-        exchange = concat_exchange(module.num_features * parts, concat.shape[1] * parts, parts, self.state.rank)
+        exchange = concat_exchange((module.num_features * parts, concat.shape[1] * parts), parts, self.state.rank)
         return exchange_channels(output, self.state.mesh, exchange, self.name)
 
 
@@ -387,6 +390,18 @@ def _apply_layer(state: GroupParallelState, name: str, module: nn.Module, strate
         state.handles.append(module.register_forward_hook(communication.after, with_kwargs=True))
 
 
+def _count_layer(state: GroupParallelState, module: nn.Module) -> None:
+    """Tell the forward when this layer runs (its hooks and its own code are not the model's code between layers)."""
+    def enter(module, args):
+        state.context.layer_depth += 1
+
+    def leave(module, args, output):
+        state.context.layer_depth -= 1
+
+    state.handles.append(module.register_forward_pre_hook(enter, prepend=True))
+    state.handles.append(module.register_forward_hook(leave))  # (after the layer's own hooks: registered last)
+
+
 def default_group_mesh() -> DeviceMesh:
     """A 1-D mesh of the whole world, on the CUDA device if the process group runs NCCL, else the CPU."""
     if not dist.is_initialized():
@@ -425,29 +440,34 @@ def parallelize_groups(model: nn.Module, device_mesh: DeviceMesh | None = None) 
     modules = dict(model.named_modules())
     for entry in plan:
         _apply_layer(state, entry.name, modules[entry.name], entry.strategy)
-    state.handles.append(model.register_forward_pre_hook(_start_forward(state), with_kwargs=True))
-    state.handles.append(model.register_forward_hook(_finish_forward(state)))
+    for entry in plan:
+        _count_layer(state, modules[entry.name])
+    model.forward = _sharded_forward(state, model.forward)
     model.group_parallel = state
     return model
 
 
-def _start_forward(state: GroupParallelState):
-    def hook(module, args, kwargs):
-        state.context = _ForwardContext()
-        state.context.replicated += [value for value in (*args, *kwargs.values()) if isinstance(value, torch.Tensor)]
-    return hook
+def _sharded_forward(state: GroupParallelState, forward):
+    """The model's forward on shards: its inputs are replicated, its code between layers runs under
+    ModelCodeOnShards, and its output (the logits) is gathered whole on every rank."""
+    @functools.wraps(forward)
+    def sharded_forward(*args, **kwargs):
+        state.context = _ForwardContext([value for value in (*args, *kwargs.values())
+                                         if isinstance(value, torch.Tensor)])
+        try:
+            with ModelCodeOnShards(state):
+                output = forward(*args, **kwargs)
+            if not isinstance(output, torch.Tensor):
+                raise RuntimeError(f"group parallelism: the model returned {type(output).__name__}; it gathers a "
+                                   f"single output tensor")
+            if state.context.is_replicated(output):
+                return output
+            # The loss is computed whole on every rank, so the logits' gradient is whole too: no partial gradient.
+            return gather_channels(output, state.mesh, partial_gradient=False, layer="output")
+        finally:
+            state.context = _ForwardContext()  # (the forward's tensors are not kept alive past it)
 
-
-def _finish_forward(state: GroupParallelState):
-    def hook(module, args, output):
-        if not isinstance(output, torch.Tensor):
-            raise RuntimeError(f"group parallelism: the model returned {type(output).__name__}; it gathers a single "
-                               f"output tensor")
-        replicated = state.context.is_replicated(output)
-        state.context = _ForwardContext()  # (the forward's tensors are not kept alive past it)
-        # The loss is computed whole on every rank: the logits' gradient is whole too, hence no partial gradient.
-        return output if replicated else gather_channels(output, state.mesh, partial_gradient=False, layer="output")
-    return hook
+    return sharded_forward
 
 
 def _state(model: nn.Module) -> GroupParallelState:
