@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from groupconv import models, ops
+from groupconv.distributed.benchmark import MODES, benchmark_group_parallel, format_benchmark
 from groupconv.distributed import (
     GroupParallelError,
     channel_block,
@@ -25,6 +26,7 @@ from groupconv.distributed import (
     explain_parallel,
     full_state_dict,
     launch_ranks,
+    load_full_state_dict,
     parallelize_groups,
     plan_exchange,
     plan_group_parallel,
@@ -140,14 +142,15 @@ def test_bad_arguments_are_named():
 
 # -- spawned runs against one process
 
-def compare_with_one_process(rank: int, world_size: int, cases: list[tuple]) -> list[dict]:
-    """For each case, one SGD step of a model over a (world / P) x P mesh; rank 0 also runs it in one process, as data
-    parallelism defines it: each data-parallel replica's micro-batch through the model, gradients averaged."""
-    return [compare_one_case(rank, *case) for case in cases]
+def run_checks(rank: int, world_size: int, checks: list[tuple]) -> list:
+    """Each (function, arguments) of `checks` on this rank, in one process group."""
+    return [function(rank, *arguments) for function, arguments in checks]
 
 
-def compare_one_case(rank: int, model_name: str, model_options: dict, input_shape: tuple, batch_size: int,
-                     group_parallel: int) -> dict:
+def compare_with_one_process(rank: int, model_name: str, model_options: dict, input_shape: tuple, batch_size: int,
+                             group_parallel: int) -> dict:
+    """One SGD step of a model over a (world / P) x P mesh; rank 0 also runs it in one process, as data parallelism
+    defines it: each data-parallel replica's micro-batch through the model, gradients averaged."""
     torch.manual_seed(0)
     model = models.create_model(model_name, **model_options).double()
     reference = copy.deepcopy(model) if rank == 0 else None
@@ -207,27 +210,66 @@ ALEXNET = ("alexnet", dict(small_input=True, num_classes=10, dropout=0.0), (3, 3
 SHUFFLENET_G8 = ("shufflenet_g8_wd4", dict(small_input=True, num_classes=10), (3, 16, 16), 4)
 RESNEXT29 = ("resnext29_32x4d", dict(widen_factor=1, num_classes=10), (3, 16, 16), 4)
 RESNEXT29_CONCATENATED = ("resnext29_32x4d", dict(widen_factor=1, num_classes=10, block_form="b"), (3, 16, 16), 4)
-TWO_RANK_CASES = {"alexnet": (*ALEXNET, 2), "shufflenet": (*SHUFFLENET_G8, 2), "resnext": (*RESNEXT29, 2),
-                  "resnext form b": (*RESNEXT29_CONCATENATED, 2)}
+
+
+class ChannelSlicingModel(torch.nn.Module):
+    """Indexes channels in its own code, which a channel shard cannot do."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.classifier = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.classifier(self.conv(x)[:, :4].mean((2, 3)))
+
+
+def refuse_channel_indexing(rank: int) -> str:
+    model = parallelize_groups(ChannelSlicingModel().double())
+    try:
+        model(torch.randn(2, 3, 8, 8, dtype=torch.float64))
+    except RuntimeError as error:
+        return str(error)
+    return "no error"
+
+
+def checkpoint_round_trip(rank: int) -> bool:
+    """A single-process state_dict loaded into a sharded model comes back whole, equal, from full_state_dict."""
+    torch.manual_seed(2)
+    state = models.create_model("shufflenet_g8_wd4", small_input=True).double().state_dict()
+    torch.manual_seed(3)
+    model = parallelize_groups(models.create_model("shufflenet_g8_wd4", small_input=True).double())
+    load_full_state_dict(model, state)
+    returned = full_state_dict(model)
+    return list(returned) == list(state) and all(torch.equal(returned[key], state[key]) for key in state)
+
+
+TWO_RANK_CHECKS = {"alexnet": (compare_with_one_process, (*ALEXNET, 2)),
+                   "shufflenet": (compare_with_one_process, (*SHUFFLENET_G8, 2)),
+                   "resnext": (compare_with_one_process, (*RESNEXT29, 2)),
+                   "resnext form b": (compare_with_one_process, (*RESNEXT29_CONCATENATED, 2)),
+                   "channel indexing": (refuse_channel_indexing, ()),
+                   "checkpoint": (checkpoint_round_trip, ())}
 # Four ranks: ShuffleNet over all four, and a 2 x 2 mesh (two data-parallel replicas of two group-parallel ranks).
-FOUR_RANK_CASES = {"shufflenet": (*SHUFFLENET_G8, 4), "2 x 2 mesh": (*SHUFFLENET_G8, 2)}
+FOUR_RANK_CHECKS = {"shufflenet": (compare_with_one_process, (*SHUFFLENET_G8, 4)),
+                    "2 x 2 mesh": (compare_with_one_process, (*SHUFFLENET_G8, 2))}
 
 
-def run_cases(world_size: int, cases: dict) -> dict[str, list[dict]]:
-    """Every case's results from every rank, from one spawned process group."""
-    per_rank = run_ranks(compare_with_one_process, world_size, (list(cases.values()),), timeout=RUN_TIMEOUT,
+def run_cases(world_size: int, checks: dict) -> dict[str, list]:
+    """Every check's results from every rank, from one spawned process group."""
+    per_rank = run_ranks(run_checks, world_size, (list(checks.values()),), timeout=RUN_TIMEOUT,
                          process_group_timeout=PROCESS_GROUP_TIMEOUT, threads=1)
-    return {name: [rank_results[index] for rank_results in per_rank] for index, name in enumerate(cases)}
+    return {name: [rank_results[index] for rank_results in per_rank] for index, name in enumerate(checks)}
 
 
 @pytest.fixture(scope="module")
 def two_ranks():
-    return run_cases(2, TWO_RANK_CASES)
+    return run_cases(2, TWO_RANK_CHECKS)
 
 
 @pytest.fixture(scope="module")
 def four_ranks():
-    return run_cases(4, FOUR_RANK_CASES)
+    return run_cases(4, FOUR_RANK_CHECKS)
 
 
 def test_alexnet_over_two_ranks_equals_one_process(two_ranks):
@@ -259,6 +301,15 @@ def test_two_by_two_mesh_equals_one_process(four_ranks):
     check_against_one_process(results)
 
 
+def test_channel_indexing_in_the_models_code_is_refused(two_ranks):
+    for message in two_ranks["channel indexing"]:
+        assert "indexes channels (__getitem__ along dim 1) of a channel-sharded tensor" in message, message
+
+
+def test_a_single_process_checkpoint_loads_and_comes_back_whole(two_ranks):
+    assert two_ranks["checkpoint"] == [True, True]
+
+
 def die_in_the_middle_of_a_step(rank: int, world_size: int) -> str:
     """Rank 1 is killed (SIGKILL, as by the out-of-memory killer) halfway through the forward pass."""
     torch.manual_seed(0)
@@ -285,3 +336,22 @@ def test_a_killed_rank_makes_the_others_fail_clearly_and_quickly():
     assert survivor.value is not None and survivor.value.startswith("GroupParallelError"), survivor
     assert "another rank stopped or cannot be reached" in survivor.value
     assert elapsed < RUN_TIMEOUT
+
+
+def test_benchmark_measures_one_process_ddp_and_group_parallelism():
+    measurements = benchmark_group_parallel("shufflenet_g8_wd4", 2, batch_size=4, input_size=(3, 16, 16),
+                                            model_options=dict(small_input=True, num_classes=10), steps=1, warmup=0,
+                                            timeout=RUN_TIMEOUT)
+    by_mode = {mode: [m for m in measurements if m.mode == mode] for mode in MODES}
+    assert [len(by_mode[mode]) for mode in MODES] == [1, 2, 2]
+    (one,) = by_mode["one process"]
+    assert one.collective_bytes == 0 and one.batch_size == 4
+    for ddp in by_mode["DDP"]:
+        assert ddp.parameter_bytes == one.parameter_bytes and ddp.batch_size == 2
+        assert ddp.collective_bytes == one.parameter_bytes  # ring all-reduce: 2 (P - 1) / P of the gradients
+    for sharded in by_mode["group parallel"]:
+        assert sharded.parameter_bytes == one.parameter_bytes // 2  # (every layer splits in two, the classifier too)
+        assert sharded.collectives["all-to-all"] > 0 and sharded.batch_size == 4
+        assert 0 < sharded.activation_bytes < one.activation_bytes
+    assert all(m.step_seconds > 0 for m in measurements)
+    assert "group parallel" in format_benchmark(measurements)

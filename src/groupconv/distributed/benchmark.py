@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import models
 from ..ops import native
 from ..ops.tuning import MEASUREMENT_LOCK
-from .collectives import record_collectives
+from .collectives import CollectiveRecord, record_collectives
 from .launch import run_ranks
 from .sharding import parallelize_groups
 
@@ -50,6 +50,7 @@ class RankMeasurement:
     step_seconds: float  # median over the timed steps
     collective_bytes: int  # received by this rank per step, forward and backward
     collectives: dict[str, int] = field(default_factory=dict)  # the same, per kind of collective
+    records: tuple[CollectiveRecord, ...] = ()  # the same, per layer and collective (group parallelism)
 
 
 def _saved_activation_bytes(model: torch.nn.Module, run_forward) -> int:
@@ -79,6 +80,21 @@ def _peak_bytes(step) -> int | None:
         finally:
             peak = module.stop_memory_tracking()
     return peak
+
+
+def _measure_modes(rank: int, world_size: int, *arguments) -> list[RankMeasurement]:
+    """On P processes: one process on rank 0 with all the machine's threads (the others wait), then DDP, then group
+    parallelism on all of them."""
+    threads = torch.get_num_threads()
+    measurements = []
+    if rank == 0:
+        torch.set_num_threads(threads * world_size)
+        measurements.append(_measure(rank, 1, "one process", *arguments))
+        torch.set_num_threads(threads)
+    dist.barrier()
+    for mode in MODES[1:]:
+        measurements.append(_measure(rank, world_size, mode, *arguments))
+    return measurements
 
 
 def _measure(rank: int, world_size: int, mode: str, model_name: str, model_options: dict, input_size: tuple,
@@ -114,7 +130,8 @@ def _measure(rank: int, world_size: int, mode: str, model_name: str, model_optio
     peak = _peak_bytes(step)
     times = []
     for _ in range(steps):
-        dist.barrier()  # (all ranks start each step together; a step ends with the slowest rank's collectives)
+        if world_size > 1:
+            dist.barrier()  # (all ranks start each step together; a step ends with the slowest rank's collectives)
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
@@ -124,7 +141,7 @@ def _measure(rank: int, world_size: int, mode: str, model_name: str, model_optio
     if mode == "DDP" and world_size > 1:
         by_kind["all-reduce of gradients"] = 2 * (world_size - 1) * parameters // world_size
     return RankMeasurement(mode, rank, world_size, local_batch, parameters, activations, peak,
-                           statistics.median(times), sum(by_kind.values()), by_kind)
+                           statistics.median(times), sum(by_kind.values()), by_kind, tuple(records))
 
 
 def benchmark_group_parallel(model_name: str, group_parallel: int = 2, batch_size: int = 8,
@@ -132,9 +149,10 @@ def benchmark_group_parallel(model_name: str, group_parallel: int = 2, batch_siz
                              dtype: str = "float32", steps: int = 3, warmup: int = 1,
                              timeout: float = 600.0) -> list[RankMeasurement]:
     """Measure `model_name` trained on batches of `batch_size` in one process, with DDP over `group_parallel`
-    processes and with group parallelism over as many (each on CPU threads = cores / processes). Returns every rank's
-    measurement, one process first. `input_size` defaults to the model's small input where model_options asks for
-    it (small_input=True), else its own."""
+    processes and with group parallelism over as many (one spawned group of `group_parallel` processes runs all three:
+    one process on its rank 0 with all the machine's CPU threads, then DDP and group parallelism with threads = cores /
+    processes each). Returns every rank's measurement, one process first. `input_size` defaults to the model's small
+    input where model_options asks for it (small_input=True), else its own."""
     entry = models.model_entry(model_name)
     model_options = dict(model_options or {})
     if dtype not in DTYPES:
@@ -146,11 +164,10 @@ def benchmark_group_parallel(model_name: str, group_parallel: int = 2, batch_siz
         raise ValueError(f"batch_size={batch_size} must divide by group_parallel={group_parallel} (DDP splits it)")
     if input_size is None:
         input_size = entry.small_input_size if model_options.get("small_input") else entry.input_size
-    measurements = []
-    for mode, ranks in zip(MODES, (1, group_parallel, group_parallel)):
-        measurements += run_ranks(_measure, ranks, (mode, model_name, model_options, tuple(input_size), batch_size,
-                                                    dtype, steps, warmup), timeout=timeout)
-    return measurements
+    per_rank = run_ranks(_measure_modes, group_parallel, (model_name, model_options, tuple(input_size), batch_size,
+                                                          dtype, steps, warmup),
+                         timeout=timeout, process_group_timeout=timeout)
+    return sorted((m for measurements in per_rank for m in measurements), key=lambda m: (MODES.index(m.mode), m.rank))
 
 
 def _mib(value: int | None) -> str:
