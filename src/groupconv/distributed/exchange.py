@@ -17,6 +17,7 @@ Python, no process group, so it is tested directly):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -87,6 +88,8 @@ def shuffled_channel(output_channel: int, channels: int, groups: int) -> int:
     return (output_channel % groups) * (channels // groups) + output_channel // groups
 
 
+# The plans are pure functions of a few integers, computed in Python in O(channels x ranks): each is made once.
+@functools.lru_cache(maxsize=1024)
 def shuffle_exchange(channels: int, groups: int, parts: int, rank: int) -> ChannelExchange:
     """From block r of x to block r of channel_shuffle(x, groups), on every rank r of `parts`."""
     check_divisible_channels(channels, groups, f"channel shuffle with groups={groups}")
@@ -96,6 +99,11 @@ def shuffle_exchange(channels: int, groups: int, parts: int, rank: int) -> Chann
 
 def concat_exchange(part_channels: Sequence[int], parts: int, rank: int) -> ChannelExchange:
     """From [block r of a, block r of b, ...] (each rank's local torch.cat) to block r of torch.cat((a, b, ...))."""
+    return _concat_exchange(tuple(part_channels), parts, rank)
+
+
+@functools.lru_cache(maxsize=1024)
+def _concat_exchange(part_channels: tuple[int, ...], parts: int, rank: int) -> ChannelExchange:
     held = [[] for _ in range(parts)]
     offset = 0
     for channels in part_channels:
