@@ -209,6 +209,9 @@ def check_against_one_process(results: list[dict]) -> None:
 ALEXNET = ("alexnet", dict(small_input=True, num_classes=10, dropout=0.0), (3, 32, 32), 2)
 SHUFFLENET_G8 = ("shufflenet_g8_wd4", dict(small_input=True, num_classes=10), (3, 16, 16), 4)
 RESNEXT29 = ("resnext29_32x4d", dict(widen_factor=1, num_classes=10), (3, 16, 16), 4)
+# g=3 over 2 ranks: its grouped convs, and layers of 15 channels, cannot be split and run replicated, between
+# sharded ones.
+SHUFFLENET_G3 = ("shufflenet_g3_wd4", dict(small_input=True, num_classes=10), (3, 16, 16), 4)
 RESNEXT29_CONCATENATED = ("resnext29_32x4d", dict(widen_factor=1, num_classes=10, block_form="b"), (3, 16, 16), 4)
 
 
@@ -248,6 +251,7 @@ TWO_RANK_CHECKS = {"alexnet": (compare_with_one_process, (*ALEXNET, 2)),
                    "shufflenet": (compare_with_one_process, (*SHUFFLENET_G8, 2)),
                    "resnext": (compare_with_one_process, (*RESNEXT29, 2)),
                    "resnext form b": (compare_with_one_process, (*RESNEXT29_CONCATENATED, 2)),
+                   "shufflenet g3": (compare_with_one_process, (*SHUFFLENET_G3, 2)),
                    "channel indexing": (refuse_channel_indexing, ()),
                    "checkpoint": (checkpoint_round_trip, ())}
 # Four ranks: ShuffleNet over all four, and a 2 x 2 mesh (two data-parallel replicas of two group-parallel ranks).
@@ -299,6 +303,10 @@ def test_two_by_two_mesh_equals_one_process(four_ranks):
     results = four_ranks["2 x 2 mesh"]
     assert sorted(result["data_rank"] for result in results) == [0, 0, 1, 1]
     check_against_one_process(results)
+
+
+def test_layers_that_cannot_be_split_run_replicated_between_sharded_ones(two_ranks):
+    check_against_one_process(two_ranks["shufflenet g3"])
 
 
 def test_channel_indexing_in_the_models_code_is_refused(two_ranks):
