@@ -33,6 +33,7 @@ from groupconv.distributed import (
     run_ranks,
     setup_group_parallel,
     shuffle_exchange,
+    window_exchange,
 )
 
 RUN_TIMEOUT = 120.0  # seconds for one spawned run, start-up included
@@ -82,6 +83,19 @@ def test_concat_exchange_reorders_local_concatenations_into_blocks(part_channels
     plans = [concat_exchange(part_channels, parts, rank) for rank in range(parts)]
     for rank, got in enumerate(simulate_exchange(torch.arange(total), [t.tolist() for t in locals_], plans)):
         assert got.tolist() == list(channel_block(total, parts, rank))
+
+
+@pytest.mark.parametrize("channels, parts, before, after", [(96, 2, 2, 2), (96, 4, 2, 2), (256, 2, 2, 2), (12, 4, 3, 1),
+                                                             (8, 2, 0, 0)])
+def test_window_exchange_brings_only_the_neighbours_the_window_reaches(channels, parts, before, after):
+    full = torch.arange(channels)
+    plans = [window_exchange(channels, parts, rank, before, after) for rank in range(parts)]
+    held = [list(channel_block(channels, parts, rank)) for rank in range(parts)]
+    for rank, got in enumerate(simulate_exchange(full, held, plans)):
+        block = channel_block(channels, parts, rank)
+        assert got.tolist() == list(range(max(0, block.start - before), min(channels, block.stop + after)))
+        from_others = sum(count for source, count in enumerate(plans[rank].receive_counts) if source != rank)
+        assert from_others == (block.start > 0) * before + (block.stop < channels) * after
 
 
 def test_plan_exchange_rejects_inconsistent_layouts():
@@ -247,13 +261,28 @@ def checkpoint_round_trip(rank: int) -> bool:
     return list(returned) == list(state) and all(torch.equal(returned[key], state[key]) for key in state)
 
 
+def mesh_errors(rank: int) -> list[str]:
+    """What a mesh that cannot be built, and a second parallelization, say."""
+    messages = []
+    model = models.create_model("shufflenet_g8_wd4", small_input=True)
+    for attempt in (lambda: setup_group_parallel(model, 3), lambda: setup_group_parallel(model, 0),
+                    lambda: parallelize_groups(parallelize_groups(model))):
+        try:
+            attempt()
+            messages.append("no error")
+        except ValueError as error:
+            messages.append(str(error))
+    return messages
+
+
 TWO_RANK_CHECKS = {"alexnet": (compare_with_one_process, (*ALEXNET, 2)),
                    "shufflenet": (compare_with_one_process, (*SHUFFLENET_G8, 2)),
                    "resnext": (compare_with_one_process, (*RESNEXT29, 2)),
                    "resnext form b": (compare_with_one_process, (*RESNEXT29_CONCATENATED, 2)),
                    "shufflenet g3": (compare_with_one_process, (*SHUFFLENET_G3, 2)),
                    "channel indexing": (refuse_channel_indexing, ()),
-                   "checkpoint": (checkpoint_round_trip, ())}
+                   "checkpoint": (checkpoint_round_trip, ()),
+                   "mesh errors": (mesh_errors, ())}
 # Four ranks: ShuffleNet over all four, and a 2 x 2 mesh (two data-parallel replicas of two group-parallel ranks).
 FOUR_RANK_CHECKS = {"shufflenet": (compare_with_one_process, (*SHUFFLENET_G8, 4)),
                     "2 x 2 mesh": (compare_with_one_process, (*SHUFFLENET_G8, 2))}
@@ -316,6 +345,13 @@ def test_channel_indexing_in_the_models_code_is_refused(two_ranks):
 
 def test_a_single_process_checkpoint_loads_and_comes_back_whole(two_ranks):
     assert two_ranks["checkpoint"] == [True, True]
+
+
+def test_meshes_that_cannot_be_built_are_named(two_ranks):
+    for messages in two_ranks["mesh errors"]:
+        assert messages == ["group_parallel=3 does not divide the world size 2",
+                            "group_parallel=0 must be a positive integer",
+                            "parallelize_groups: this model is already parallelized"]
 
 
 def die_in_the_middle_of_a_step(rank: int, world_size: int) -> str:

@@ -82,13 +82,12 @@ def _peak_bytes(step) -> int | None:
     return peak
 
 
-def _measure_modes(rank: int, world_size: int, *arguments) -> list[RankMeasurement]:
-    """On P processes: one process on rank 0 with all the machine's threads (the others wait), then DDP, then group
-    parallelism on all of them."""
+def _measure_modes(rank: int, world_size: int, one_process_threads: int | None, *arguments) -> list[RankMeasurement]:
+    """On P processes: one process on rank 0 (the others wait), then DDP, then group parallelism on all of them."""
     threads = torch.get_num_threads()
     measurements = []
     if rank == 0:
-        torch.set_num_threads(threads * world_size)
+        torch.set_num_threads(one_process_threads or threads * world_size)
         measurements.append(_measure(rank, 1, "one process", *arguments))
         torch.set_num_threads(threads)
     dist.barrier()
@@ -146,13 +145,16 @@ def _measure(rank: int, world_size: int, mode: str, model_name: str, model_optio
 
 def benchmark_group_parallel(model_name: str, group_parallel: int = 2, batch_size: int = 8,
                              input_size: tuple[int, int, int] | None = None, model_options: dict | None = None,
-                             dtype: str = "float32", steps: int = 3, warmup: int = 1,
-                             timeout: float = 600.0) -> list[RankMeasurement]:
+                             dtype: str = "float32", steps: int = 3, warmup: int = 1, timeout: float = 600.0,
+                             one_process_threads: int | None = None) -> list[RankMeasurement]:
     """Measure `model_name` trained on batches of `batch_size` in one process, with DDP over `group_parallel`
     processes and with group parallelism over as many (one spawned group of `group_parallel` processes runs all three:
     one process on its rank 0 with all the machine's CPU threads, then DDP and group parallelism with threads = cores /
     processes each). Returns every rank's measurement, one process first. `input_size` defaults to the model's small
-    input where model_options asks for it (small_input=True), else its own."""
+    input where model_options asks for it (small_input=True), else its own. `one_process_threads` overrides the one
+    process's threads: on a machine shared with other work, OpenMP threads that wait for each other at every
+    parallel region can make one process with all cores several times slower than with one (measured: 4x on 2
+    busy cores), which a comparison per core avoids."""
     entry = models.model_entry(model_name)
     model_options = dict(model_options or {})
     if dtype not in DTYPES:
@@ -160,12 +162,15 @@ def benchmark_group_parallel(model_name: str, group_parallel: int = 2, batch_siz
     for name, value in (("group_parallel", group_parallel), ("batch_size", batch_size), ("steps", steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")
+    if one_process_threads is not None and (isinstance(one_process_threads, bool)
+                                            or not isinstance(one_process_threads, int) or one_process_threads < 1):
+        raise ValueError(f"one_process_threads={one_process_threads!r} must be a positive integer or None")
     if batch_size % group_parallel:
         raise ValueError(f"batch_size={batch_size} must divide by group_parallel={group_parallel} (DDP splits it)")
     if input_size is None:
         input_size = entry.small_input_size if model_options.get("small_input") else entry.input_size
-    per_rank = run_ranks(_measure_modes, group_parallel, (model_name, model_options, tuple(input_size), batch_size,
-                                                          dtype, steps, warmup),
+    per_rank = run_ranks(_measure_modes, group_parallel, (one_process_threads, model_name, model_options,
+                                                          tuple(input_size), batch_size, dtype, steps, warmup),
                          timeout=timeout, process_group_timeout=timeout)
     return sorted((m for measurements in per_rank for m in measurements), key=lambda m: (MODES.index(m.mode), m.rank))
 

@@ -2,7 +2,7 @@
 
 Group parallelism keeps every activation sharded along its channels: rank r of P holds the r-th of P
 equal, contiguous blocks (`channel_block`), so that a grouped conv whose groups divide by P finds all
-the channels of its own groups on its own rank. Two things in a network reorder channels across that
+the channels of its own groups on its own rank. Three things in a network move channels across that
 split, and each becomes one all-to-all whose plan is computed here, from channel indices alone (pure
 Python, no process group, so it is tested directly):
 
@@ -10,6 +10,8 @@ Python, no process group, so it is tested directly):
   k * (C / g) + i (k < g the group, i < C / g the place in it). Rank q needs the inputs of its output
   block; when P divides both g and C / g every pair of ranks exchanges exactly C / P^2 channels
   (`shuffle_exchange`), otherwise the splits are unequal but the plan is the same kind;
+- a layer that mixes neighbouring channels (local response normalisation, AlexNet's) needs the few channels
+  its window reaches beyond the block's edges (`window_exchange`);
 - a concatenation of two sharded tensors (ShuffleNet's downsampling unit concatenates its branch and
   its pooled shortcut; ResNeXt's form (b) concatenates its paths): rank r's local concatenation holds
   block r of each part, which is not block r of the whole (`concat_exchange`).
@@ -94,6 +96,16 @@ def shuffle_exchange(channels: int, groups: int, parts: int, rank: int) -> Chann
     """From block r of x to block r of channel_shuffle(x, groups), on every rank r of `parts`."""
     check_divisible_channels(channels, groups, f"channel shuffle with groups={groups}")
     wanted = [[shuffled_channel(o, channels, groups) for o in block] for block in blocks(channels, parts)]
+    return plan_exchange(blocks(channels, parts), wanted, rank)
+
+
+@functools.lru_cache(maxsize=1024)
+def window_exchange(channels: int, parts: int, rank: int, before: int, after: int) -> ChannelExchange:
+    """From block r of x to block r widened by `before` channels below and `after` above (within the tensor): the
+    neighbours a channel-mixing window (local response normalisation) reaches across the block's edges. A channel
+    near an edge goes to two ranks; the all-to-all moves only those."""
+    wanted = [list(range(max(0, block[0] - before), min(channels, block[-1] + 1 + after)))
+              for block in blocks(channels, parts)]
     return plan_exchange(blocks(channels, parts), wanted, rank)
 
 

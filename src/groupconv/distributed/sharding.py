@@ -12,8 +12,8 @@ layer gets one of these strategies (`plan_group_parallel` says which, and why; `
   ShuffledGroupedConv2d), first reorders channels across ranks (exchange.shuffle_exchange);
 - column parallel: a dense conv or linear layer all-gathers its input channels and computes its own block of
   output channels;
-- channel window: local response normalisation mixes neighbouring channels, so it reads the gathered input and
-  computes its own channels;
+- channel window: local response normalisation mixes neighbouring channels, so an all-to-all brings each rank the
+  few channels its window reaches beyond its block's edges;
 - pass-through: ReLU, pooling, dropout, flatten work on any channels as they are;
 - replicated: anything else (groups not divisible by P, an unknown module) runs whole on every rank on the
   gathered input, and keeps its own block of the output when the output's channels divide by P.
@@ -46,7 +46,7 @@ from torch.distributed.tensor import DTensor, Shard
 from .. import nn as gnn
 from ..ops import channel_shuffle
 from .collectives import exchange_channels, gather_channels, keep_own_channels, replicated_for_partial_use
-from .exchange import channel_block, concat_exchange, shuffle_exchange
+from .exchange import channel_block, concat_exchange, shuffle_exchange, window_exchange
 from .model_code import ModelCodeOnShards
 
 LOCAL = "local"
@@ -108,7 +108,8 @@ def plan_layer(module: nn.Module, parts: int) -> tuple[str, str]:
             return LOCAL, "per channel; every rank sees the whole batch, so its statistics are exact"
         return REPLICATED, f"num_features={module.num_features} is not divisible by {parts} ranks"
     if isinstance(module, nn.LocalResponseNorm):
-        return WINDOW, f"mixes {module.size} neighbouring channels: reads the gathered input, computes its own"
+        return WINDOW, (f"mixes {module.size} neighbouring channels: an all-to-all brings the {module.size - 1} "
+                         f"its window reaches across the block's edges")
     if isinstance(module, SHUFFLE_TYPES):
         return SHUFFLE, f"channel shuffle with groups={module.groups}: one all-to-all"
     if isinstance(module, nn.Flatten):
@@ -300,17 +301,26 @@ class _Shuffle(_LayerCommunication):
 
 
 class _ChannelWindow(_LayerCommunication):
-    """Local response normalisation of its own channels: computed on its block and the neighbours the window reaches
-    (torch pads size // 2 channels before and (size - 1) // 2 after), from the gathered input."""
+    """Local response normalisation of its own channels, computed on its block widened by the neighbours the window
+    reaches (torch pads size // 2 channels before and (size - 1) // 2 after): an all-to-all brings those few channels
+    from the neighbouring ranks."""
 
     def before(self, module, args, kwargs):
-        whole = self.whole(args[0], partial_gradient=True)
-        channels = whole.shape[1]
-        own = channel_block(channels, self.state.parts, self.state.rank)
-        start = max(0, own.start - module.size // 2)
-        stop = min(channels, own.stop + (module.size - 1) // 2)
-        self.offset, self.own_channels = own.start - start, len(own)
-        return (whole[:, start:stop], *args[1:]), kwargs
+        x = args[0]
+        before, after = module.size // 2, (module.size - 1) // 2
+        parts, rank = self.state.parts, self.state.rank
+        if self.is_sharded(x):
+            channels = x.shape[1] * parts
+            window = exchange_channels(x, self.state.mesh, window_exchange(channels, parts, rank, before, after),
+                                       self.name)
+        else:  # (each rank uses its own window of the whole tensor: the gradients add up over the ranks)
+            channels = x.shape[1]
+            own = channel_block(channels, parts, rank)
+            start, stop = max(0, own.start - before), min(channels, own.stop + after)
+            window = replicated_for_partial_use(x, self.state.mesh, self.name)[:, start:stop]
+        own = channel_block(channels, parts, rank)
+        self.offset, self.own_channels = own.start - max(0, own.start - before), len(own)
+        return (window, *args[1:]), kwargs
 
     def after(self, module, args, kwargs, output):
         return output[:, self.offset:self.offset + self.own_channels].contiguous()
