@@ -19,15 +19,16 @@ layer gets one of these strategies (`plan_group_parallel` says which, and why; `
   gathered input, and keeps its own block of the output when the output's channels divide by P.
 
 The model's code between layers keeps working on sharded tensors: residual sums add two tensors sharded the same
-way, flatten of an (N, C, H, W) block is a block of the flattened features, and a concatenation of two sharded
-tensors (the shortcut of ShuffleNet's downsampling unit, written by BatchNormAct2d's `concat=`) is reordered by one
-all-to-all into the block layout. The logits are gathered at the end, whole on every rank.
+way, flatten of an (N, C, H, W) block is a block of the flattened features, and a concatenation of sharded tensors
+is reordered by one all-to-all into the block layout, whether BatchNormAct2d writes it (`concat=`, the shortcut of
+ShuffleNet's downsampling unit) or the model's code calls torch.cat (ResNeXt's form (b); model_code.py). The logits
+are gathered at the end, whole on every rank.
 
 Parameters keep their names; sharded ones hold their rank's block along dim 0. `full_state_dict` gathers the
 single-process state_dict on every rank, `load_full_state_dict` shards one back.
 
-What the layout cannot follow: model code that indexes channels itself (x[:, :16], torch.split along channels)
-sees a shard; such a model needs that code in a module this plan knows. Dropout draws its mask per rank, so in
+What the layout cannot follow: model code that indexes channels itself (x[:, :16], torch.split along channels) is
+refused with an error (model_code.py); such code belongs in a layer. Dropout draws its mask per rank, so in
 training it differs from one process's (it is still dropout with the same rate).
 """
 
