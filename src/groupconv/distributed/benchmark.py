@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import models
+from ..models.common import check_positive_int
 from ..ops import native
 from ..ops.tuning import MEASUREMENT_LOCK
 from .collectives import CollectiveRecord, record_collectives
@@ -160,11 +161,9 @@ def benchmark_group_parallel(model_name: str, group_parallel: int = 2, batch_siz
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of {tuple(DTYPES)}")
     for name, value in (("group_parallel", group_parallel), ("batch_size", batch_size), ("steps", steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive integer")
-    if one_process_threads is not None and (isinstance(one_process_threads, bool)
-                                            or not isinstance(one_process_threads, int) or one_process_threads < 1):
-        raise ValueError(f"one_process_threads={one_process_threads!r} must be a positive integer or None")
+        check_positive_int(value, name)
+    if one_process_threads is not None:
+        check_positive_int(one_process_threads, "one_process_threads")
     if batch_size % group_parallel:
         raise ValueError(f"batch_size={batch_size} must divide by group_parallel={group_parallel} (DDP splits it)")
     if input_size is None:

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ..models.common import check_positive_int
+
 HOST = "127.0.0.1"
 
 
@@ -72,8 +74,7 @@ def launch_ranks(function: Callable, world_size: int, args: tuple = (), timeout:
                  process_group_timeout: float = 30.0, threads: int | None = None) -> list[RankOutcome]:
     """Run function(rank, world_size, *args) on `world_size` spawned processes in one gloo process group; wait at
     most `timeout` seconds; return every rank's outcome. `function` must be importable (a module-level function)."""
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size={world_size!r} must be a positive integer")
+    check_positive_int(world_size, "world_size")
     if not timeout > 0:
         raise ValueError(f"timeout={timeout!r} must be positive")
     threads = threads or max(1, (os.cpu_count() or 1) // world_size)

@@ -16,13 +16,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from ..models.common import check_positive_int
 from .sharding import parallelize_groups
 
 
 def group_parallel_mesh(group_parallel: int, device_type: str | None = None) -> DeviceMesh:
     """The ("data", "group") mesh of the whole world with `group_parallel` ranks per group (world = D x P)."""
-    if isinstance(group_parallel, bool) or not isinstance(group_parallel, int) or group_parallel < 1:
-        raise ValueError(f"group_parallel={group_parallel!r} must be a positive integer")
+    check_positive_int(group_parallel, "group_parallel")
     if not dist.is_initialized():
         raise RuntimeError("group parallelism needs an initialized process group (torch.distributed."
                            "init_process_group, or torchrun's environment through groupconv's training setup)")

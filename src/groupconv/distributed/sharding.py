@@ -45,6 +45,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 
 from .. import nn as gnn
+from ..models.common import check_positive_int
 from ..ops import channel_shuffle
 from .collectives import exchange_channels, gather_channels, keep_own_channels, replicated_for_partial_use
 from .exchange import channel_block, concat_exchange, shuffle_exchange, window_exchange
@@ -128,8 +129,7 @@ def plan_group_parallel(model: nn.Module, group_parallel: int) -> list[LayerPlan
     """The strategy of every leaf layer of `model` over `group_parallel` ranks (no process group needed)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(group_parallel, bool) or not isinstance(group_parallel, int) or group_parallel < 1:
-        raise ValueError(f"group_parallel={group_parallel!r} must be a positive integer")
+    check_positive_int(group_parallel, "group_parallel")
     plan = []
     for name, module in model.named_modules():
         children = next(module.children(), None) is not None
