@@ -67,10 +67,23 @@ def test_shuffle_exchange_gives_each_rank_its_block_of_the_shuffled_channels(cha
         block = channel_block(channels, parts, rank)
         assert got.tolist() == shuffled[block.start:block.stop].tolist()
     if groups % parts == 0 and (channels // groups) % parts == 0:
-        # Equal split: every rank sends C / P^2 channels to every rank (itself included).
-        for plan in plans:
+        # Equal split: every rank sends C / P^2 channels to every rank (itself included): rank r, holding groups k in
+        # [r g / P, (r + 1) g / P), sends rank q the channels k C / g + i with i in [q C / (g P), (q + 1) C / (g P)),
+        # which rank q puts at (i - q C / (g P)) g + k.
+        per_group = channels // groups
+        share = per_group // parts
+        for rank, plan in enumerate(plans):
             assert plan.send_counts == (channels // parts**2,) * parts
             assert plan.receive_counts == (channels // parts**2,) * parts
+            sent = torch.tensor(plan.send_order).add(rank * channels // parts).split(list(plan.send_counts))
+            for target in range(parts):
+                expected = {(k * per_group + i, (i - target * share) * groups + k)
+                            for k in range(rank * groups // parts, (rank + 1) * groups // parts)
+                            for i in range(target * share, (target + 1) * share)}
+                placed = {(channel, position) for position, channel in enumerate(
+                    shuffled[channel_block(channels, parts, target).start:][:channels // parts].tolist())}
+                assert set(sent[target].tolist()) == {channel for channel, _ in expected}
+                assert expected <= placed
 
 
 @pytest.mark.parametrize("part_channels, parts", [((88, 8), 4), ((96, 96), 2), ((180, 12), 2), ((6, 2), 2),

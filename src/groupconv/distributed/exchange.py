@@ -9,7 +9,9 @@ Python, no process group, so it is tested directly):
 - a channel shuffle (ShuffleNet, Zhang et al. 2018): output channel o = i * g + k reads input channel
   k * (C / g) + i (k < g the group, i < C / g the place in it). Rank q needs the inputs of its output
   block; when P divides both g and C / g every pair of ranks exchanges exactly C / P^2 channels
-  (`shuffle_exchange`), otherwise the splits are unequal but the plan is the same kind;
+  (`shuffle_exchange`): rank r holds the groups k in [r g / P, (r + 1) g / P), and sends rank q the channels
+  k * (C / g) + i of those groups with i in [q C / (g P), (q + 1) C / (g P)), which rank q puts at its local
+  position (i - q C / (g P)) * g + k. Otherwise the splits are unequal but the plan is the same kind;
 - a layer that mixes neighbouring channels (local response normalisation, AlexNet's) needs the few channels
   its window reaches beyond the block's edges (`window_exchange`);
 - a concatenation of two sharded tensors (ShuffleNet's downsampling unit concatenates its branch and
