@@ -61,7 +61,7 @@ REPLICATED = "replicated"
 # Layers that compute each channel (or each element) from that channel alone, and own no parameters.
 PASS_THROUGH_TYPES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
-    nn.Hardsigmoid, nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d,
+    nn.Hardsigmoid, nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d,
     nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d,
 )
 SHUFFLE_TYPES = (nn.ChannelShuffle, gnn.ChannelShuffle)
@@ -118,6 +118,8 @@ def plan_layer(module: nn.Module, parts: int) -> tuple[str, str]:
         if module.start_dim == 1:
             return PASS_THROUGH, "flattening a channel block gives a block of the flattened features"
         return REPLICATED, f"flattens from dim {module.start_dim}, not from the channels"
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return PASS_THROUGH, "each rank draws the mask of its own channels (in training not one process's mask)"
     if isinstance(module, PASS_THROUGH_TYPES):
         return PASS_THROUGH, "per channel, no parameters"
     if isinstance(module, nn.Sequential):
