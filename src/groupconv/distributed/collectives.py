@@ -19,8 +19,9 @@ and their counterparts from a replicated tensor:
 - `replicated_for_partial_use(x, mesh)`: forward nothing; backward an all-reduce (for a column-parallel layer
   reading a replicated tensor);
 
-and `exchange_channels`, an all-to-all that reorders channels across ranks (channel shuffle, concatenation);
-its backward is the inverse all-to-all.
+and `exchange_channels`, an all-to-all that moves channels across ranks (channel shuffle, concatenation, the
+neighbours of a channel window); its backward is the reverse all-to-all (the gradients of a channel sent to two ranks
+add up).
 
 Every call can be recorded (`record_collectives`) with the bytes this rank receives, forward and backward, for the
 benchmark; a failed collective (another rank stopped) becomes a GroupParallelError naming the layer.
@@ -124,7 +125,7 @@ def replicated_for_partial_use(x: torch.Tensor, mesh: DeviceMesh, layer: str = "
 
 
 def exchange_channels(x: torch.Tensor, mesh: DeviceMesh, exchange: ChannelExchange, layer: str = "") -> torch.Tensor:
-    """The all-to-all of `exchange` applied to x's channels (dim 1); differentiable (backward: the inverse one)."""
+    """The all-to-all of `exchange` applied to x's channels (dim 1); differentiable (backward: the reverse one)."""
     rank = mesh.get_local_rank()
     send_order = torch.tensor(exchange.send_order, device=x.device)
     receive_order = torch.tensor(exchange.receive_order, device=x.device)
