@@ -19,9 +19,9 @@ import torch
 from groupconv import models
 from groupconv import nn as gnn
 from groupconv.allocator import keep_freed_memory
-from groupconv.analysis.timing import median_seconds_interleaved
+from groupconv.ops.tuning.timing import median_seconds_interleaved
 from groupconv.benchmark import StockBatchNormAct2d
-from groupconv.ops import normalization
+from groupconv.ops.backends.native import batch_norm as normalization
 
 DEFAULT_MODELS = ("shufflenet_g8_w1", "shufflenet_g1_w1", "resnext29_32x4d", "mobilenet_w1")
 

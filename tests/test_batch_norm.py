@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from groupconv import ops
 from groupconv.nn import BatchNormAct2d
-from groupconv.ops import native, normalization
+from groupconv.ops.backends.native import batch_norm as normalization
+from groupconv.ops.backends.native import build as native
 
 from .conftest import assert_close_scaled
 
-needs_native = pytest.mark.skipif(native.unavailable_reason() is not None,
-                                  reason=f"native kernels unavailable: {native.unavailable_reason()}")
+needs_native = pytest.mark.native  # (skipped where the kernels are unavailable: conftest.py)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -36,7 +36,8 @@ def path(request, monkeypatch):
         if native.unavailable_reason() is not None:
             pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
     else:
-        monkeypatch.setattr(normalization.native, "unavailable_reason", lambda: "turned off by the test")
+        monkeypatch.setattr(native, "unavailable_reason", lambda: "turned off by the test")
+        ops.dispatch.forget_choices()  # (the choices made while the kernels were there)
     return request.param
 
 

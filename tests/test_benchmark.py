@@ -7,7 +7,7 @@ import torch
 
 import groupconv.nn as gnn
 from groupconv import benchmark, models
-from groupconv.analysis import memory
+from groupconv.ops.tuning import memory
 from groupconv.cli import main
 
 

@@ -8,7 +8,7 @@ import torch
 import groupconv
 from groupconv import ops
 from groupconv.ops.arguments import ConvArguments
-from groupconv.ops.reference import ReferenceBackend
+from groupconv.ops.backends.reference import ReferenceBackend
 
 
 class Float64OnlyBackend(ReferenceBackend):

@@ -32,7 +32,7 @@ def work(job):
 
     from groupconv import ops
     from groupconv.benchmark import zoo_layer_shapes
-    from groupconv.ops.triton import backend as triton_backend
+    from groupconv.ops.backends.triton import backend as triton_backend
 
     rows = []
     for i, shape in enumerate(zoo_layer_shapes()):

@@ -31,9 +31,9 @@ import torch
 
 from . import models
 from . import nn as gnn
-from .analysis import memory
+from .ops.tuning import memory
 from .analysis.roofline import MachineCeilings, machine_ceilings
-from .analysis.timing import median_seconds_interleaved, seconds_interleaved
+from .ops.tuning.timing import median_seconds_interleaved, seconds_interleaved
 from .ops.tuning import MEMORY_TOLERANCE
 
 # The networks whose layer shapes the targets name (baseline.md).
