@@ -33,7 +33,7 @@ class SlowedAten(AtenBackend):
 
 
 # A contender's runs while measured: one warm-up, three timed (the fixture's), one whose peak memory is measured.
-def measured_calls() -> int:
+def calls_per_measurement() -> int:
     """The calls one measurement makes: a warm-up, three timed runs, and a peak-memory run where it can count."""
     return 1 + 3 + (1 if memory.can_measure() else 0)
 
@@ -66,7 +66,7 @@ def test_the_fastest_backend_is_measured_once_and_remembered_on_disk(tuning):
     problem = ops.conv_problem(x, w, padding=1, groups=4)
     assert ops.select_backend(problem).name == "aten"  # priority says slowed-aten; the measurement says aten
     measured_calls = tuning.forward_calls
-    assert measured_calls == measured_calls()  # never the call itself
+    assert measured_calls == calls_per_measurement()  # never the call itself
 
     decisions = json.loads(ops.cache_path().read_text())
     entry = decisions[repr(problem)]
@@ -105,7 +105,7 @@ def test_clear_tuning_cache_forgets_decisions(tuning):
     ops.clear_tuning_cache()
     assert not ops.cache_path().exists()
     call()
-    assert tuning.forward_calls == 2 * measured_calls()
+    assert tuning.forward_calls == 2 * calls_per_measurement()
 
 
 def test_cache_file_is_named_after_the_kernels_it_measured(tmp_path):
@@ -141,7 +141,7 @@ def test_threads_meeting_a_new_problem_measure_it_once(tuning):
     assert not errors and len(results) == 4
     for result in results:
         torch.testing.assert_close(result, F.conv2d(x, w, padding=1, groups=4))
-    assert tuning.forward_calls == measured_calls()
+    assert tuning.forward_calls == calls_per_measurement()
     assert len(json.loads(ops.cache_path().read_text())) == 1
 
 
@@ -222,7 +222,7 @@ def test_short_runs_are_timed_more_often():
 
 
 def test_contenders_are_timed_in_alternation():
-    from groupconv.analysis.timing import median_seconds_interleaved, seconds_interleaved
+    from groupconv.ops.tuning.timing import median_seconds_interleaved, seconds_interleaved
 
     order = []
     seconds = median_seconds_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
@@ -235,13 +235,13 @@ def test_contenders_are_timed_in_alternation():
 def test_a_decision_is_measured_again_when_a_new_backend_can_run_the_problem(tuning):
     _, _, call = grouped_conv_call()
     call()
-    assert tuning.forward_calls == measured_calls()
+    assert tuning.forward_calls == calls_per_measurement()
     newcomer = SlowedAten()
     newcomer.name = "newcomer"
     ops.register_backend(newcomer, priority=50)
     try:
         call()  # the remembered decision did not weigh the newcomer: all are measured again
-        assert tuning.forward_calls == 2 * measured_calls() and newcomer.forward_calls == measured_calls()
+        assert tuning.forward_calls == 2 * calls_per_measurement() and newcomer.forward_calls == calls_per_measurement()
         assert set(json.loads(ops.cache_path().read_text()).popitem()[1]["seconds"]) == {"slowed-aten", "aten",
                                                                                            "newcomer"}
     finally:
