@@ -309,3 +309,21 @@ def test_without_a_memory_count_decisions_are_made_by_time_and_still_remembered(
     forget_choices()
     call()
     assert tuning.forward_calls == measured_calls
+
+
+@pytest.mark.native
+def test_batch_norm_is_tuned_like_the_convs(tuning):
+    """The fused batch norm's backends are measured on the call's own tensors and the decision kept on disk; the
+    measurements run on copies of the running statistics, which the call itself updates once."""
+    x, residual = torch.randn(8, 16, 32, 32), torch.randn(8, 16, 32, 32)  # 131,072 values: the native kernel's size
+    running_mean, running_var = torch.zeros(16), torch.ones(16)
+    out = ops.batch_norm(x, running_mean, running_var, None, None, True, residual=residual, relu=True)
+    expected_mean, expected_var = torch.zeros(16), torch.ones(16)
+    expected = F.relu(F.batch_norm(x, expected_mean, expected_var, None, None, True) + residual)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close((running_mean, running_var), (expected_mean, expected_var))
+    problem = ops.batch_norm_problem(x, True, residual=residual, relu=True)
+    entry = json.loads(ops.cache_path().read_text())[repr(problem)]
+    assert set(entry["seconds"]) == {"native", "slowed-aten", "aten"}  # reference: not tunable
+    assert entry["backend"] in entry["seconds"]
+    assert f"-> {entry['backend']}: can run (measured" in ops.explain_batch_norm(x, residual=residual, relu=True)

@@ -10,8 +10,8 @@ default ~/.cache/torch_extensions). So two checkouts or virtual environments nev
 library compiled from other sources or for another torch is never loaded: changed sources get a new name.
 
 One process builds a folder at a time: the others wait on a lock file that names its owner. The wait is bounded
-(GROUPCONV_NATIVE_BUILD_TIMEOUT seconds, 10 minutes by default), and a lock whose owner is dead (a build that was
-killed) or that is older than the timeout is stale and taken over. If the build fails, times out, or
+(GROUPCONV_NATIVE_BUILD_TIMEOUT seconds, 10 minutes by default), and a stale lock (its owner dead: a build that was
+killed; or, where the owner cannot be asked, older than the timeout) is taken over. If the build fails, times out, or
 GROUPCONV_NATIVE=0, `unavailable_reason()` says why, groupconv warns once, and every call goes to the other
 backends: the library keeps working, and never hangs.
 """
@@ -76,25 +76,26 @@ class BuildLock:
         self.timeout = timeout
 
     def _owner_is_gone(self) -> bool:
-        """Whether the lock is stale: its owner process is dead, or it is older than the timeout."""
+        """Whether the lock is stale: its owner process (on this host) is dead; where the owner cannot be asked (another
+        host sharing the folder, a half-written lock file), whether the lock is older than the timeout. A live owner
+        is never overtaken, however slow its build: two builds in one folder would corrupt each other."""
         try:
             host, pid, started = self.path.read_text().split()
-            age = time.time() - float(started)
-        except (OSError, ValueError):  # unreadable or half-written: judge by the file's age
+            age, pid = time.time() - float(started), int(pid)
+        except (OSError, ValueError):
             try:
-                age, host, pid = time.time() - self.path.stat().st_mtime, "", "0"
+                age, host, pid = time.time() - self.path.stat().st_mtime, "", 0
             except OSError:
-                return False  # gone already
-        if age > self.timeout:
-            return True
-        if host == socket.gethostname() and int(pid) > 0:
+                return False  # gone already: the next attempt takes it
+        if host == socket.gethostname() and pid > 0:
             try:
-                os.kill(int(pid), 0)
+                os.kill(pid, 0)
             except ProcessLookupError:
                 return True
-            except PermissionError:  # alive, owned by another user
-                return False
-        return False
+            except PermissionError:  # alive, another user's
+                pass
+            return False
+        return age > self.timeout
 
     def acquire(self) -> bool:
         """Take the lock, waiting at most `timeout` seconds for another owner; False if it could not be had."""
