@@ -161,7 +161,8 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
             count = x.numel() // channels
             with torch.no_grad():
                 running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
-                running_var.mul_(1 - momentum).add_(var.detach().to(running_var.dtype), alpha=momentum * count / (count - 1))
+                unbiased = var.detach().to(running_var.dtype) * (count / (count - 1))
+                running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
     else:
         mean, var = running_mean.to(x.dtype), running_var.to(x.dtype)
     out = (x - mean.view(per_channel)) / torch.sqrt(var.view(per_channel) + eps)

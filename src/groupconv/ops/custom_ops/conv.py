@@ -48,7 +48,8 @@ def conv_forward_implementation(
 
 def run_forward(problem: ConvProblem, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     args = problem.arguments
-    out = select_backend(problem, lambda b: b.conv_forward(input, weight, bias, args)).conv_forward(input, weight, bias, args)
+    backend = select_backend(problem, lambda b: b.conv_forward(input, weight, bias, args))
+    out = backend.conv_forward(input, weight, bias, args)
     return owned(out, memory_format_of(input), input, weight, bias)
 
 
