@@ -36,7 +36,7 @@ class BoundedCache(Generic[Value]):
     def put(self, key: Hashable, value: Value) -> Value:
         self._entries[key] = value
         self._entries.move_to_end(key)
-        if len(self._entries) > self.max_entries:
+        while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
         return value
 
