@@ -23,6 +23,6 @@ fi
 .venv/bin/pip install "${PIP_FLAGS[@]}" -e ".${extras}"
 # Build the native CPU kernels now (about a minute, cached by torch) rather than on the first conv call.
 # A failed build is not fatal: groupconv then runs on torch's kernels and says why.
-.venv/bin/python -c 'import sys; from groupconv.ops.native import main; sys.exit(main())' \
+.venv/bin/python -c 'import sys; from groupconv.ops.backends.native import main; sys.exit(main())' \
     || echo "setup: continuing without the native kernels"
 echo "setup: ready ($(.venv/bin/python -c 'import torch, groupconv; print("torch", torch.__version__, "/ groupconv", groupconv.__version__)'))"

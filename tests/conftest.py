@@ -61,7 +61,34 @@ def skip_unless_supported(backend, problem) -> None:
             pytest.skip(f"backend {backend!r} does not run this problem: {'; '.join(reasons)}")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "native: needs groupconv's compiled CPU kernels (skipped where they are "
+                                       "unavailable)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def native_kernels():
+    """Build (or load) the native kernels once, when the first test runs: never while tests are collected."""
+    from groupconv.ops.backends import native
+
+    return native.load()
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("native") is not None:
+        from groupconv.ops.backends import native
+
+        reason = native.unavailable_reason()
+        if reason is not None:
+            pytest.skip(f"native kernels unavailable: {reason}")
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_automatic_dispatch():
+    """A fixed seed, and automatic choices made afresh: a test that changes what a backend accepts (a size
+    threshold, an unavailable library) does not inherit the choices another test made."""
+    from groupconv import ops
+
     torch.manual_seed(0)
+    ops.dispatch.forget_choices()
     yield

@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from groupconv import ops
 from groupconv.nn import BatchNormAct2d
-from groupconv.ops import native, normalization
+from groupconv.ops.backends.native import batch_norm as normalization
+from groupconv.ops.backends.native import build as native
 
-from .conftest import assert_close_scaled
+from .conftest import assert_close_scaled, skip_unless_supported
 
-needs_native = pytest.mark.skipif(native.unavailable_reason() is not None,
-                                  reason=f"native kernels unavailable: {native.unavailable_reason()}")
+needs_native = pytest.mark.native  # (skipped where the kernels are unavailable: conftest.py)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -36,7 +36,8 @@ def path(request, monkeypatch):
         if native.unavailable_reason() is not None:
             pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
     else:
-        monkeypatch.setattr(normalization.native, "unavailable_reason", lambda: "turned off by the test")
+        monkeypatch.setattr(native, "unavailable_reason", lambda: "turned off by the test")
+        ops.dispatch.forget_choices()  # (the choices made while the kernels were there)
     return request.param
 
 
@@ -292,3 +293,65 @@ def test_state_dict_is_batchnorm2d():
 def test_bad_input_names_the_argument(call, message):
     with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(").replace(")", r"\)")):
         call()
+
+
+# Batch norm goes through the dispatcher as the convs do: every backend forced on the same call, the reasons a
+# backend gives, the choice shown by explain.
+def batch_norm_inputs(channels_last=False, residual=True, dtype=torch.float64, seed=3):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 6, 5, 5, generator=generator, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    r = torch.randn(x.shape, generator=generator, dtype=dtype) if residual else None
+    w = torch.rand(6, generator=generator, dtype=dtype) + 0.5
+    b = torch.randn(6, generator=generator, dtype=dtype)
+    return x, r, w, b
+
+
+@pytest.mark.parametrize("backend", ["native", "aten", "reference"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_every_batch_norm_backend_matches_torch_when_forced(backend, channels_last, training):
+    x, r, w, b = batch_norm_inputs(channels_last)
+    skip_unless_supported(backend, ops.batch_norm_problem(x, training, residual=r, relu=True))
+    results = []
+    for name in (backend, None):  # the forced backend, then torch's ops written out
+        mean, var = torch.linspace(-1, 1, 6, dtype=x.dtype), torch.linspace(0.5, 2, 6, dtype=x.dtype)
+        leaves = [t.detach().clone().requires_grad_() for t in (x, r, w, b)]
+        if name is None:
+            out = F.relu(F.batch_norm(leaves[0], mean, var, leaves[2], leaves[3], training, 0.1, 1e-5) + leaves[1])
+        else:
+            with ops.use_backend(name):
+                out = ops.batch_norm(leaves[0], mean, var, leaves[2], leaves[3], training, 0.1, 1e-5,
+                                     residual=leaves[1], relu=True)
+        grads = torch.autograd.grad(out, leaves, torch.linspace(-1, 1, out.numel(), dtype=x.dtype).view(out.shape))
+        results.append((out, *grads, mean, var))
+    for forced, expected, what in zip(*results, ("output", "grad input", "grad residual", "grad weight", "grad bias",
+                                                 "running mean", "running var")):
+        assert_close_scaled(forced, expected, torch.float64, f"{backend} {what}")
+
+
+def test_batch_norm_reasons_and_explain():
+    x, r, _, _ = batch_norm_inputs()
+    problem = ops.batch_norm_problem(x.bfloat16(), residual=r.bfloat16(), relu=True)
+    assert ops.get_backend("native").not_supported_reasons(problem)[0] == (
+        "dtype torch.bfloat16 is not supported: torch.float32, torch.float64 only")
+    assert ops.get_backend("gemm").not_supported_reasons(problem) == ["batch_norm is not supported: only convolutions"]
+    assert ops.get_backend("aten").not_supported_reasons(problem) == []
+    explanation = ops.explain_batch_norm(x.bfloat16(), residual=r.bfloat16(), relu=True)
+    assert "BatchNormProblem(" in explanation and "\n-> aten: can run" in explanation
+    assert "   native: dtype torch.bfloat16 is not supported" in explanation
+    with pytest.raises(ValueError, match="backend 'native' is forced but cannot run BatchNormProblem"):
+        with ops.use_backend("native"):
+            ops.batch_norm(x.bfloat16(), None, None, training=True, residual=r.bfloat16(), relu=True)
+
+
+@needs_native
+def test_batch_norm_follows_the_dispatchers_choice():
+    """Untuned, the native backend comes first where it can run the call; forced, aten runs torch's own ops."""
+    x, r, w, b = batch_norm_inputs()
+    assert "\n-> native: can run" in ops.explain_batch_norm(x, residual=r, relu=True)
+    for forced, expected in ((None, "EagerBatchNorm"), ("aten", "ReluBackward")):
+        with ops.use_backend(forced):
+            out = ops.batch_norm(x.requires_grad_(), None, None, w, b, True, residual=r, relu=True)
+        assert out.grad_fn.name().startswith(expected)

@@ -7,11 +7,11 @@ import torch
 
 import groupconv.nn as gnn
 from groupconv import models
-from groupconv.analysis import memory
 from groupconv.benchmarks.models import ModelResult
 from groupconv.benchmarks.same_flops import same_flops_pair
 from groupconv.benchmarks.shapes import zoo_layer_shapes
 from groupconv.benchmarks.twins import to_torch_layers
+from groupconv.ops.tuning import memory
 from groupconv.cli import main
 
 

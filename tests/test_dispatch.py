@@ -1,5 +1,6 @@
 """The dispatcher: listing, explaining, forcing; a backend that refuses inputs is skipped, and says why."""
 
+import dataclasses
 import threading
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 import groupconv
 from groupconv import ops
 from groupconv.ops.arguments import ConvArguments
-from groupconv.ops.reference import ReferenceBackend
+from groupconv.ops.backends.reference import ReferenceBackend
 
 
 class Float64OnlyBackend(ReferenceBackend):
@@ -143,3 +144,78 @@ def test_gradients_follow_the_block_around_their_forward(monkeypatch):
     thread.join()
     assert not errors and sorted(calls) == ["conv_backward_input", "conv_backward_weight"]
     assert ops.forced_backend() is None  # the block's end is still its end
+
+
+def test_capabilities_are_declared_once_and_checked_by_the_base_class():
+    """Devices, dtypes and layouts come from a backend's class attributes, with reasons that name what it takes."""
+    like = torch.empty(2, 8, 5, 5, dtype=torch.float16)
+    problem = ops.ConvProblem.build("conv_forward", (2, 8, 5, 5), (8, 8, 1, 1),
+                                    ConvArguments((1, 1), (0, 0), (1, 1), 1), like)
+    on_cuda = dataclasses.replace(problem, device_type="cuda", dtype=torch.float32)
+    gemm = ops.get_backend("gemm")
+    assert gemm.SUPPORTED_DEVICES == ("cpu",)
+    assert gemm.not_supported_reasons(on_cuda) == ["device cuda is not supported: cpu only"]
+    assert gemm.not_supported_reasons(problem) == [
+        "dtype torch.float16 is not supported: torch.float32, torch.float64 only"]
+    strided = ops.ShuffleProblem.build(torch.empty(2, 8, 5, 5).transpose(2, 3), 2)
+    assert ops.get_backend("native").not_supported_reasons(strided)[0] == (
+        "layout strided is not supported: contiguous, channels_last only")
+    assert ops.get_backend("aten").not_supported_reasons(on_cuda) == []  # (no capability declared: anything)
+
+
+def test_environment_flags_share_one_parser(monkeypatch):
+    from groupconv.ops import environment
+
+    for value, expected in (("", True), ("0", False), (" Off ", False), ("yes", True)):
+        monkeypatch.setenv("GROUPCONV_TUNE", value)
+        assert environment.flag("GROUPCONV_TUNE", True) is expected
+    monkeypatch.setenv("GROUPCONV_TUNE", "sometimes")
+    with pytest.raises(ValueError, match="GROUPCONV_TUNE='sometimes' must be one of"):
+        ops.tuning_enabled()
+
+
+def test_per_signature_caches_stay_bounded_over_many_input_sizes(monkeypatch):
+    """10,000 distinct input sizes: the argument checks, the eager calls and the dispatch choices each keep at most
+    their bound of entries, and the memory they hold stops growing once they are full. (The bound is lowered to
+    1,024 here so that the caches are full, and their tables at their final size, early in the run.)"""
+    import tracemalloc
+
+    from groupconv.ops import arguments
+    from groupconv.ops.cache import DEFAULT_MAX_ENTRIES
+    from groupconv.ops.custom_ops.eager_conv import EagerCall
+    from groupconv.ops.dispatch import registry
+
+    caches = {"argument checks": arguments._PASSED_CHECKS, "eager calls": EagerCall._calls,
+              "dispatch choices": registry._choices}
+    for cache in caches.values():
+        assert cache.max_entries == DEFAULT_MAX_ENTRIES
+        monkeypatch.setattr(cache, "max_entries", 1024)
+    w = torch.randn(2, 1, 1, 1)
+
+    def run(widths):
+        for width in widths:
+            groupconv.conv2d(torch.ones(1, 2, 1, width), w, groups=2)
+
+    tracemalloc.start()  # (from the start: memory allocated before it and freed later would not count as freed)
+    try:
+        run(range(1, 3001))
+        before = tracemalloc.get_traced_memory()[0]
+        run(range(3001, 10_001))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    for name, cache in caches.items():
+        assert len(cache) == 1024, name
+    # (7,000 more signatures in unbounded caches would hold several MB)
+    assert grown < 128 * 1024, f"{grown} bytes more after 7,000 new input sizes"
+
+
+def test_the_argument_cache_is_left_alone_while_torch_compile_traces():
+    """dynamo would guard on the cache's contents, and compile again when another call changed them."""
+    from groupconv.ops import arguments
+
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3)
+    arguments._PASSED_CHECKS.clear()
+    compiled = torch.compile(lambda x: groupconv.conv2d(x, w, padding=1, groups=2), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), torch.nn.functional.conv2d(x, w, padding=1, groups=2))
+    assert len(arguments._PASSED_CHECKS) == 0

@@ -1,4 +1,4 @@
-"""The eager path (library.EagerConv, normalization.EagerBatchNorm) against the custom ops it stands in for.
+"""The eager path (EagerConv, EagerBatchNorm) against the custom ops it stands in for.
 
 Plain eager calls skip torch.library's dispatch; everything that must see the custom ops (torch.compile, export,
 dispatch modes such as FlopCounterMode) still does. Both paths run the same implementations, so they must agree
@@ -12,7 +12,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import groupconv
-from groupconv.ops import batch_norm, library, native, normalization
+from groupconv.ops import batch_norm, custom_ops as library
+from groupconv.ops.backends.native import batch_norm as native_batch_norm
+from groupconv.ops.custom_ops import batch_norm as normalization
+from groupconv.ops.custom_ops import eager_conv
 from groupconv.ops.arguments import ConvArguments
 from groupconv.ops.dispatch import forget_choices, layout_name
 
@@ -105,11 +108,11 @@ def test_dispatch_modes_and_compile_see_the_custom_op():
     assert seen == [False]
 
 
-@pytest.mark.skipif(native.unavailable_reason() is not None, reason="native kernels unavailable")
+@pytest.mark.native
 @pytest.mark.parametrize("residual,relu,channels_last", [(False, True, False), (True, True, True),
                                                           (True, False, False)])
 def test_eager_batch_norm_equals_the_custom_op(monkeypatch, residual, relu, channels_last):
-    monkeypatch.setattr(normalization, "NATIVE_MIN_VALUES", 0)
+    monkeypatch.setattr(native_batch_norm, "NATIVE_MIN_VALUES", 0)
     results = []
     for eager in (True, False):
         monkeypatch.setattr(normalization, "runs_eagerly", lambda *tensors, eager=eager: eager)
@@ -184,7 +187,7 @@ def test_a_shuffled_call_settled_on_torch_runs_torchs_own_ops(priority_order, in
         torch.testing.assert_close(grad, expected_grad)
 
 
-@pytest.mark.skipif(native.unavailable_reason() is not None, reason="native kernels unavailable")
+@pytest.mark.native
 def test_a_call_settled_elsewhere_keeps_the_ops(priority_order):
     x, w, _ = conv_inputs(8, True, False)
     x.requires_grad_()
@@ -204,8 +207,8 @@ def test_an_eager_call_signature_builds_its_problems_once(monkeypatch):
     w.requires_grad_()
     groupconv.conv2d(x, w, b, padding=1, groups=3).backward(torch.ones(3, 12, 9, 7, dtype=torch.float64))
     built = []
-    original = library.ConvProblem.build
-    monkeypatch.setattr(library.ConvProblem, "build",
+    original = eager_conv.ConvProblem.build
+    monkeypatch.setattr(eager_conv.ConvProblem, "build",
                         lambda *a, **k: built.append((a[0], layout_name(a[4]))) or original(*a, **k))
     for _ in range(2):
         groupconv.conv2d(x, w, b, padding=1, groups=3).backward(torch.ones(3, 12, 9, 7, dtype=torch.float64))

@@ -5,6 +5,7 @@ import torch
 
 import groupconv
 import groupconv.nn as gnn
+from groupconv.ops.cache import BoundedCache
 
 x4 = torch.randn(2, 8, 6, 6)
 w4 = torch.randn(8, 2, 3, 3)
@@ -91,7 +92,7 @@ def test_module_forward_with_wrong_channels_names_them():
 def test_a_call_signature_that_passed_the_checks_is_not_checked_again_but_a_bad_one_always_is(monkeypatch):
     from groupconv.ops import arguments
 
-    monkeypatch.setattr(arguments, "_PASSED_CHECKS", {})
+    monkeypatch.setattr(arguments, "_PASSED_CHECKS", BoundedCache())
     checked = []
     original = arguments.check_conv_call
     monkeypatch.setattr(arguments, "check_conv_call", lambda *a: checked.append(a[3]) or original(*a))

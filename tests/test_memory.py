@@ -1,12 +1,12 @@
-"""analysis.memory: the peak of what a computation holds, as the tuner and the layer benchmark measure it."""
+"""ops.tuning.memory: the peak of what a computation holds, as the tuner and the layer benchmark measure it."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from groupconv.analysis import memory
+from groupconv.ops.tuning import memory
 
-pytestmark = pytest.mark.skipif(not memory.can_measure(), reason="peak memory needs the native module")
+pytestmark = pytest.mark.native  # peak memory needs the native module (skipped without it: conftest.py)
 
 MIB = 1 << 20
 

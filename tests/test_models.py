@@ -522,7 +522,7 @@ def test_shufflenet_training_gradients_equal_its_stock_torch_twin(monkeypatch, c
     conv's kernel) against the same model in plain torch.nn layers: the loss, the input's and every parameter's
     gradient, in float64."""
     from groupconv.benchmarks.twins import to_torch_layers
-    from groupconv.ops import normalization
+    from groupconv.ops.backends.native import batch_norm as normalization
 
     monkeypatch.setattr(normalization, "NATIVE_MIN_VALUES", 0)  # the fused BN at these small sizes too
     layout = torch.channels_last if channels_last else torch.contiguous_format

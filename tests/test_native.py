@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 import groupconv
 from groupconv import ops
-from groupconv.ops import native
+from groupconv.ops.backends.native import backend as native
+from groupconv.ops.backends.via_channels_last import VIA_CHANNELS_LAST, ViaChannelsLast
 
-pytestmark = pytest.mark.skipif(native.unavailable_reason() is not None,
-                                reason=f"native kernels unavailable: {native.unavailable_reason()}")
+pytestmark = pytest.mark.native  # (skipped where the kernels are unavailable: conftest.py)
 
 
 def run(x, w, stride, shuffle_groups, threads):
@@ -379,7 +379,6 @@ VIA_CHANNELS_LAST_CASES = [((2, 32, 9, 10), (32, 4, 3, 3), 1, 8, 1), ((2, 32, 9,
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_via_channels_last_matches_torch(input_shape, weight_shape, stride, groups, shuffle_groups, dtype):
     """Each op of the strategy the tuner may pick for NCHW convs, against torch, results back in NCHW."""
-    from groupconv.ops import library
     from groupconv.ops.arguments import ConvArguments
 
     x = torch.randn(input_shape, dtype=dtype)
@@ -388,12 +387,12 @@ def test_via_channels_last_matches_torch(input_shape, weight_shape, stride, grou
     args = ConvArguments((stride, stride), (1, 1), (1, 1), groups, shuffle_groups)
     for op in ("conv_forward", "conv_backward_input", "conv_backward_weight", "conv_backward"):
         problem = ops.conv_problem(x, w, b, stride, 1, 1, groups, shuffle_groups=shuffle_groups, op=op)
-        assert library.ViaChannelsLast.applies(problem)
+        assert ViaChannelsLast.applies(problem)
     xr, wr, br = (t.clone().requires_grad_() for t in (x, w, b))
     expected = F.conv2d(shuffled(xr, shuffle_groups), wr, br, stride, 1, 1, groups)
     grad_output = torch.randn(expected.shape, dtype=dtype)
     expected_grads = torch.autograd.grad(expected, (xr, wr), grad_output)
-    via = library.VIA_CHANNELS_LAST
+    via = VIA_CHANNELS_LAST
     out = via.conv_forward(x, w, b, args)
     grad_input = via.conv_backward_input(grad_output, w, x.shape, args)
     grad_weight = via.conv_backward_weight(grad_output, x, w.shape, args)
@@ -406,14 +405,12 @@ def test_via_channels_last_matches_torch(input_shape, weight_shape, stride, grou
 
 
 def test_via_channels_last_applies_only_where_the_conversion_changes_the_layout():
-    from groupconv.ops import library
-
     w = torch.randn(8, 2, 3, 3)
-    applies = lambda x, **kw: library.ViaChannelsLast.applies(ops.conv_problem(x, w, padding=1, groups=4, **kw))
+    applies = lambda x, **kw: ViaChannelsLast.applies(ops.conv_problem(x, w, padding=1, groups=4, **kw))
     assert applies(torch.randn(2, 8, 5, 5))
     assert not applies(torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last))  # already there
     assert not applies(torch.randn(2, 8, 1, 1), stride=2)  # 1x1 pixels in and out: NCHW is channels_last too
-    assert not library.ViaChannelsLast.applies(ops.conv_problem(torch.randn(2, 8, 5, 5, dtype=torch.bfloat16),
+    assert not ViaChannelsLast.applies(ops.conv_problem(torch.randn(2, 8, 5, 5, dtype=torch.bfloat16),
                                                                 w.bfloat16(), padding=1, groups=4))  # no kernels
-    assert not library.ViaChannelsLast.applies(ops.conv_problem(torch.randn(2, 8, 5), torch.randn(8, 2, 3),
+    assert not ViaChannelsLast.applies(ops.conv_problem(torch.randn(2, 8, 5), torch.randn(8, 2, 3),
                                                                 groups=4))  # 1-D

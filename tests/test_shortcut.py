@@ -9,13 +9,13 @@ import torch
 
 from groupconv import nn as gnn
 from groupconv import ops
-from groupconv.ops import ConvProblem, native
+from groupconv.ops import ConvProblem
+from groupconv.ops.backends.native import backend as native
 from groupconv.ops.arguments import ConvArguments
 
 from .conftest import assert_close_scaled, skip_unless_supported
 
-needs_native = pytest.mark.skipif(native.unavailable_reason() is not None,
-                                  reason=f"native kernels unavailable: {native.unavailable_reason()}")
+needs_native = pytest.mark.native  # (skipped where the kernels are unavailable: conftest.py)
 
 # (in channels, out channels, groups, kernel): 1x1s whose groups fill whole vectors, a vector and a half (24), less
 # than one (20, 10), and a 3x3, which no kernel fuses (the sum is added after it).

@@ -24,7 +24,7 @@ import groupconv  # noqa: E402
 from groupconv import ops  # noqa: E402
 from groupconv.ops.arguments import ConvArguments  # noqa: E402
 from groupconv.ops.reference import channel_shuffle  # noqa: E402
-from groupconv.ops.triton import backend as triton_backend  # noqa: E402
+from groupconv.ops.backends.triton import backend as triton_backend  # noqa: E402
 
 from .conftest import assert_close_scaled  # noqa: E402
 
@@ -215,8 +215,8 @@ def test_unsupported_problems_say_why():
 def test_missing_triton_is_a_reason(monkeypatch):
     """Without an importable triton the backend refuses every problem, with the import error as its reason."""
     monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError
-    monkeypatch.delitem(sys.modules, "groupconv.ops.triton.kernels", raising=False)
-    monkeypatch.delattr(groupconv.ops.triton, "kernels", raising=False)  # else `from . import kernels` finds it
+    monkeypatch.delitem(sys.modules, "groupconv.ops.backends.triton.kernels", raising=False)
+    monkeypatch.delattr(groupconv.ops.backends.triton, "kernels", raising=False)  # else `from . import kernels` finds it
     monkeypatch.setattr(triton_backend, "_kernels", None)
     monkeypatch.setattr(triton_backend, "_import_error", None)
     [reason] = ops.get_backend("triton").not_supported_reasons(problem())

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 import groupconv
 from groupconv import ops
-from groupconv.analysis import memory
-from groupconv.ops.aten import AtenBackend
-from groupconv.ops import tuning as tuning_module
+from groupconv.ops.backends.aten import AtenBackend
 from groupconv.ops.dispatch import forget_choices
+from groupconv.ops.tuning import disk_cache, memory
+from groupconv.ops.tuning import tuner as tuning_module
 
 
 class SlowedAten(AtenBackend):
@@ -33,7 +33,9 @@ class SlowedAten(AtenBackend):
 
 
 # A contender's runs while measured: one warm-up, three timed (the fixture's), one whose peak memory is measured.
-MEASURED_CALLS = 1 + 3 + (1 if memory.can_measure() else 0)
+def calls_per_measurement() -> int:
+    """The calls one measurement makes: a warm-up, three timed runs, and a peak-memory run where it can count."""
+    return 1 + 3 + (1 if memory.can_measure() else 0)
 
 
 @pytest.fixture
@@ -64,7 +66,7 @@ def test_the_fastest_backend_is_measured_once_and_remembered_on_disk(tuning):
     problem = ops.conv_problem(x, w, padding=1, groups=4)
     assert ops.select_backend(problem).name == "aten"  # priority says slowed-aten; the measurement says aten
     measured_calls = tuning.forward_calls
-    assert measured_calls == MEASURED_CALLS  # never the call itself
+    assert measured_calls == calls_per_measurement()  # never the call itself
 
     decisions = json.loads(ops.cache_path().read_text())
     entry = decisions[repr(problem)]
@@ -103,23 +105,21 @@ def test_clear_tuning_cache_forgets_decisions(tuning):
     ops.clear_tuning_cache()
     assert not ops.cache_path().exists()
     call()
-    assert tuning.forward_calls == 2 * MEASURED_CALLS
+    assert tuning.forward_calls == 2 * calls_per_measurement()
 
 
 def test_cache_file_is_named_after_the_kernels_it_measured(tmp_path):
     """Decisions measured against one version of groupconv's kernels are not read by another."""
-    import groupconv.ops.tuning as tuning_module
-
     (tmp_path / "csrc").mkdir()
-    (tmp_path / "ops" / "triton").mkdir(parents=True)
+    (tmp_path / "ops" / "backends" / "triton").mkdir(parents=True)
     (tmp_path / "csrc" / "kernel.cpp").write_text("void f() {}")
-    (tmp_path / "ops" / "triton" / "kernels.py").write_text("# triton")
-    before = tuning_module.sources_fingerprint(tmp_path)
+    (tmp_path / "ops" / "backends" / "triton" / "kernels.py").write_text("# triton")
+    before = disk_cache.sources_fingerprint(tmp_path)
     (tmp_path / "csrc" / "kernel.cpp").write_text("void f() { /* faster */ }")
-    after = tuning_module.sources_fingerprint(tmp_path)
+    after = disk_cache.sources_fingerprint(tmp_path)
     (tmp_path / "README").write_text("not a kernel")
-    assert before != after == tuning_module.sources_fingerprint(tmp_path)
-    assert ops.cache_path().name.endswith(f"-kernels{tuning_module.kernels_fingerprint()}.json")
+    assert before != after == disk_cache.sources_fingerprint(tmp_path)
+    assert ops.cache_path().name.endswith(f"-kernels{disk_cache.kernels_fingerprint()}.json")
 
 
 def test_threads_meeting_a_new_problem_measure_it_once(tuning):
@@ -141,11 +141,11 @@ def test_threads_meeting_a_new_problem_measure_it_once(tuning):
     assert not errors and len(results) == 4
     for result in results:
         torch.testing.assert_close(result, F.conv2d(x, w, padding=1, groups=4))
-    assert tuning.forward_calls == MEASURED_CALLS
+    assert tuning.forward_calls == calls_per_measurement()
     assert len(json.loads(ops.cache_path().read_text())) == 1
 
 
-@pytest.mark.skipif(not memory.can_measure(), reason="peak memory needs the native module")
+@pytest.mark.native
 def test_a_first_call_inside_a_peak_memory_measurement_is_tuned_by_time(tuning):
     """A user's peak_allocated_bytes around a call that tunes: the tuner cannot count memory inside that count (one
     counter), so it decides by time, and says so on disk (no peak_bytes: a later process weighs memory again); no
@@ -167,9 +167,7 @@ def test_a_first_call_inside_a_peak_memory_measurement_is_tuned_by_time(tuning):
 def test_an_unreadable_cache_is_measured_again_and_replaced(tuning):
     ops.cache_path().parent.mkdir(parents=True, exist_ok=True)
     ops.cache_path().write_text("{not json")
-    import groupconv.ops.tuning as tuning_module
-
-    tuning_module._decisions = None  # read the file again, as a new process would
+    disk_cache._decisions = None  # read the file again, as a new process would
     _, _, call = grouped_conv_call()
     with pytest.warns(RuntimeWarning, match="ignoring unreadable cache"):
         call()
@@ -224,7 +222,7 @@ def test_short_runs_are_timed_more_often():
 
 
 def test_contenders_are_timed_in_alternation():
-    from groupconv.analysis.timing import median_seconds_interleaved, seconds_interleaved
+    from groupconv.ops.tuning.timing import median_seconds_interleaved, seconds_interleaved
 
     order = []
     seconds = median_seconds_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
@@ -237,13 +235,13 @@ def test_contenders_are_timed_in_alternation():
 def test_a_decision_is_measured_again_when_a_new_backend_can_run_the_problem(tuning):
     _, _, call = grouped_conv_call()
     call()
-    assert tuning.forward_calls == MEASURED_CALLS
+    assert tuning.forward_calls == calls_per_measurement()
     newcomer = SlowedAten()
     newcomer.name = "newcomer"
     ops.register_backend(newcomer, priority=50)
     try:
         call()  # the remembered decision did not weigh the newcomer: all are measured again
-        assert tuning.forward_calls == 2 * MEASURED_CALLS and newcomer.forward_calls == MEASURED_CALLS
+        assert tuning.forward_calls == 2 * calls_per_measurement() and newcomer.forward_calls == calls_per_measurement()
         assert set(json.loads(ops.cache_path().read_text()).popitem()[1]["seconds"]) == {"slowed-aten", "aten",
                                                                                            "newcomer"}
     finally:
@@ -278,7 +276,7 @@ class HungryAten(AtenBackend):
         return out
 
 
-@pytest.mark.skipif(not memory.can_measure(), reason="peak memory needs the native module")
+@pytest.mark.native
 def test_a_backend_that_holds_more_memory_than_torchs_kernels_is_not_chosen(tuning, monkeypatch):
     """The issue's rule: forward+backward never holds more memory than torch's would. A contender measured faster
     that holds more than torch's kernels for the same op loses to them; the peaks are on disk and in explain."""
@@ -311,3 +309,21 @@ def test_without_a_memory_count_decisions_are_made_by_time_and_still_remembered(
     forget_choices()
     call()
     assert tuning.forward_calls == measured_calls
+
+
+@pytest.mark.native
+def test_batch_norm_is_tuned_like_the_convs(tuning):
+    """The fused batch norm's backends are measured on the call's own tensors and the decision kept on disk; the
+    measurements run on copies of the running statistics, which the call itself updates once."""
+    x, residual = torch.randn(8, 16, 32, 32), torch.randn(8, 16, 32, 32)  # 131,072 values: the native kernel's size
+    running_mean, running_var = torch.zeros(16), torch.ones(16)
+    out = ops.batch_norm(x, running_mean, running_var, None, None, True, residual=residual, relu=True)
+    expected_mean, expected_var = torch.zeros(16), torch.ones(16)
+    expected = F.relu(F.batch_norm(x, expected_mean, expected_var, None, None, True) + residual)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close((running_mean, running_var), (expected_mean, expected_var))
+    problem = ops.batch_norm_problem(x, True, residual=residual, relu=True)
+    entry = json.loads(ops.cache_path().read_text())[repr(problem)]
+    assert set(entry["seconds"]) == {"native", "slowed-aten", "aten"}  # reference: not tunable
+    assert entry["backend"] in entry["seconds"]
+    assert f"-> {entry['backend']}: can run (measured" in ops.explain_batch_norm(x, residual=residual, relu=True)

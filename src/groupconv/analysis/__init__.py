@@ -17,7 +17,7 @@ from .layers import CostTable, LayerCost, analyze_layers, analyze_model
 from .profile import ProfileTable, plot_profile, profile_layers, profile_model
 from .report import write_report
 from .roofline import MachineCeilings, machine_ceilings
-from .timing import median_seconds
+from ..ops.tuning.timing import median_seconds
 
 __all__ = [
     "ConnectionLayout", "CorrelationMap", "CostTable", "FilterCorrelation", "LayerCost", "MachineCeilings",

@@ -39,7 +39,7 @@ from .layers import CostTable, LayerCost, analyze_layers, registered_model_input
 from .modules import leaf_modules, tensors_in
 from .roofline import MachineCeilings, machine_ceilings
 from .tables import format_table, shape_text, si, write_csv, write_json
-from .timing import median_seconds
+from ..ops.tuning.timing import median_seconds
 
 
 @dataclass(frozen=True)

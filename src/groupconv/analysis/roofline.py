@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .timing import median_seconds
+from ..ops.tuning.timing import median_seconds
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import torch
 
 from .. import models
 from .. import nn as gnn
-from ..analysis.timing import median_seconds_interleaved
-from ..ops import normalization
+from ..ops.backends.native import batch_norm as normalization
+from ..ops.tuning.timing import median_seconds_interleaved
 from .results import geometric_mean
 from .twins import StockBatchNormAct2d
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import nn as gnn
-from ..analysis.timing import median_seconds
+from ..ops.tuning.timing import median_seconds
 
 # name: (in_channels, out_channels, kernel, groups, spatial size) from baseline.md
 LAYERS = {

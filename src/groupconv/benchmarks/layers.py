@@ -1,7 +1,7 @@
 """`groupconv benchmark layers`: every distinct grouped, depthwise and pointwise-grouped conv of the zoo's
 models, forward and forward+backward, torch in NCHW and channels_last against groupconv, next to the
 roofline floor max(FLOPs / peak, bytes / bandwidth) of the machine measured in the same run, and
-forward+backward's peak memory against torch's in the same layout (analysis.memory).
+forward+backward's peak memory against torch's in the same layout (ops.tuning.memory).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..analysis import memory
+from ..ops.tuning import memory
 from ..analysis.roofline import MachineCeilings, machine_ceilings
-from ..analysis.timing import median_seconds_interleaved
+from ..ops.tuning.timing import median_seconds_interleaved
 from ..ops.tuning import MEMORY_TOLERANCE
 from .results import geometric_mean
 from .shapes import LayerShape

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .. import models
-from ..analysis.timing import median_seconds_interleaved
+from ..ops.tuning.timing import median_seconds_interleaved
 from .twins import to_torch_layers
 
 

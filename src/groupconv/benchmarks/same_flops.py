@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import models
-from ..analysis.timing import seconds_interleaved
+from ..ops.tuning.timing import seconds_interleaved
 from .models import LAYOUTS, train_step
 from .twins import to_torch_layers
 

@@ -29,8 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import models
 from ..models.common import check_positive_int
-from ..ops import native
-from ..ops.tuning import MEASUREMENT_LOCK
+from ..ops.tuning import can_measure, peak_allocated_bytes
 from .collectives import CollectiveRecord, record_collectives
 from .launch import run_ranks
 from .sharding import parallelize_groups
@@ -71,16 +70,8 @@ def _saved_activation_bytes(model: torch.nn.Module, run_forward) -> int:
 
 
 def _peak_bytes(step) -> int | None:
-    module = native.load()
-    if module is None:
-        return None
-    with MEASUREMENT_LOCK:
-        module.start_memory_tracking()
-        try:
-            step()
-        finally:
-            peak = module.stop_memory_tracking()
-    return peak
+    """Peak bytes held during one step, or None where the counting allocator is not built."""
+    return peak_allocated_bytes(step) if can_measure() else None
 
 
 def _measure_modes(rank: int, world_size: int, one_process_threads: int | None, *arguments) -> list[RankMeasurement]:

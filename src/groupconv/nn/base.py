@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from ..analysis.cost import conv_multiply_adds, count_parameters
+from ..ops.cost import conv_multiply_adds, count_parameters
 from ..ops import functional
 from ..ops.arguments import check_divisible, check_groups, expand_tuple, output_size, resolve_padding
 

@@ -1,4 +1,4 @@
-"""The grouped-convolution family of seed 002: pointwise grouped, depthwise, and the separable/flattened
+"""The grouped-convolution family: pointwise grouped, depthwise, and the separable/flattened
 factorisations of a standard convolution.
 
 Composite layers are nn.Sequential subclasses with named stages, so their state_dict keys say
@@ -79,7 +79,7 @@ class SpatialSeparableConv2d(SequentialCost, torch.nn.Sequential):
 
 
 class FlattenedConv2d(SequentialCost, torch.nn.Sequential):
-    """Seed 002's flattened convolution (Jin et al. 2014): a k x k x C filter bank replaced by three 1-D ones.
+    """The flattened convolution (Jin et al. 2014): a k x k x C filter bank replaced by three 1-D ones.
 
     `lateral`: 1x1 across channels (in_channels -> out_channels); `vertical`: k x 1 depthwise;
     `horizontal`: 1 x k depthwise. Parameters C*M + 2*k*M instead of k*k*C*M.

@@ -12,6 +12,8 @@ from typing import Sequence, Union
 
 import torch
 
+from .cache import BoundedCache
+
 IntOrTuple = Union[int, Sequence[int]]
 Padding = Union[str, int, Sequence[int]]
 
@@ -209,7 +211,8 @@ def check_conv_call(
 # check_conv_call's results for the call signatures that passed it: a model's every conv call asks again, and the
 # checks are ~30 Python calls, a third of groupconv's Python on a small layer's forward. The key holds everything the
 # checks read; arguments that do not make an exact key (a bool or float where an int belongs) are checked every time.
-_PASSED_CHECKS: dict[tuple, tuple[ConvArguments, tuple[int, ...]]] = {}
+# Bounded: inputs of ever new sizes would grow it without limit.
+_PASSED_CHECKS: BoundedCache[tuple[ConvArguments, tuple[int, ...]]] = BoundedCache()
 
 
 def _exact_key(value):
@@ -226,9 +229,12 @@ def _exact_key(value):
 
 
 def check_conv_call_once(input, weight, bias, stride, padding, dilation, groups, shuffle_groups, spatial_dims):
-    """check_conv_call, remembering the signatures that passed (the same result, the same errors)."""
+    """check_conv_call, remembering the signatures that passed (the same result, the same errors).
+
+    Not inside torch.compile's tracing: dynamo would guard on the cache's contents and compile again whenever
+    another signature changed them."""
     key = None
-    if isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor) and (
+    if not torch.compiler.is_compiling() and isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor) and (
             bias is None or isinstance(bias, torch.Tensor)):
         arguments = (_exact_key(stride), _exact_key(padding), _exact_key(dilation), _exact_key(groups),
                      _exact_key(shuffle_groups))
@@ -243,7 +249,7 @@ def check_conv_call_once(input, weight, bias, stride, padding, dilation, groups,
                 return passed
     result = check_conv_call(input, weight, bias, stride, padding, dilation, groups, shuffle_groups, spatial_dims)
     if key is not None:
-        _PASSED_CHECKS[key] = result
+        _PASSED_CHECKS.put(key, result)
     return result
 
 

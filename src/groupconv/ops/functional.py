@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import library
+from .custom_ops import convolution, convolution_with_shortcut, shuffle
 from .arguments import IntOrTuple, Padding, check_conv_call_once, check_groups, check_shuffle
 from .dispatch import ConvProblem, explain
 
@@ -33,7 +33,7 @@ def _conv(spatial_dims, input, weight, bias, stride, padding, dilation, groups, 
     input, args, unbatched = _prepare(
         spatial_dims, input, weight, bias, stride, padding, dilation, groups, shuffle_groups
     )
-    out = library.convolution(input, weight, bias, args)
+    out = convolution(input, weight, bias, args)
     return out.squeeze(0) if unbatched else out
 
 
@@ -68,9 +68,9 @@ def conv_with_shortcut(input, weight, bias=None, stride: IntOrTuple = 1, padding
         spatial_dims, input, weight, bias, stride, padding, dilation, groups, shuffle_groups
     )
     if batched is not input:  # (unbatched, or pre-padded for an even 'same' span: the conv reads another tensor)
-        out = library.convolution(batched, weight, bias, args)
+        out = convolution(batched, weight, bias, args)
         return (out.squeeze(0) if unbatched else out), input
-    return library.convolution_with_shortcut(input, weight, bias, args)
+    return convolution_with_shortcut(input, weight, bias, args)
 
 
 def channel_shuffle(input: torch.Tensor, groups: int) -> torch.Tensor:
@@ -87,7 +87,7 @@ def channel_shuffle(input: torch.Tensor, groups: int) -> torch.Tensor:
         )
     check_groups(groups)
     check_shuffle(input.shape[1], groups, "input channels (input.shape[1])")
-    return library.shuffle(input, groups)
+    return shuffle(input, groups)
 
 
 def conv_problem(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, shuffle_groups=1,

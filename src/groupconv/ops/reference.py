@@ -1,4 +1,4 @@
-"""The reference semantics of grouped convolution: the specification every fast path is tested against.
+"""The reference semantics of groupconv's ops: the specification every fast path is tested against.
 
 Written to be read, not to be fast. A grouped convolution is G independent convolutions, each
 mapping C/G input channels to M/G output channels. We keep the group as an explicit tensor axis
@@ -18,8 +18,7 @@ from typing import Sequence
 
 import torch
 
-from .arguments import ConvArguments, output_size
-from .dispatch import Backend
+from .arguments import ConvArguments, memory_format_of, output_size
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -143,19 +142,39 @@ def conv_backward_weight(
     return grad_weight.reshape(weight_shape).to(dtype)
 
 
-class ReferenceBackend(Backend):
-    name = "reference"
-    description = "the specification: per-group, per-kernel-tap contractions; slow, any shape, dtype and device"
-    tunable = False
-
-    def conv_forward(self, input, weight, bias, args):
-        return conv_forward(input, weight, bias, args)
-
-    def conv_backward_input(self, grad_output, weight, input_shape, args, input=None):
-        return conv_backward_input(grad_output, weight, input_shape, args)
-
-    def conv_backward_weight(self, grad_output, input, weight_shape, args):
-        return conv_backward_weight(grad_output, input, weight_shape, args)
-
-    def channel_shuffle(self, x, groups):
-        return channel_shuffle(x, groups)
+def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+               weight: torch.Tensor | None, bias: torch.Tensor | None, training: bool, momentum: float, eps: float,
+               residual: torch.Tensor | None = None, relu: bool = False,
+               concat: torch.Tensor | None = None) -> torch.Tensor:
+    """groupconv.ops.batch_norm written out: normalise each channel by the batch's statistics (training) or the
+    running ones, scale and shift, add the residual, ReLU, concatenate. In training the running statistics take
+    the batch's mean and unbiased variance with weight `momentum`, as torch's batch norm does."""
+    dtype = input.dtype
+    x = input.to(_compute_dtype(dtype))
+    channels = x.shape[1]
+    per_channel = (1, channels, *([1] * (x.dim() - 2)))
+    dims = [0, *range(2, x.dim())]
+    if training:
+        mean = x.mean(dims)
+        var = (x - mean.view(per_channel)).square().mean(dims)
+        if running_mean is not None and running_var is not None:
+            count = x.numel() // channels
+            with torch.no_grad():
+                running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
+                unbiased = var.detach().to(running_var.dtype) * (count / (count - 1))
+                running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
+    else:
+        mean, var = running_mean.to(x.dtype), running_var.to(x.dtype)
+    out = (x - mean.view(per_channel)) / torch.sqrt(var.view(per_channel) + eps)
+    if weight is not None:
+        out = out * weight.to(x.dtype).view(per_channel)
+    if bias is not None:
+        out = out + bias.to(x.dtype).view(per_channel)
+    if residual is not None:
+        out = out + residual.to(x.dtype)
+    if relu:
+        out = out.clamp_min(0)
+    out = out.to(dtype).contiguous(memory_format=memory_format_of(input))
+    if concat is None:
+        return out
+    return torch.cat((out, concat), 1).contiguous(memory_format=memory_format_of(input))

@@ -13,7 +13,14 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from ..ops.tuning import MEASUREMENT_LOCK
+from ..backends.native import build
+
+# One measurement at a time in this process, the tuner's timings and these memory counts alike: two threads
+# measuring at once would time each other's load, count each other's allocations as their contenders', and write the
+# decisions while the other adds one. A thread that waits here finds the decision the other made. One lock for both,
+# so that no two threads can take them in opposite orders; reentrant, so that a measurement may call what chooses (a
+# strategy's parts, a user's peak_allocated_bytes around a first call).
+MEASUREMENT_LOCK = threading.RLock()
 
 # The counting allocator is one for the process: one measurement at a time (MEASUREMENT_LOCK: another thread waits;
 # another thread's allocations that do not wait, outside groupconv's measurements, still count), and none inside
@@ -22,10 +29,8 @@ _thread = threading.local()
 
 
 def can_measure() -> bool:
-    """Whether peak memory can be measured here: the native module is built (`ops.native`)."""
-    from ..ops import native
-
-    return native.load() is not None
+    """Whether peak memory can be measured here: the native module is built (backends/native)."""
+    return build.load() is not None
 
 
 def is_measuring() -> bool:
@@ -37,11 +42,9 @@ def peak_allocated_bytes(fn: Callable[[], object]) -> int:
     """The most bytes that tensors allocated while fn() runs held at one time (freed ones no longer count; memory
     that existed before is not counted). A first groupconv call inside fn that tunes counts its measurement runs too.
     Raises RuntimeError where `can_measure()` is False, or inside another measurement in the same thread."""
-    from ..ops import native
-
-    module = native.load()
+    module = build.load()
     if module is None:
-        raise RuntimeError(f"peak memory cannot be measured: {native.unavailable_reason()}")
+        raise RuntimeError(f"peak memory cannot be measured: {build.unavailable_reason()}")
     with MEASUREMENT_LOCK:
         if is_measuring():
             raise RuntimeError("peak_allocated_bytes: a measurement is already running in this thread; they do not "

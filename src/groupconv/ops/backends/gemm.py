@@ -16,8 +16,8 @@ import math
 
 import torch
 
-from .arguments import memory_format_of
-from .dispatch import Backend, ConvProblem, Problem
+from ..arguments import memory_format_of
+from ..dispatch import CONV_OPS, Backend, Problem
 
 # Half types would accumulate the weight gradient in their own precision across samples: left to aten.
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
@@ -27,9 +27,11 @@ class GemmBackend(Backend):
     name = "gemm"
     description = "1x1 grouped convs on contiguous inputs as batched matrix multiplies (BLAS)"
 
-    def not_supported_reasons(self, problem: Problem) -> list[str]:
-        if not isinstance(problem, ConvProblem):
-            return ["only convolutions (channel shuffle is left to the other backends)"]
+    SUPPORTED_OPS = CONV_OPS  # (channel shuffle is left to the other backends)
+    SUPPORTED_DEVICES = ("cpu",)
+    SUPPORTED_DTYPES = SUPPORTED_DTYPES
+
+    def problem_reasons(self, problem: Problem) -> list[str]:
         reasons = []
         args = problem.arguments
         if any(k != 1 for k in problem.weight_shape[2:]):
@@ -43,10 +45,6 @@ class GemmBackend(Backend):
         if problem.layout != "contiguous" and not channels_last_weight_gradient:
             reasons.append(f"layout {problem.layout} is not contiguous (NCHW; channels_last for the weight gradient "
                            f"of a 2-D conv only)")
-        if problem.dtype not in SUPPORTED_DTYPES:
-            reasons.append(f"dtype {problem.dtype} is not one of {SUPPORTED_DTYPES}")
-        if problem.device_type != "cpu":
-            reasons.append(f"device {problem.device_type} is not cpu")
         return reasons
 
     def conv_forward(self, input, weight, bias, args):

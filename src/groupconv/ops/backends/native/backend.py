@@ -1,13 +1,7 @@
-"""groupconv's compiled CPU kernels (src/groupconv/csrc/) as a backend, and the code that builds them.
-
-The kernels are C++ compiled with torch's cpp_extension on first use (or ahead of time by
-`groupconv.ops.native.main()`, which scripts/setup.sh runs) with -O3 -march=native and OpenMP,
-and cached by torch under ~/.cache/torch_extensions: later processes load the built library in
-well under a second. Only gcc is needed; the ninja build tool comes from the package registries.
+"""groupconv's compiled CPU kernels (src/groupconv/csrc/, built by build.py) as a backend.
 
 If the build fails, or GROUPCONV_NATIVE=0, the backend reports why in `not_supported_reasons`
-(so `groupconv backends` and `ops.explain_conv` show it), warns once, and every call goes to the
-other backends: the library keeps working.
+(so `groupconv backends` and `ops.explain_conv` show it) and every call goes to the other backends.
 
 Kernels today: the channel shuffle (contiguous: one plane copy per channel; channels_last: a
 gather within each pixel; every dtype), and direct convolution for narrow groups (1 or 2 input
@@ -27,75 +21,31 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
-import sys
-import warnings
-from pathlib import Path
 
 import torch
 
-from .arguments import arguments_as_2d, lift_shape_to_2d, lift_to_2d, memory_format_of, output_size
-from .aten import along_channels
-from .dispatch import Backend, ConvProblem, Problem, ShuffleProblem
+from ...arguments import arguments_as_2d, lift_shape_to_2d, lift_to_2d, memory_format_of, output_size
+from ...custom_ops.batch_norm import fused_batch_norm
+from ...custom_ops.shuffle import run_channel_shuffle
+from ...dispatch import Backend, BatchNormProblem, ConvProblem, Problem, ShuffleProblem
+from ..aten import along_channels
+from . import batch_norm, build
+from .build import load
 
-ENV_NATIVE = "GROUPCONV_NATIVE"
-_CSRC = Path(__file__).resolve().parent.parent / "csrc"
-SOURCES = [_CSRC / "cpu_kernels.cpp", _CSRC / "batch_norm.cpp", _CSRC / "pointwise.cpp", _CSRC / "narrow_nhwc.cpp",
-           _CSRC / "memory_tracking.cpp"]
-SUPPORTED_DTYPES = (torch.float32, torch.float64)
+FLOAT_DTYPES = (torch.float32, torch.float64)
+SUPPORTED_DTYPES = FLOAT_DTYPES  # of the convolutions and batch norm
+# The shuffle kernels copy elements of any size.
+SHUFFLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.int8, torch.int16,
+                  torch.int32, torch.int64, torch.bool)
 # Wider groups are matrix-multiply territory (oneDNN, gemm); the direct kernels suit narrow ones.
 MAX_IN_PER_GROUP = 16
 # cpu_kernels.cpp's NCHW kernels sum one input plane at a time, so their cost grows with the group width while
 # oneDNN's does not: at 4 input channels per group they ran forward+backward 1.6-4.4x slower than oneDNN on
 # 8-32-image batches, at 8-16 channels 9-30x (both gradients of 32x64x16x16, 16 per group: 27.9 ms against 1.8). They
-# won only at toy sizes. Wider NCHW groups are left to oneDNN, or to the channels_last kernels (library.py's
-# via_channels_last), so that an untuned dispatch (priority order) never lands there.
+# won only at toy sizes. Wider NCHW groups are left to oneDNN, or to the channels_last kernels (the via_channels_last
+# strategy), so that an untuned dispatch (priority order) never lands there.
 MAX_IN_PER_GROUP_NCHW = 2
 MIN_UNTUNED_NCHW_OUTPUT_PIXELS = 28 * 28  # NativeBackend.runs_untuned
-
-_module = None
-_error: str | None = None
-
-
-def _put_ninja_on_path() -> None:
-    """torch's builder runs `ninja`; the pip package installs it next to the venv's python, not on PATH."""
-    try:
-        import ninja
-    except ImportError:
-        return
-    bin_dir = getattr(ninja, "BIN_DIR", None)
-    if bin_dir and bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-
-
-def load(verbose: bool = False):
-    """The compiled module, building it if needed; None (and `unavailable_reason()` says why) if it cannot be had."""
-    global _module, _error
-    if _module is not None or _error is not None:
-        return _module
-    if os.environ.get(ENV_NATIVE, "1").strip().lower() in ("0", "false", "off", "no"):
-        _error = f"turned off by {ENV_NATIVE}=0"
-        return None
-    try:
-        from torch.utils import cpp_extension
-
-        _put_ninja_on_path()
-        _module = cpp_extension.load(
-            name="groupconv_native",
-            sources=[str(source) for source in SOURCES],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=verbose,
-        )
-    except Exception as error:  # a compiler, ninja or header problem: keep working without the kernels
-        _error = f"the native CPU kernels could not be built ({type(error).__name__}: {str(error).strip()[-500:]})"
-        warnings.warn(f"groupconv: {_error}; using torch's kernels instead", RuntimeWarning, stacklevel=2)
-    return _module
-
-
-def unavailable_reason() -> str | None:
-    load()
-    return _error
 
 
 def _is_pointwise(weight_shape, args) -> bool:
@@ -155,7 +105,7 @@ def to_memory_format(x: torch.Tensor, memory_format: torch.memory_format) -> tor
     (csrc/cpu_kernels.cpp: 2-4x faster than torch's permuted copy), anything else by torch."""
     if (x.dim() == 4 and x.dtype in SUPPORTED_DTYPES and x.device.type == "cpu" and load() is not None
             and not x.is_contiguous(memory_format=memory_format)):
-        return _module.to_memory_format(x, memory_format == torch.channels_last)
+        return load().to_memory_format(x, memory_format == torch.channels_last)
     return x.contiguous(memory_format=memory_format)
 
 
@@ -164,19 +114,21 @@ class NativeBackend(Backend):
     description = ("groupconv's C++ CPU kernels: channel shuffle; narrow-group and depthwise convs with the shuffle "
                    "fused into their reads; channels_last pointwise and narrow-group convs")
 
-    def not_supported_reasons(self, problem: Problem) -> list[str]:
+    SUPPORTED_DEVICES = ("cpu",)
+    SUPPORTED_DTYPES = {"conv": FLOAT_DTYPES, "batch_norm": FLOAT_DTYPES, "channel_shuffle": SHUFFLE_DTYPES}
+    SUPPORTED_LAYOUTS = ("contiguous", "channels_last")
+
+    def problem_reasons(self, problem: Problem) -> list[str]:
         if isinstance(problem, ShuffleProblem):
-            return self._shuffle_reasons(problem)
+            return []
+        if isinstance(problem, BatchNormProblem):
+            return batch_norm.problem_reasons(problem)
+        if _is_channels_last_pointwise(problem):
+            return []
         reasons = []
         args = problem.arguments
         channels, in_per_group = problem.input_shape[1], problem.weight_shape[1]
         depthwise = args.groups == channels and in_per_group == 1
-        if _is_channels_last_pointwise(problem):
-            return self._pointwise_reasons(problem)
-        if problem.device_type != "cpu":
-            reasons.append(f"device {problem.device_type} is not cpu")
-        if problem.dtype not in SUPPORTED_DTYPES:
-            reasons.append(f"dtype {problem.dtype} is not one of {SUPPORTED_DTYPES}")
         if args.spatial_dims not in (1, 2):
             reasons.append(f"{args.spatial_dims}-D convolution (1-D and 2-D only)")
         if in_per_group > MAX_IN_PER_GROUP:
@@ -184,14 +136,13 @@ class NativeBackend(Backend):
         elif in_per_group > MAX_IN_PER_GROUP_NCHW and problem.layout != "channels_last":
             reasons.append(f"{in_per_group} input channels per group in layout {problem.layout} (at most "
                            f"{MAX_IN_PER_GROUP_NCHW}: oneDNN is faster on wider groups; channels_last runs up to 16)")
-        if problem.layout not in ("contiguous", "channels_last"):
-            reasons.append(f"layout {problem.layout} (contiguous or channels_last only)")
         if problem.layout == "channels_last" and not (depthwise and problem.weight_shape[0] == channels):
             reasons.extend(f"channels_last: {reason}" for reason in _narrow_refusals(
                 problem.op, channels, problem.weight_shape, args, problem.dtype))
-        if not reasons and unavailable_reason():
-            reasons.append(unavailable_reason())
         return reasons
+
+    def unavailable_reason(self) -> str | None:
+        return build.unavailable_reason()
 
     # Without tuning, priority order would run these kernels first wherever they can. cpu_kernels.cpp's NCHW kernels
     # lose to oneDNN in two places (32-image batches; 14 depthwise and shuffled-depthwise layers of the zoo, forward
@@ -204,7 +155,7 @@ class NativeBackend(Backend):
     # oneDNN's 13.1, 36 -> 144 at 28x28 backward 4.0 against 5.4, 144 -> 36 forward 1.7 against 2.3) and loses to
     # oneDNN's matrix multiply on wide ones (MobileNet's 512 -> 512 at 14x14, forward+backward: 88 ms against 55).
     def runs_untuned(self, problem: Problem) -> bool:
-        if isinstance(problem, ShuffleProblem):
+        if not isinstance(problem, ConvProblem):
             return True
         if problem.layout == "channels_last":
             return not (_is_pointwise(problem.weight_shape, problem.arguments) and problem.arguments.groups == 1)
@@ -215,30 +166,13 @@ class NativeBackend(Backend):
                            args.dilation)
         return math.prod(size) >= MIN_UNTUNED_NCHW_OUTPUT_PIXELS
 
-    def _pointwise_reasons(self, problem: ConvProblem) -> list[str]:
-        reasons = []
-        if problem.device_type != "cpu":
-            reasons.append(f"device {problem.device_type} is not cpu")
-        if problem.dtype not in SUPPORTED_DTYPES:
-            reasons.append(f"dtype {problem.dtype} is not one of {SUPPORTED_DTYPES}")
-        if not reasons and unavailable_reason():
-            reasons.append(unavailable_reason())
-        return reasons
-
-    def _shuffle_reasons(self, problem: ShuffleProblem) -> list[str]:
-        reasons = []
-        if problem.device_type != "cpu":
-            reasons.append(f"device {problem.device_type} is not cpu")
-        if problem.layout == "strided":
-            reasons.append("layout strided (contiguous or channels_last only)")
-        if problem.dtype.is_complex:
-            reasons.append(f"dtype {problem.dtype}")
-        if not reasons and unavailable_reason():
-            reasons.append(unavailable_reason())
-        return reasons
-
     def channel_shuffle(self, x, groups):
         return load().channel_shuffle(x, groups)
+
+    def batch_norm(self, input, running_mean, running_var, weight, bias, training, momentum, eps, residual, relu,
+                   concat):
+        return fused_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, residual,
+                                relu, concat)
 
     # A 1-D conv runs as a 2-D conv of height 1 (arguments.lift_to_2d).
     def conv_forward(self, input, weight, bias, args):
@@ -318,17 +252,4 @@ class NativeBackend(Backend):
 def _shuffled(x: torch.Tensor, groups: int) -> torch.Tensor:
     """channel_shuffle(x, groups) as the dispatcher runs it: torch's or this backend's kernel, whichever the tuner
     found faster for the shape (torch's is 1.5-4x slower on some channels_last shapes, faster on small ones)."""
-    from .library import _channel_shuffle  # (imported late: library imports this module)
-
-    return _channel_shuffle(x, groups) if groups > 1 else x
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Build the kernels now and say where they are (scripts/setup.sh runs this)."""
-    argv = sys.argv[1:] if argv is None else argv
-    module = load(verbose="--verbose" in argv)
-    if module is None:
-        print(f"groupconv native kernels: not available: {_error}")
-        return 1
-    print(f"groupconv native kernels: ready ({module.__file__})")
-    return 0
+    return run_channel_shuffle(x, groups) if groups > 1 else x

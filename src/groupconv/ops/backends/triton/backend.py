@@ -1,6 +1,6 @@
 """The Triton kernels (kernels.py) as a groupconv backend for CUDA tensors.
 
-The wrapper's work is bookkeeping: lift a 1-D conv to height 1 (as native.py does), allocate the
+The wrapper's work is bookkeeping: lift a 1-D conv to height 1 (as the native backend does), allocate the
 output in the layout the caller will want, pick the kernel form and tile sizes, and launch. The
 kernels read every tensor through its strides, so no input is copied, channels_last included.
 
@@ -8,7 +8,7 @@ Kernel form: implicit GEMM (`tl.dot` on tensor cores) when a group has at least
 IMPLICIT_GEMM_MIN_CHANNELS input and output channels, so that every dot tile is mostly real data;
 otherwise the direct form (narrow groups such as ResNeXt's 4 channels, depthwise convs).
 
-On a GPU the tuner (tuning.py) times this backend against aten (cuDNN) per problem and keeps the
+On a GPU the tuner (ops/tuning) times this backend against aten (cuDNN) per problem and keeps the
 faster. Without a GPU the kernels can run in Triton's interpreter on CPU tensors, which is how the
 tests check them on a CPU-only machine: that needs TRITON_INTERPRET=1, set before anything imports
 triton (which decorates its own library functions on import; `import groupconv` imports it through
@@ -20,13 +20,13 @@ thousands of times slower than the native kernels.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
-from ..arguments import (ConvArguments, arguments_as_2d, lift_shape_to_2d, lift_to_2d, memory_format_of,
+from ...arguments import (ConvArguments, arguments_as_2d, lift_shape_to_2d, lift_to_2d, memory_format_of,
                          output_size)
-from ..dispatch import Backend, ConvProblem, Problem
+from ... import environment
+from ...dispatch import CONV_OPS, Backend, ConvProblem, Problem
 
 ENV_INTERPRET = "TRITON_INTERPRET"
 ENV_ON_CPU = "GROUPCONV_TRITON_ON_CPU"
@@ -43,12 +43,8 @@ _kernels = None
 _import_error: str | None = None
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "0").strip().lower() in ("1", "true", "on", "yes")
-
-
 def interpreter_enabled() -> bool:
-    return _flag(ENV_INTERPRET)
+    return environment.flag(ENV_INTERPRET, False)
 
 
 def kernels():
@@ -72,7 +68,7 @@ def unavailable_reason() -> str | None:
 def _device_reason(device_type: str) -> str | None:
     if device_type == "cuda":
         return None
-    if device_type == "cpu" and interpreter_enabled() and _flag(ENV_ON_CPU):
+    if device_type == "cpu" and interpreter_enabled() and environment.flag(ENV_ON_CPU, False):
         return None
     return (f"device {device_type} is not cuda (CPU tensors run only in Triton's interpreter, for tests: "
             f"{ENV_INTERPRET}=1 and {ENV_ON_CPU}=1)")
@@ -123,18 +119,16 @@ class TritonBackend(Backend):
     description = ("Triton kernels for CUDA: implicit-GEMM (wide groups) and direct (narrow groups, depthwise) "
                    "convs, the shuffle fused into their reads")
 
-    def not_supported_reasons(self, problem: Problem) -> list[str]:
-        if not isinstance(problem, ConvProblem):
-            return ["only convolutions (the convs fuse the channel shuffle into their reads)"]
+    SUPPORTED_OPS = CONV_OPS  # (the convs fuse the channel shuffle into their reads)
+    # float64 is left out: the kernels accumulate in float32, which would lose its precision (aten runs it).
+    SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+    # Devices are checked in problem_reasons: CPU tensors run too, in Triton's interpreter, when the tests ask.
+
+    def problem_reasons(self, problem: Problem) -> list[str]:
         reasons = []
         device = _device_reason(problem.device_type)
         if device:
             reasons.append(device)
-        if problem.dtype == torch.float64:
-            reasons.append("dtype torch.float64: the kernels accumulate in float32, which would lose float64's "
-                           "precision (aten runs it)")
-        elif problem.dtype not in SUPPORTED_DTYPES:
-            reasons.append(f"dtype {problem.dtype} is not one of {SUPPORTED_DTYPES}")
         if problem.arguments.spatial_dims not in (1, 2):
             reasons.append(f"{problem.arguments.spatial_dims}-D convolution (1-D and 2-D only)")
         else:
@@ -143,9 +137,10 @@ class TritonBackend(Backend):
             if largest > MAX_ELEMENTS:
                 reasons.append(f"a tensor of {largest} elements (the kernels index with 32 bits: at most "
                                f"{MAX_ELEMENTS})")
-        if not reasons and unavailable_reason():
-            reasons.append(unavailable_reason())
         return reasons
+
+    def unavailable_reason(self) -> str | None:
+        return unavailable_reason()
 
     @staticmethod
     def _output_shape(problem: ConvProblem) -> tuple[int, ...]:

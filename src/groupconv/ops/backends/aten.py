@@ -1,4 +1,5 @@
-"""torch's own kernels (oneDNN / cuDNN) as a backend: the baseline every faster backend must beat.
+"""torch's own kernels (oneDNN / cuDNN; its batch norm, add and ReLU) as a backend: the baseline every faster
+backend must beat.
 
 A fused shuffle is materialised here (an extra pass over the input, or for a depthwise conv over
 the output), which is exactly the cost the fast backends exist to remove.
@@ -9,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .arguments import memory_format_of
-from .dispatch import Backend
+from ..arguments import memory_format_of
+from ..dispatch import Backend
 
 _FORWARD = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -38,7 +39,7 @@ def unshuffled(x: torch.Tensor, shuffle_groups: int) -> torch.Tensor:
 # shuffled copy of x at all (torch's graph and the plain formulation above shuffle x again for the weight gradient):
 # one unshuffle of grad_output serves both gradients. At stride 1 the forward shuffles the input as torch's layer does:
 # a pass of the same size, and no permuted copy of the weight (nor its gradient's copy back, where autograd runs the
-# forward's graph: the settled path in library.py).
+# forward's graph: the settled path in custom_ops/eager.py).
 def _shuffles_output(weight: torch.Tensor, args) -> bool:
     return args.shuffle_groups > 1 and weight.shape[1] == 1 and args.groups == weight.shape[0]
 
@@ -102,3 +103,14 @@ class AtenBackend(Backend):
 
     def channel_shuffle(self, x, groups):
         return torch.channel_shuffle(x, groups)
+
+    def batch_norm(self, input, running_mean, running_var, weight, bias, training, momentum, eps, residual, relu,
+                   concat):
+        out = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+        if residual is not None:
+            out = out + residual
+        # In place, as stock models do it: `out` is this function's own fresh tensor.
+        out = F.relu(out, inplace=True) if relu else out
+        if concat is None:
+            return out
+        return torch.cat((out, concat), 1).contiguous(memory_format=memory_format_of(input))  # (as the kernel's)

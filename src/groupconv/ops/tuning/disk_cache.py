@@ -1,0 +1,112 @@
+"""The tuner's decisions on disk: one JSON file per machine, torch build and version of groupconv's kernels.
+
+The file name carries the torch version, the CPU (and GPUs) and a hash of groupconv's kernel sources, so a
+decision is never reused on another machine or build, nor after the kernels it measured change. Later processes
+read the file and measure nothing. GROUPCONV_CACHE_DIR moves it (default: $XDG_CACHE_HOME/groupconv or
+~/.cache/groupconv).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from .. import environment
+
+ENV_CACHE_DIR = "GROUPCONV_CACHE_DIR"
+
+_decisions: dict[str, dict] | None = None  # the disk file's contents, loaded on first use
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(f"groupconv tuning: {message}", RuntimeWarning, stacklevel=3)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# The code whose speed the decisions measured: groupconv's compiled and Triton kernels. A decision measured against
+# other kernels (an earlier groupconv) does not hold for these, so the cache file is named after their contents too.
+_KERNEL_SOURCES = ("csrc/*.cpp", "csrc/*.h", "ops/backends/triton/kernels.py")
+
+
+@functools.cache
+def kernels_fingerprint() -> str:
+    """A short hash of groupconv's kernel sources (what a tuning decision measured)."""
+    return sources_fingerprint(Path(__file__).resolve().parents[2])
+
+
+def sources_fingerprint(package: Path) -> str:
+    """A short hash of the kernel sources under `package` (groupconv's directory layout)."""
+    digest = hashlib.sha1()
+    for pattern in _KERNEL_SOURCES:
+        for path in sorted(package.glob(pattern)):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:8]
+
+
+def cache_path() -> Path:
+    """The JSON file holding the decisions of this machine, this torch build and these kernels."""
+    root = environment.text(ENV_CACHE_DIR)
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "groupconv"
+    # The GPUs too: a decision between Triton and cuDNN measured on one card does not hold on another.
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    machine = hashlib.sha1(f"{platform.machine()}|{_cpu_name()}|{'|'.join(gpus)}".encode()).hexdigest()[:10]
+    return Path(root) / f"tuning-torch{torch.__version__}-{machine}-kernels{kernels_fingerprint()}.json"
+
+
+def problem_key(problem) -> str:
+    return repr(problem)
+
+
+def decisions() -> dict[str, dict]:
+    """Every decision on disk, read on first use."""
+    global _decisions
+    if _decisions is None:
+        path = cache_path()
+        try:
+            _decisions = json.loads(path.read_text()) if path.exists() else {}
+            if not isinstance(_decisions, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as error:
+            warn_once(f"ignoring unreadable cache {path} ({error}); decisions will be measured again")
+            _decisions = {}
+    return _decisions
+
+
+def save() -> None:
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: a crash or a concurrent process never leaves a half-written file.
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
+            json.dump(_decisions, f, indent=1, sort_keys=True)
+        os.replace(f.name, path)
+    except OSError as error:
+        warn_once(f"cannot write {path} ({error}); decisions are kept for this process only")
+
+
+def clear() -> None:
+    """Forget every decision, in this process and on disk."""
+    global _decisions
+    _decisions = {}
+    cache_path().unlink(missing_ok=True)
