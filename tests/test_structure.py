@@ -12,7 +12,8 @@ The layers, bottom to top:
     1  nn, signal             modules on the ops; 1-D/2-D signal convolution on the ops
     2  models                 the model zoo, built from nn
     3  groupconv              the package's own __init__: the public names of ops, nn, models and signal
-    4  analysis               cost, profiling, correlation and drawings of models and layers
+    4  analysis, distributed  cost, profiling, correlation and drawings of models and layers; filter groups
+                              across processes (torch.distributed); neither uses the other
     5  train, benchmarks      the training loop (may use analysis); the benchmarks (time ops, nn, models
                               with analysis's timing); neither uses the other
     6  cli                    the `groupconv` command, over all of the above
@@ -36,7 +37,7 @@ LAYERS = {
     "nn": 1, "signal": 1,
     "models": 2,
     ROOT: 3,
-    "analysis": 4,
+    "analysis": 4, "distributed": 4,
     "train": 5, "benchmarks": 5,
     "cli": 6,
     "__main__": 7,
@@ -47,14 +48,10 @@ LAYERS = {
 # An exception whose justifying edge has gone is reported as stale: move the import to the top. None: the
 # imported module is the one place that imports a heavy optional third-party package at its top.
 FUNCTION_LEVEL_EXCEPTIONS = {
-    ("groupconv.ops.triton.backend", "groupconv.ops.triton.kernels"): (
+    ("groupconv.ops.backends.triton.backend", "groupconv.ops.backends.triton.kernels"): (
         None,
         "kernels.py imports triton (optional, about a second to import, may fail on a machine without a GPU "
         "driver); the backend imports it on first use, so `import groupconv` works without triton"),
-    ("groupconv.analysis.modules", "groupconv.nn.shuffle"): (
-        ("nn", "analysis"),
-        "groupconv.nn.base imports groupconv.analysis.cost at its top, so while nn imports analysis, analysis "
-        "cannot import nn at its own top (nn.base is half-initialised then)"),
 }
 
 

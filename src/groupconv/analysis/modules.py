@@ -16,6 +16,8 @@ from typing import Iterator
 import torch
 from torch.nn.modules.conv import _ConvNd
 
+from ..nn import ChannelShuffle
+
 
 def leaf_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """(name, module) of every module without children, in model.named_modules() order."""
@@ -59,8 +61,6 @@ _KINDS = (
 
 def layer_kind(module: torch.nn.Module) -> str:
     """Coarse kind of a leaf: conv, linear, norm, pool, activation, dropout, shuffle or other."""
-    from ..nn.shuffle import ChannelShuffle
-
     if isinstance(module, ChannelShuffle):
         return "shuffle"
     for types, kind in _KINDS:
