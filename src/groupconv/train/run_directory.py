@@ -27,8 +27,9 @@ LAST_CHECKPOINT = "last.safetensors"
 BEST_CHECKPOINT = "best.safetensors"
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
-# Temporary files of write_atomically: ".<name>.tmp<pid>"; those of a process that is gone are stale.
-TEMPORARY_FILE = re.compile(r"^\..+\.tmp(\d+)$")
+# Temporary files of write_atomically (".<name>.tmp<pid>") and of _take_lock (".lock-draft<pid>"); those of a
+# process that is gone are stale.
+TEMPORARY_FILE = re.compile(r"^\.(?:.+\.tmp|lock-draft)(\d+)$")
 
 
 def default_run_directory(config: TrainConfig) -> Path:
