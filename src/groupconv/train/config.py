@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -134,13 +135,21 @@ def load_config_file(path: str | Path) -> dict:
         raise ConfigError(f"cannot read config file {path} ({error.strerror or error})") from None
     except json.JSONDecodeError as error:
         raise ConfigError(f"config file {path} is not valid JSON ({error})") from None
+    return config_values(values, f"config file {path}")
+
+
+def config_values(values, source: str) -> dict:
+    """The options of a saved config (a config.json, or the copy in a checkpoint), without the derived keys.
+
+    Unknown keys are an error (a typo must not be silently ignored); `source` names where they came from.
+    """
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object")
+        raise ConfigError(f"{source} must hold a JSON object")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {key: value for key, value in values.items() if key not in DERIVED_KEYS}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"config file {path} has unknown options {unknown}")
+        raise ConfigError(f"{source} has unknown options {unknown}")
     return values
 
 
@@ -173,9 +182,16 @@ def _check_types(config: TrainConfig) -> None:
             raise ConfigError(f"{_flag(f.name)}={value!r} must be {_TYPE_NAMES[kind]}")
 
 
+SEED_LIMIT = 2 ** 32  # numpy's seeds are below this
+
+
 def check_config(config: TrainConfig) -> None:
     """ConfigError naming the option unless every value is usable."""
     _check_types(config)
+    for f in dataclasses.fields(TrainConfig):  # float("nan") and float("inf") parse, and JSON holds NaN and Infinity
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{_flag(f.name)}={value} must be a finite number")
     for name in ("epochs", "batch_size"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{_flag(name)}={getattr(config, name)} must be a positive integer")
@@ -184,6 +200,10 @@ def check_config(config: TrainConfig) -> None:
     for name in ("weight_decay", "warmup_epochs", "momentum", "workers", "threads", "clip_grad"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{_flag(name)}={getattr(config, name)} must not be negative")
+    if config.momentum >= 1:
+        raise ConfigError(f"--momentum={config.momentum} must be below 1 (the fraction of the last update kept)")
+    if not 0 <= config.seed < SEED_LIMIT:
+        raise ConfigError(f"--seed={config.seed} must be an integer from 0 to {SEED_LIMIT - 1}")
     if config.step_epochs < 1 or config.step_gamma <= 0:
         raise ConfigError(f"--step-epochs={config.step_epochs} must be at least 1 and "
                           f"--step-gamma={config.step_gamma} positive")

@@ -71,6 +71,17 @@ def all_reduce_sum(tensor: torch.Tensor, context: Distributed) -> torch.Tensor:
     return total.to(tensor.device)
 
 
+def broadcast_buffers(model: torch.nn.Module, context: Distributed) -> None:
+    """Give every process rank 0's buffers (batch-norm running statistics), in place.
+
+    DDP keeps the parameters equal on all processes, but each process updates its buffers in its
+    own forward passes, on its own shard of the data; only rank 0's are saved.
+    """
+    if context.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
 def barrier(context: Distributed) -> None:
     if context.enabled:
         dist.barrier()

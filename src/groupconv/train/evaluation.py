@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from ..data import load_dataset
 from .builders import build_model
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights
-from .config import ConfigError, TrainConfig, load_config_file, resolve_config
+from .config import ConfigError, TrainConfig, config_values, load_config_file, resolve_config
 from .distributed import Distributed, choose_device
 from .loop import evaluate
 from .plots import format_confusion_matrix, plot_confusion_matrix
@@ -37,8 +37,13 @@ def checkpoint_path(path: str | Path, which: str = "best") -> Path:
 def _config_of(path: Path, info: dict) -> TrainConfig:
     """The run's config: config.json beside the checkpoint if there is one, else the copy in its header."""
     config_file = path.parent / CONFIG_FILE
-    values = load_config_file(config_file) if config_file.is_file() else dict(info.get("config", {}))
-    return resolve_config(values)
+    source = config_file if config_file.is_file() else f"the config saved in {path}"
+    try:
+        if config_file.is_file():
+            return resolve_config(load_config_file(config_file))
+        return resolve_config(config_values(info.get("config", {}), "it"))
+    except ConfigError as error:
+        raise CheckpointError(f"cannot rebuild the run from {source}: {error}") from None
 
 
 def load_run(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.Module, TrainConfig]:
@@ -51,9 +56,9 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.Module,
     path = checkpoint_path(run_dir, which)
     model_state, _, info = load_checkpoint(path)
     config = _config_of(path, info)
-    try:
+    try:  # their types were checked by load_checkpoint
         num_classes, in_chans, input_shape = info["num_classes"], info["in_chans"], tuple(info["input_shape"])
-    except (KeyError, TypeError):
+    except KeyError:
         raise CheckpointError(f"{path} does not record the model's classes and input shape") from None
     model = build_model(config, num_classes, in_chans, input_shape)
     load_model_weights(model, model_state, info, path)
@@ -68,6 +73,8 @@ def evaluate_checkpoint(path: str | Path, which: str = "best", overrides: dict |
     to score on another copy of the data; a checkpoint that does not fit the model or the dataset's
     class count is a CheckpointError.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size={batch_size} must be a positive integer")
     path = checkpoint_path(path, which)
     model_state, _, info = load_checkpoint(path)
     config = _config_of(path, info)
@@ -90,13 +97,16 @@ def evaluate_checkpoint(path: str | Path, which: str = "best", overrides: dict |
     seconds = time.perf_counter() - started
 
     output = Path(output) if output else path.parent / f"eval-{path.stem}"
-    output.mkdir(parents=True, exist_ok=True)
     title = f"{config.model} on {config.dataset}: accuracy {accuracy:.2%}"
-    plot_confusion_matrix(output / "confusion.png", confusion, data.class_names, title)
     result = {"checkpoint": str(path), "model": config.model, "dataset": config.dataset,
               "test_images": len(data.test), "test_loss": loss, "test_accuracy": accuracy,
               "seconds": seconds, "confusion_matrix": confusion.tolist(), "class_names": data.class_names}
-    (output / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        plot_confusion_matrix(output / "confusion.png", confusion, data.class_names, title)
+        (output / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    except OSError as error:
+        raise ConfigError(f"cannot write the results into {output} ({error.strerror or error})") from None
     print(f"{path}: {config.model} on {config.dataset} test split ({len(data.test)} samples)")
     print(f"accuracy {accuracy:.2%}  loss {loss:.4f}  ({seconds:.1f} s)")
     if data.num_classes <= 20:

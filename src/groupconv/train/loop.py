@@ -8,6 +8,7 @@ exactly what an uninterrupted run computes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -29,33 +30,39 @@ from .builders import (augment, augmentation_generator, build_model, build_optim
                        seed_everything)
 from .checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint, load_model_weights, write_atomically
 from .config import ConfigError, TrainConfig
-from .distributed import Distributed, all_reduce_sum, barrier, cleanup_distributed, setup_distributed
+from .distributed import (Distributed, all_reduce_sum, barrier, broadcast_buffers, cleanup_distributed,
+                          setup_distributed)
 from .metrics import Totals, write_metrics
 from .plots import plot_history
-from .run_directory import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, prepare_run_directory
+from .run_directory import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, claim_run_directory
+from .training_state import check_training_state, restore_optimizer_and_scheduler
 
 
 class StopRequest:
-    """The first Ctrl-C asks the loop to stop after the current step and save; a second one aborts at once."""
+    """The first Ctrl-C (or SIGTERM, as a job scheduler sends) asks the loop to stop after the current step and
+    save; a second one aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint (Ctrl-C again "
+              f"to abort)", flush=True)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
     def agreed(self, context: Distributed) -> bool:
         """Whether any process was asked to stop: all must stop at the same step or the collectives hang."""
@@ -126,7 +133,13 @@ def to_device(inputs, labels, device, channels_last):
 
 @torch.no_grad()
 def evaluate(model, loader, num_classes: int, context: Distributed, config: TrainConfig):
-    """(loss, accuracy, confusion matrix) over the whole test set, summed over processes."""
+    """(loss, accuracy, confusion matrix) over the whole test set, summed over processes.
+
+    Under DDP the processes' batch-norm running statistics differ (each updates them on its own
+    shard); rank 0's are given to all first, so the metrics are those of rank 0's model, the one
+    that is saved.
+    """
+    broadcast_buffers(model, context)
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64)
@@ -214,7 +227,8 @@ def train(config: TrainConfig, resume: bool = False, stop_after_epoch: int | Non
     context = setup_distributed(config.device)
     threads = torch.get_num_threads()
     try:
-        summary = _train(config, context, resume, stop_after_epoch, verbose)
+        with claim_run_directory(config, resume) if context.is_main else contextlib.nullcontext() as run_dir:
+            summary = _train(config, context, run_dir, resume, stop_after_epoch, verbose)
         # Tear gloo down only once every process is done with its collectives: a process that destroys its group
         # while its peer still talks to it can abort ("terminate called without an active exception").
         barrier(context)
@@ -224,9 +238,8 @@ def train(config: TrainConfig, resume: bool = False, stop_after_epoch: int | Non
         cleanup_distributed(context)
 
 
-def _train(config: TrainConfig, context: Distributed, resume: bool, stop_after_epoch: int | None,
-           verbose: bool) -> dict:
-    run_dir = prepare_run_directory(config, resume) if context.is_main else None
+def _train(config: TrainConfig, context: Distributed, run_dir: Path | None, resume: bool,
+           stop_after_epoch: int | None, verbose: bool) -> dict:
     started = time.perf_counter()
     torch.set_num_threads(config.threads or idle_cores(context.world_size))
     if config.keep_memory and context.device.type == "cpu":
@@ -252,15 +265,17 @@ def _train(config: TrainConfig, context: Distributed, resume: bool, stop_after_e
 
     epoch, start_step, totals, history, best_accuracy = 0, 0, Totals(), [], -1.0
     if resume:
-        model_state, state, saved_info = load_checkpoint(Path(config.output) / LAST_CHECKPOINT)
-        load_model_weights(model, model_state, saved_info, Path(config.output) / LAST_CHECKPOINT)
+        path = Path(config.output) / LAST_CHECKPOINT
+        model_state, state, saved_info = load_checkpoint(path)
+        check_training_state(state, path)
+        load_model_weights(model, model_state, saved_info, path)
+        restore_optimizer_and_scheduler(optimizer, scheduler, state, path, config.optimizer,
+                                        saved_info.get("config", {}).get("optimizer"))
         try:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
             set_rng_states(state["rng"])
-        except (KeyError, ValueError, TypeError, RuntimeError) as error:
-            raise CheckpointError(f"cannot continue {Path(config.output) / LAST_CHECKPOINT} with --optimizer="
-                                  f"{config.optimizer}: its training state does not fit ({error})") from None
+        except (KeyError, IndexError, ValueError, TypeError, OverflowError, RuntimeError) as error:
+            raise CheckpointError(f"cannot continue from {path}: its random number generator states do not fit "
+                                  f"({error})") from None
         epoch, start_step = state["epoch"], state["step"]
         history, best_accuracy = state["history"], state["best_accuracy"]
         # The saved partial sums are over all processes: one process carries them on, the others add theirs.
