@@ -33,6 +33,17 @@ def test_two_source_trees_get_two_library_names(tmp_path):
     assert build.library_name() != build.library_name(one)  # groupconv's own sources
 
 
+@pytest.mark.native
+def test_loading_leaves_the_library_name_as_it_was():
+    """torch's builder appends its own flags to the flag lists it is given; the name must not change with them."""
+    name = build.library_name()
+    module = build.load()
+    if module is None:
+        pytest.skip(f"native kernels unavailable: {build.unavailable_reason()}")
+    assert build.library_name() == name
+    assert name in module.__file__
+
+
 def test_the_build_folder_is_named_after_the_library(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     name = build.library_name()

@@ -36,8 +36,8 @@ DEFAULT_BUILD_TIMEOUT_SECONDS = 600.0
 CSRC = Path(__file__).resolve().parents[3] / "csrc"
 SOURCES = [CSRC / "cpu_kernels.cpp", CSRC / "batch_norm.cpp", CSRC / "pointwise.cpp", CSRC / "narrow_nhwc.cpp",
            CSRC / "memory_tracking.cpp"]
-CFLAGS = ["-O3", "-march=native", "-fopenmp"]
-LDFLAGS = ["-fopenmp"]
+CFLAGS = ("-O3", "-march=native", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 LOCK_NAME = "groupconv-build.lock"
 POLL_SECONDS = 0.5
 
@@ -160,8 +160,10 @@ def load(verbose: bool = False):
             # build's, and torch would wait on it forever.
             (directory / "lock").unlink(missing_ok=True)
             _put_ninja_on_path()
-            _module = cpp_extension.load(name=name, sources=[str(source) for source in SOURCES], extra_cflags=CFLAGS,
-                                         extra_ldflags=LDFLAGS, build_directory=str(directory), verbose=verbose)
+            # Copies: torch's builder appends its own flags to the lists it is given.
+            _module = cpp_extension.load(name=name, sources=[str(source) for source in SOURCES],
+                                         extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+                                         build_directory=str(directory), verbose=verbose)
         finally:
             lock.release()
     except Exception as error:  # a compiler, ninja or header problem: keep working without the kernels
