@@ -39,8 +39,7 @@ def group_parallel_benchmark(names: list[str], group_parallel: int, batch: int, 
         options = {"num_classes": GROUP_PARALLEL_CLASSES, **({"small_input": True} if entry.has_small_input else {})}
         input_size = (entry.input_size[0], image_size, image_size) if image_size else None
         measurements = benchmark_group_parallel(name, group_parallel, batch, input_size, options, steps=steps)
-        print(f"
-{name}, global batch {batch}, median of {steps} steps")
+        print(f"\n{name}, global batch {batch}, median of {steps} steps")
         print(format_benchmark(measurements))
         records += [{"model": name, **{key: value for key, value in dataclasses.asdict(m).items()
                                        if key not in ("collectives", "records")}} for m in measurements]
