@@ -26,7 +26,7 @@ from .test_train import subprocess_env
 # Dropout off: each process draws its own mask, so only then does the split run compute what one process does.
 # No augmentation and one step (4 images, batch 4) of SGD with momentum: weights, momentum and loss comparable.
 OPTIONS = ["--model", "alexnet", "--model-kwargs", '{"dropout": 0.0}', "--dataset", "folder", "--epochs", "1",
-           "--batch-size", "4", "--augment", "none", "--lr", "0.01", "--warmup-epochs", "0", "--threads", "1",
+           "--batch-size", "4", "--augment", "none", "--lr", "0.001", "--warmup-epochs", "0", "--threads", "1",
            "--no-progress"]
 TOLERANCE = 1e-4  # float32, sums in another order on each side
 
@@ -55,7 +55,7 @@ def test_alexnet_over_two_processes_trains_like_one(tiny_folder, tmp_path, capsy
     whole = tmp_path / "whole"
     config = resolve_config({"model": "alexnet", "model_kwargs": {"dropout": 0.0}, "dataset": "folder",
                              "data_dir": str(tiny_folder), "epochs": 1, "batch_size": 4, "augment": "none",
-                             "lr": 0.01, "warmup_epochs": 0.0, "threads": 1, "progress": False,
+                             "lr": 0.001, "warmup_epochs": 0.0, "threads": 1, "progress": False,
                              "output": str(whole)})
     train(config, verbose=False)
     split_weights, split_state, _ = load_checkpoint(split / "last.safetensors")
