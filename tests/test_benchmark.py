@@ -81,6 +81,10 @@ def test_benchmark_command_rejects_bad_options(capsys):
     for argv, message in ((["benchmark", "--batch", "0"], "--batch=0 must be at least 1"),
                           (["benchmark", "--models", "vgg16"], "--models: unknown model(s) vgg16"),
                           (["benchmark", "models", "--device", "tpu"], "--device=tpu: only cpu, or cuda"),
+                          (["benchmark", "group-parallel", "--group-parallel", "0"],
+                           "--group-parallel=0 must be at least 1"),
+                          (["benchmark", "group-parallel", "--batch", "3"],
+                           "group-parallel: --batch=3 must divide by --group-parallel=2"),
                           (["benchmark", "layers", "--device", "cuda"],
                            "times whole models only" if torch.cuda.is_available() else "--device=cuda: only cpu")):
         try:
@@ -108,6 +112,25 @@ def test_same_flops_benchmark_takes_the_ratio_round_by_round(tmp_path, capsys):
     assert len(speeds) == 5 and all(value > 0 for value in speeds.values())
     assert float(row["speedup_low"]) <= float(row["speedup"]) <= float(row["speedup_high"])
     assert 0 <= int(row["rounds_at_least_even"]) <= 4
+
+
+def test_group_parallel_section_compares_one_process_ddp_and_the_split(tmp_path, capsys):
+    argv = ["benchmark", "group-parallel", "--models", "shufflenet_g8_wd4", "--batch", "4", "--repeats", "1",
+            "--image-size", "16", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "groupconv benchmark:" not in out  # a named-only section
+    assert "shufflenet_g8_wd4, global batch 4, median of 1 steps" in out
+    assert all(mode in out for mode in ("one process", "DDP", "group parallel"))
+    with (tmp_path / "group_parallel.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(row["mode"], row["rank"]) for row in rows] == [("one process", "0"), ("DDP", "0"), ("DDP", "1"),
+                                                           ("group parallel", "0"), ("group parallel", "1")]
+    by_mode = {row["mode"]: row for row in rows}
+    # Half of every layer's filters on each rank; DDP keeps the whole model on each.
+    assert int(by_mode["group parallel"]["parameter_bytes"]) < 0.6 * int(by_mode["one process"]["parameter_bytes"])
+    assert by_mode["DDP"]["parameter_bytes"] == by_mode["one process"]["parameter_bytes"]
+    assert int(by_mode["group parallel"]["collective_bytes"]) > 0
 
 
 def test_same_flops_needs_a_g1_and_g8_of_one_width(capsys):

@@ -24,9 +24,11 @@ from groupconv.distributed import (
     channel_block,
     concat_exchange,
     explain_parallel,
+    full_optimizer_state_dict,
     full_state_dict,
     launch_ranks,
     load_full_state_dict,
+    local_optimizer_state_dict,
     parallelize_groups,
     plan_exchange,
     plan_group_parallel,
@@ -274,6 +276,36 @@ def checkpoint_round_trip(rank: int) -> bool:
     return list(returned) == list(state) and all(torch.equal(returned[key], state[key]) for key in state)
 
 
+def optimizer_state_round_trip(rank: int) -> dict:
+    """After one SGD step with momentum: the gathered optimizer state is the single-process optimizer's, and cut back
+    into blocks it is this rank's own."""
+    torch.manual_seed(4)
+    model = models.create_model("shufflenet_g8_wd4", small_input=True, num_classes=10).double()
+    reference = copy.deepcopy(model)
+    inputs, targets = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    parallelize_groups(model)
+    results = {}
+    for name, network in (("split", model), ("whole", reference)):
+        optimizer = torch.optim.SGD(network.parameters(), lr=0.1, momentum=0.9)
+        F.cross_entropy(network(inputs), targets).backward()
+        optimizer.step()
+        results[name] = optimizer
+    full = full_optimizer_state_dict(model, results["split"])
+    expected = results["whole"].state_dict()["state"]
+    own = results["split"].state_dict()
+    local = local_optimizer_state_dict(model, results["split"], full)
+    return {
+        "full_error": max((full["state"][index]["momentum_buffer"] - buffers["momentum_buffer"]).abs().max().item()
+                          for index, buffers in expected.items()),
+        "same_shapes": all(full["state"][index]["momentum_buffer"].shape == buffers["momentum_buffer"].shape
+                           for index, buffers in expected.items()),
+        "some_sharded": any(full["state"][index]["momentum_buffer"].shape != buffers["momentum_buffer"].shape
+                            for index, buffers in own["state"].items()),
+        "local_is_own": all(torch.equal(local["state"][index]["momentum_buffer"], buffers["momentum_buffer"])
+                            for index, buffers in own["state"].items()),
+    }
+
+
 def mesh_errors(rank: int) -> list[str]:
     """What a mesh that cannot be built, and a second parallelization, say."""
     messages = []
@@ -295,6 +327,7 @@ TWO_RANK_CHECKS = {"alexnet": (compare_with_one_process, (*ALEXNET, 2)),
                    "shufflenet g3": (compare_with_one_process, (*SHUFFLENET_G3, 2)),
                    "channel indexing": (refuse_channel_indexing, ()),
                    "checkpoint": (checkpoint_round_trip, ()),
+                   "optimizer state": (optimizer_state_round_trip, ()),
                    "mesh errors": (mesh_errors, ())}
 # Four ranks: ShuffleNet over all four, and a 2 x 2 mesh (two data-parallel replicas of two group-parallel ranks).
 FOUR_RANK_CHECKS = {"shufflenet": (compare_with_one_process, (*SHUFFLENET_G8, 4)),
@@ -358,6 +391,12 @@ def test_channel_indexing_in_the_models_code_is_refused(two_ranks):
 
 def test_a_single_process_checkpoint_loads_and_comes_back_whole(two_ranks):
     assert two_ranks["checkpoint"] == [True, True]
+
+
+def test_the_optimizer_state_is_saved_whole_and_cut_back_into_blocks(two_ranks):
+    for result in two_ranks["optimizer state"]:
+        assert result["same_shapes"] and result["some_sharded"] and result["local_is_own"]
+        assert result["full_error"] <= TOLERANCE
 
 
 def test_meshes_that_cannot_be_built_are_named(two_ranks):

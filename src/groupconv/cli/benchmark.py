@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -18,19 +19,39 @@ from ..benchmarks.same_flops import same_flops_benchmark, same_flops_pair
 from ..benchmarks.shapes import ZOO_MODELS, zoo_layer_shapes
 from ..benchmarks.shuffle import shuffle_cost
 from ..benchmarks.sweep import group_sweep, plot_sweep
+from ..distributed.benchmark import benchmark_group_parallel, format_benchmark
 
 BENCHMARKS = ["layers", "sweep", "shuffle", "models", "same-flops"]  # run by default, in this order
-NAMED_ONLY = ["dispatch", "batch-norm", "triton"]  # run only when named
+NAMED_ONLY = ["dispatch", "batch-norm", "triton", "group-parallel"]  # run only when named
 SECTIONS = BENCHMARKS + NAMED_ONLY
 BATCH, REPEATS = 32, 5  # the defaults of the BENCHMARKS sections
+# group-parallel: AlexNet, the model the split comes from (Krizhevsky et al. 2012), on small inputs by default
+GROUP_PARALLEL_MODELS, GROUP_PARALLEL_BATCH, GROUP_PARALLEL_STEPS, GROUP_PARALLEL_CLASSES = ["alexnet"], 8, 3, 10
+
+
+def group_parallel_benchmark(names: list[str], group_parallel: int, batch: int, steps: int, image_size: int | None,
+                             out: Path) -> None:
+    """Each model trained in one process, with DDP and with its filters split over `group_parallel` processes:
+    a table per model and group_parallel.csv (one row per model, way and rank)."""
+    records = []
+    for name in names:
+        entry = models.model_entry(name)
+        options = {"num_classes": GROUP_PARALLEL_CLASSES, **({"small_input": True} if entry.has_small_input else {})}
+        input_size = (entry.input_size[0], image_size, image_size) if image_size else None
+        measurements = benchmark_group_parallel(name, group_parallel, batch, input_size, options, steps=steps)
+        print(f"\n{name}, global batch {batch}, median of {steps} steps")
+        print(format_benchmark(measurements))
+        records += [{"model": name, **{key: value for key, value in dataclasses.asdict(m).items()
+                                       if key not in ("collectives", "records")}} for m in measurements]
+    write_csv(out / "group_parallel.csv", records)
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
     """groupconv against torch: machine ceilings, zoo layers, the group sweep, whole models; tables, CSV, plot."""
-    for option in ("batch", "repeats", "rounds"):
+    for option in ("batch", "repeats", "rounds", "group_parallel"):
         value = getattr(args, option)
         if value is not None and value < 1:
-            args.parser.error(f"--{option}={value} must be at least 1")
+            args.parser.error(f"--{option.replace('_', '-')}={value} must be at least 1")
     unknown = [name for name in args.models or () if not models.is_model(name)]
     if unknown:
         args.parser.error(f"--models: unknown model(s) {', '.join(unknown)}; see `groupconv models`")
@@ -38,6 +59,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
     for name in what:
         if name not in SECTIONS:
             args.parser.error(f"{name!r} is not a benchmark: choose from {', '.join(SECTIONS)}")
+    group_parallel_batch = args.batch or GROUP_PARALLEL_BATCH
+    if "group-parallel" in what and group_parallel_batch % args.group_parallel:
+        args.parser.error(f"group-parallel: --batch={group_parallel_batch} must divide by --group-parallel="
+                          f"{args.group_parallel} (the DDP side splits the batch)")
     zoo = args.models or list(ZOO_MODELS)
     pair = same_flops_pair(zoo)
     if "same-flops" in args.what and pair is None:
@@ -99,6 +124,12 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if "triton" in what:
         print("\nTriton: the triton backend against cuDNN on the zoo's layers")
         triton.triton_benchmark(zoo, args.batch or triton.BATCH, args.dtype, args.forward_only)
+    if "group-parallel" in what:
+        print(f"\nGroup parallelism: filters split over {args.group_parallel} processes (Krizhevsky et al. 2012) "
+              f"against one process and DDP over as many, on spawned CPU processes (gloo); per rank, the rank "
+              f"that limits the run")
+        group_parallel_benchmark(args.models or GROUP_PARALLEL_MODELS, args.group_parallel, group_parallel_batch,
+                                 args.repeats or GROUP_PARALLEL_STEPS, args.image_size, out)
     return 0
 
 
@@ -111,18 +142,22 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                             "only when named)")
     bench.add_argument("--models", nargs="+", default=None, metavar="NAME",
                        help=f"models whose layers (and which whole models) to time (default: {' '.join(ZOO_MODELS)}; "
-                            f"batch-norm: {' '.join(batch_norm.DEFAULT_MODELS)})")
+                            f"batch-norm: {' '.join(batch_norm.DEFAULT_MODELS)}; group-parallel: "
+                            f"{' '.join(GROUP_PARALLEL_MODELS)})")
     bench.add_argument("--batch", type=int, default=None,
-                       help=f"batch size (default: {BATCH}, as baseline.md; dispatch: {dispatch.BATCH})")
+                       help=f"batch size (default: {BATCH}, as baseline.md; dispatch: {dispatch.BATCH}; "
+                            f"group-parallel: the global batch, {GROUP_PARALLEL_BATCH})")
     bench.add_argument("--repeats", type=int, default=None,
                        help=f"timed runs per measurement (layers: at least this many, more for short ones); the median "
-                            f"is kept (default: {REPEATS}; dispatch and batch-norm: {dispatch.REPEATS})")
+                            f"is kept (default: {REPEATS}; dispatch and batch-norm: {dispatch.REPEATS}; group-parallel: "
+                            f"training steps, {GROUP_PARALLEL_STEPS})")
     bench.add_argument("--rounds", type=int, default=11,
                        help="same-flops: rounds of the train steps in alternation; the ratio's median and quartiles "
                             "over them are kept (default: 11)")
     bench.add_argument("--limit", type=int, default=None, help="time only the first N distinct layers")
     bench.add_argument("--forward-only", action="store_true", help="layers, triton: skip forward+backward")
-    bench.add_argument("--image-size", type=int, default=None, help="models: input size (default: each model's own)")
+    bench.add_argument("--image-size", type=int, default=None, help="models, group-parallel: input size (default: each model's own; group-parallel: "
+                            "its small-input variant's where it has one)")
     bench.add_argument("--peak-gflops", type=float, default=None, help="compute ceiling (default: measured now)")
     bench.add_argument("--bandwidth-gbs", type=float, default=None, help="memory ceiling (default: measured now)")
     bench.add_argument("--keep-memory", action=argparse.BooleanOptionalAction, default=True,
@@ -133,5 +168,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--min-values", type=int, default=None,
                        help="batch-norm: run the fused op from this many values up (default: the library's "
                             "NATIVE_MIN_VALUES); 0 times it on every shape, to place that threshold")
+    bench.add_argument("--group-parallel", type=int, default=2, metavar="P",
+                       help="group-parallel: processes the filters are split over, and DDP's processes (default: 2)")
     bench.add_argument("--out", default="benchmark-results", help="directory for CSV files and the sweep plot")
     bench.set_defaults(run=run_benchmark, parser=bench)

@@ -27,6 +27,8 @@ TRAIN_EPILOG = """examples:
   groupconv train --config runs/X/config.json --seed 1     # replay a run with another seed
   groupconv train --resume runs/X --epochs 30              # continue (or extend) a run
   torchrun --nproc-per-node 2 -m groupconv train ...       # distributed data parallel
+  torchrun --nproc-per-node 2 -m groupconv train --model alexnet --group-parallel 2  # AlexNet's filters split
+                                                           # over the 2 processes (Krizhevsky et al. 2012)
 
 Options given on the command line override those of --config (or of the resumed run's config.json).
 Datasets: """ + "; ".join(f"{name}: {text}" for name, text in DATASETS.items())

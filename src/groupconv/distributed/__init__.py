@@ -16,16 +16,18 @@ from .exchange import (
 from .sharding import (
     LayerPlan,
     explain_parallel,
+    full_optimizer_state_dict,
     full_state_dict,
     load_full_state_dict,
+    local_optimizer_state_dict,
     parallelize_groups,
     plan_group_parallel,
 )
 
 __all__ = [
     "ChannelExchange", "CollectiveRecord", "GroupParallelError", "GroupParallelSetup", "LayerPlan", "RankOutcome",
-    "all_reduce_gradients", "channel_block", "concat_exchange", "explain_parallel", "full_state_dict",
-    "group_parallel_mesh", "launch_ranks", "load_full_state_dict", "parallelize_groups", "plan_exchange",
-    "plan_group_parallel", "record_collectives", "run_ranks", "setup_group_parallel", "shuffle_exchange",
-    "window_exchange",
+    "all_reduce_gradients", "channel_block", "concat_exchange", "explain_parallel", "full_optimizer_state_dict",
+    "full_state_dict", "group_parallel_mesh", "launch_ranks", "load_full_state_dict", "local_optimizer_state_dict",
+    "parallelize_groups", "plan_exchange", "plan_group_parallel", "record_collectives", "run_ranks",
+    "setup_group_parallel", "shuffle_exchange", "window_exchange",
 ]

@@ -25,7 +25,9 @@ ShuffleNet's downsampling unit) or the model's code calls torch.cat (ResNeXt's f
 are gathered at the end, whole on every rank.
 
 Parameters keep their names; sharded ones hold their rank's block along dim 0. `full_state_dict` gathers the
-single-process state_dict on every rank, `load_full_state_dict` shards one back.
+single-process state_dict on every rank, `load_full_state_dict` shards one back;
+`full_optimizer_state_dict` / `local_optimizer_state_dict` do the same for the optimizer's per-parameter buffers, so
+a checkpoint is the single-process run's whatever the number of ranks.
 
 What the layout cannot follow: model code that indexes channels itself (x[:, :16], torch.split along channels) is
 refused with an error (model_code.py); such code belongs in a layer. Dropout draws its mask per rank, so in
@@ -490,6 +492,16 @@ def _state(model: nn.Module) -> GroupParallelState:
     return state
 
 
+def _gathered(state: GroupParallelState, block: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of which every rank holds its block along dim 0 (a collective)."""
+    return DTensor.from_local(block.detach(), state.mesh, [Shard(0)], run_check=False).full_tensor()
+
+
+def _own_block(state: GroupParallelState, whole: torch.Tensor) -> torch.Tensor:
+    block = channel_block(whole.shape[0], state.parts, state.rank)
+    return whole[block.start:block.stop]
+
+
 def full_state_dict(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
     """The single-process state_dict (same keys, shapes and values), gathered on every rank; a collective: every
     rank of the group must call it."""
@@ -497,7 +509,7 @@ def full_state_dict(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
     full = OrderedDict()
     for key, value in model.state_dict().items():
         if key in state.sharded_keys:
-            value = DTensor.from_local(value.detach(), state.mesh, [Shard(0)], run_check=False).full_tensor()
+            value = _gathered(state, value)
         full[key] = value.detach().clone()
     return full
 
@@ -507,8 +519,41 @@ def load_full_state_dict(model: nn.Module, full: dict[str, torch.Tensor]) -> Non
     state = _state(model)
     local = OrderedDict()
     for key, value in full.items():
-        if key in state.sharded_keys:
-            block = channel_block(value.shape[0], state.parts, state.rank)
-            value = value[block.start:block.stop]
-        local[key] = value
+        local[key] = _own_block(state, value) if key in state.sharded_keys else value
     model.load_state_dict(local, strict=True)
+
+
+def _optimizer_parameter_keys(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The state_dict key of each parameter, in the order the optimizer's state_dict numbers them."""
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    return [names.get(id(parameter), "") for group in optimizer.param_groups for parameter in group["params"]]
+
+
+def _map_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, optimizer_state: dict, convert) -> dict:
+    """optimizer_state with convert(state, buffer) applied to every per-parameter buffer of a sharded parameter
+    (SGD's momentum, Adam's moments; not Adam's step count, a scalar); anything else is left as it is."""
+    state = _state(model)
+    keys = _optimizer_parameter_keys(model, optimizer)
+    per_parameter = optimizer_state.get("state") if isinstance(optimizer_state, dict) else None
+    if not isinstance(per_parameter, dict):
+        return optimizer_state
+    converted = {}
+    for index, buffers in per_parameter.items():
+        sharded = isinstance(index, int) and 0 <= index < len(keys) and keys[index] in state.sharded_keys
+        if sharded and isinstance(buffers, dict):
+            buffers = {name: convert(state, value) if isinstance(value, torch.Tensor) and value.dim() > 0 else value
+                       for name, value in buffers.items()}
+        converted[index] = buffers
+    return {**optimizer_state, "state": converted}
+
+
+def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """optimizer.state_dict() as one process training the single-process model would have it: the buffers of
+    sharded parameters gathered whole. A collective: every rank of the group must call it."""
+    return _map_optimizer_state(model, optimizer, optimizer.state_dict(), _gathered)
+
+
+def local_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, full: dict) -> dict:
+    """A single-process optimizer state_dict (from full_optimizer_state_dict or a one-process checkpoint) cut to this
+    rank's blocks, for optimizer.load_state_dict."""
+    return _map_optimizer_state(model, optimizer, full, _own_block)

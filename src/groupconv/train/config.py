@@ -76,6 +76,9 @@ class TrainConfig:
     keep_memory: bool = option(True, "keep freed CPU memory for reuse instead of returning it to the system after "
                                      "every large tensor (groupconv.allocator: no page faults at every step; the "
                                      "process keeps its peak footprint)")
+    group_parallel: int = option(1, "split every layer's filters over this many processes (AlexNet's model "
+                                    "parallelism, Krizhevsky et al. 2012); under torchrun the processes are data "
+                                    "parallel across groups of this many")
     threads: int = option(0, "CPU threads per process for torch; 0: one per idle core (the cores this process "
                              "may use minus the 1-minute load average, at least 1; divided among torchrun's processes)")
     # where results go
@@ -192,7 +195,7 @@ def check_config(config: TrainConfig) -> None:
         value = getattr(config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{_flag(f.name)}={value} must be a finite number")
-    for name in ("epochs", "batch_size"):
+    for name in ("epochs", "batch_size", "group_parallel"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{_flag(name)}={getattr(config, name)} must be a positive integer")
     if config.lr <= 0:

@@ -2,6 +2,10 @@
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT; without them this is a single
 process and nothing here touches torch.distributed. gloo on CPU, NCCL on GPU.
+
+Under group parallelism (--group-parallel P) the world is D data-parallel replicas of P processes that split each
+layer's channels; the P processes of a replica compute the same loss and metrics, so metrics are summed over the
+data-parallel peers only (`data_group`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,18 @@ class Distributed:
     world_size: int
     local_rank: int
     device: torch.device
+    group_parallel: int = 1  # consecutive ranks that split every layer's channels (groupconv.distributed's mesh)
+    data_group: dist.ProcessGroup | None = None  # this rank's data-parallel peers, when group_parallel > 1
+
+    @property
+    def data_size(self) -> int:
+        """Data-parallel replicas: each takes its own share of the data."""
+        return self.world_size // self.group_parallel
+
+    @property
+    def data_rank(self) -> int:
+        # The group dimension is the mesh's inner one: rank = data_rank * group_parallel + group_rank.
+        return self.rank // self.group_parallel
 
     @property
     def is_main(self) -> bool:
@@ -62,24 +78,37 @@ def cleanup_distributed(context: Distributed) -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_sum(tensor: torch.Tensor, context: Distributed) -> torch.Tensor:
-    """Sum a tensor over processes (a copy; the input is left as it was)."""
-    if not context.enabled:
-        return tensor
+def _all_reduce_sum(tensor: torch.Tensor, context: Distributed, group: dist.ProcessGroup | None) -> torch.Tensor:
     total = tensor.detach().clone().to(context.device)
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
     return total.to(tensor.device)
 
 
+def all_reduce_sum(tensor: torch.Tensor, context: Distributed) -> torch.Tensor:
+    """Sum a tensor over all processes (a copy; the input is left as it was)."""
+    return _all_reduce_sum(tensor, context, None) if context.enabled else tensor
+
+
+def all_reduce_data_sum(tensor: torch.Tensor, context: Distributed) -> torch.Tensor:
+    """Sum a tensor over the data-parallel replicas only (a copy): the processes of one group parallel replica
+    computed the same values, from the same batch."""
+    if context.data_size == 1:
+        return tensor
+    return _all_reduce_sum(tensor, context, context.data_group)
+
+
 def broadcast_buffers(model: torch.nn.Module, context: Distributed) -> None:
-    """Give every process rank 0's buffers (batch-norm running statistics), in place.
+    """Give every process the buffers (batch-norm running statistics) of data-parallel replica 0, in place.
 
     DDP keeps the parameters equal on all processes, but each process updates its buffers in its
-    own forward passes, on its own shard of the data; only rank 0's are saved.
+    own forward passes, on its own shard of the data; only rank 0's are saved (under group parallelism, the
+    blocks of the processes of replica 0, rank 0's group).
     """
-    if context.enabled:
-        for buffer in model.buffers():
-            dist.broadcast(buffer.data, src=0)
+    if context.data_size == 1:
+        return
+    source = 0 if context.data_group is None else dist.get_global_rank(context.data_group, 0)
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=source, group=context.data_group)
 
 
 def barrier(context: Distributed) -> None:

@@ -14,6 +14,7 @@ import json
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -26,12 +27,15 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from ..allocator import keep_freed_memory
 from ..analysis import count_parameters
 from ..data import LoadedDataset, load_dataset
+from ..distributed import explain_parallel
 from .builders import (augment, augmentation_generator, build_model, build_optimizer, build_scheduler,
                        seed_everything)
 from .checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint, load_model_weights, write_atomically
 from .config import ConfigError, TrainConfig
-from .distributed import (Distributed, all_reduce_sum, barrier, broadcast_buffers, cleanup_distributed,
-                          setup_distributed)
+from .distributed import (Distributed, all_reduce_data_sum, all_reduce_sum, barrier, broadcast_buffers,
+                          cleanup_distributed, setup_distributed)
+from .group_parallel import (check_group_parallel, checkpoint_states, local_optimizer_state, nothing_to_shard,
+                             shard)
 from .metrics import Totals, write_metrics
 from .plots import plot_history
 from .run_directory import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, claim_run_directory
@@ -111,15 +115,18 @@ def check_autocast(model: torch.nn.Module, data: LoadedDataset, context: Distrib
 
 
 def make_loaders(data: LoadedDataset, config: TrainConfig, context: Distributed):
-    if config.batch_size % context.world_size:
-        raise ConfigError(f"--batch-size={config.batch_size} is not divisible by the {context.world_size} processes")
-    # Every process sees its own shard; shuffle order comes from (seed, epoch), never from global RNG state.
-    sampler = DistributedSampler(data.train, num_replicas=context.world_size, rank=context.rank, shuffle=True,
+    replicas = context.data_size
+    if config.batch_size % replicas:
+        raise ConfigError(f"--batch-size={config.batch_size} is not divisible by the {replicas} data-parallel "
+                          f"processes")
+    # Every data-parallel replica sees its own shard (the processes of one group parallel replica the same one);
+    # shuffle order comes from (seed, epoch), never from global RNG state.
+    sampler = DistributedSampler(data.train, num_replicas=replicas, rank=context.data_rank, shuffle=True,
                                  seed=config.seed)
-    train_loader = DataLoader(data.train, batch_size=config.batch_size // context.world_size, sampler=sampler,
+    train_loader = DataLoader(data.train, batch_size=config.batch_size // replicas, sampler=sampler,
                               num_workers=config.workers, pin_memory=context.device.type == "cuda")
-    # Evaluation: a disjoint shard per process, no padding, so the summed counts are exact.
-    test_shard = Subset(data.test, range(context.rank, len(data.test), context.world_size))
+    # Evaluation: a disjoint shard per replica, no padding, so the summed counts are exact.
+    test_shard = Subset(data.test, range(context.data_rank, len(data.test), replicas))
     test_loader = DataLoader(test_shard, batch_size=max(config.batch_size, 256), num_workers=config.workers)
     return train_loader, sampler, test_loader
 
@@ -133,7 +140,7 @@ def to_device(inputs, labels, device, channels_last):
 
 @torch.no_grad()
 def evaluate(model, loader, num_classes: int, context: Distributed, config: TrainConfig):
-    """(loss, accuracy, confusion matrix) over the whole test set, summed over processes.
+    """(loss, accuracy, confusion matrix) over the whole test set, summed over data-parallel processes.
 
     Under DDP the processes' batch-norm running statistics differ (each updates them on its own
     shard); rank 0's are given to all first, so the metrics are those of rank 0's model, the one
@@ -150,15 +157,18 @@ def evaluate(model, loader, num_classes: int, context: Distributed, config: Trai
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double().cpu()
         predictions = logits.argmax(dim=1)
         confusion += torch.bincount((labels * num_classes + predictions).cpu(), minlength=num_classes ** 2)
-    loss_sum, confusion = all_reduce_sum(loss_sum, context), all_reduce_sum(confusion, context)
+    loss_sum, confusion = all_reduce_data_sum(loss_sum, context), all_reduce_data_sum(confusion, context)
     confusion = confusion.view(num_classes, num_classes)
     count = max(int(confusion.sum()), 1)
     return loss_sum.item() / count, confusion.diagonal().sum().item() / count, confusion.numpy()
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, config: TrainConfig, context: Distributed, epoch: int,
-                    start_step: int, totals: Totals, stop: StopRequest) -> int:
-    """Train from batch `start_step` of `epoch`; returns the number of batches done (fewer if asked to stop)."""
+                    start_step: int, totals: Totals, stop: StopRequest, all_reduce_gradients=None) -> int:
+    """Train from batch `start_step` of `epoch`; returns the number of batches done (fewer if asked to stop).
+
+    all_reduce_gradients: under group parallelism, averages the gradients over the data-parallel processes (DDP
+    does it inside backward otherwise)."""
     from tqdm import tqdm
 
     model.train()
@@ -168,13 +178,15 @@ def train_one_epoch(model, loader, optimizer, scheduler, config: TrainConfig, co
     for step, (inputs, labels) in enumerate(loader):
         if step < start_step:
             continue  # resuming inside an epoch: same order, skip what was already trained on
-        inputs = augment(inputs, config.augment, augmentation_generator(config.seed, epoch, step, context.rank))
+        inputs = augment(inputs, config.augment, augmentation_generator(config.seed, epoch, step, context.data_rank))
         inputs, labels = to_device(inputs, labels, context.device, config.channels_last)
         with torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=config.bf16):
             logits = model(inputs)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if all_reduce_gradients is not None:
+            all_reduce_gradients()
         if config.clip_grad:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
         optimizer.step()
@@ -184,7 +196,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, config: TrainConfig, co
         seen += len(labels)
         bar.update()
         bar.set_postfix(loss=f"{totals.loss:.3f}", acc=f"{totals.accuracy:.1%}",
-                        img_s=f"{seen * context.world_size / (time.perf_counter() - started):.0f}", refresh=False)
+                        img_s=f"{seen * context.data_size / (time.perf_counter() - started):.0f}", refresh=False)
         if stop.agreed(context):
             bar.close()
             return step + 1
@@ -193,8 +205,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, config: TrainConfig, co
 
 
 def global_totals(totals: Totals, context: Distributed) -> Totals:
-    summed = all_reduce_sum(torch.tensor([totals.loss_sum, totals.correct, totals.count], dtype=torch.float64),
-                            context).tolist()
+    summed = all_reduce_data_sum(torch.tensor([totals.loss_sum, totals.correct, totals.count],
+                                              dtype=torch.float64), context).tolist()
     return Totals(summed[0], int(summed[1]), int(summed[2]))
 
 
@@ -227,6 +239,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_epoch: int | Non
     context = setup_distributed(config.device)
     threads = torch.get_num_threads()
     try:
+        check_group_parallel(config, context)
         with claim_run_directory(config, resume) if context.is_main else contextlib.nullcontext() as run_dir:
             summary = _train(config, context, run_dir, resume, stop_after_epoch, verbose)
         # Tear gloo down only once every process is done with its collectives: a process that destroys its group
@@ -253,9 +266,24 @@ def _train(config: TrainConfig, context: Distributed, run_dir: Path | None, resu
         data = load_dataset(config.dataset, config.data_dir, config.image_size, download=False)
     # Record the size actually used, so config.json replays (and `eval` rebuilds) exactly this run.
     config = dataclasses.replace(config, image_size=data.input_shape[-1] if data.is_image else None)
+    # The same seed on every process: the same weights, which group parallelism then splits.
     model = build_model(config, data.num_classes, data.in_chans, data.input_shape).to(context.device)
     if config.channels_last and data.is_image:
         model = model.to(memory_format=torch.channels_last)
+    parameters = count_parameters(model)
+    log = context.is_main and verbose
+    if resume:
+        path = Path(config.output) / LAST_CHECKPOINT
+        model_state, state, saved_info = load_checkpoint(path)
+        check_training_state(state, path)
+        load_model_weights(model, model_state, saved_info, path)  # the whole model, split below like a new one
+    group_parallel = None
+    if config.group_parallel > 1:
+        if log and nothing_to_shard(model, config.group_parallel):
+            print(f"warning: --group-parallel={config.group_parallel}: no layer of {config.model} splits over "
+                  f"{config.group_parallel} processes; each one computes the whole model", file=sys.stderr,
+                  flush=True)
+        group_parallel, context = shard(model, config, context)
     if config.bf16:
         check_autocast(model, data, context)
     train_loader, sampler, test_loader = make_loaders(data, config, context)
@@ -265,10 +293,7 @@ def _train(config: TrainConfig, context: Distributed, run_dir: Path | None, resu
 
     epoch, start_step, totals, history, best_accuracy = 0, 0, Totals(), [], -1.0
     if resume:
-        path = Path(config.output) / LAST_CHECKPOINT
-        model_state, state, saved_info = load_checkpoint(path)
-        check_training_state(state, path)
-        load_model_weights(model, model_state, saved_info, path)
+        state = {**state, "optimizer": local_optimizer_state(model, optimizer, state["optimizer"], context)}
         restore_optimizer_and_scheduler(optimizer, scheduler, state, path, config.optimizer,
                                         saved_info.get("config", {}).get("optimizer"))
         try:
@@ -278,31 +303,40 @@ def _train(config: TrainConfig, context: Distributed, run_dir: Path | None, resu
                                   f"({error})") from None
         epoch, start_step = state["epoch"], state["step"]
         history, best_accuracy = state["history"], state["best_accuracy"]
-        # The saved partial sums are over all processes: one process carries them on, the others add theirs.
-        totals = Totals(**state["totals"]) if context.is_main else Totals()
+        # The saved partial sums are over all processes: one process of each group parallel replica carries them
+        # on (the sums are over data-parallel processes), the others add theirs.
+        totals = Totals(**state["totals"]) if context.data_rank == 0 else Totals()
 
     forward_model = model
-    if context.enabled:
+    if context.enabled and group_parallel is None:
         forward_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
     if config.compile:
         forward_model = torch.compile(forward_model)
 
     def save(path_names: list[str]) -> None:
+        """Every process calls it (group parallelism gathers the weights); rank 0 writes."""
+        model_state, optimizer_state = checkpoint_states(unwrap(model), optimizer, context)
+        if not context.is_main:
+            return
         state = {"epoch": epoch, "step": start_step, "totals": totals.as_dict(), "history": history,
-                 "best_accuracy": best_accuracy, "optimizer": optimizer.state_dict(),
+                 "best_accuracy": best_accuracy, "optimizer": optimizer_state,
                  "scheduler": scheduler.state_dict(), "rng": rng_states()}
-        data_bytes = checkpoint_bytes(unwrap(model).state_dict(), state, info)
+        data_bytes = checkpoint_bytes(model_state, state, info)
         for name in path_names:
             write_atomically(run_dir / name, data_bytes)
 
-    log = context.is_main and verbose
     if context.is_main:
         write_atomically(run_dir / CONFIG_FILE, config_file_text(config, data).encode())
     if log:
-        print(f"training {config.model} ({count_parameters(model):,} parameters) on {config.dataset} "
-              f"{tuple(data.input_shape)} x {len(data.train)}, {context.world_size} process(es) on "
-              f"{context.device}, run directory {run_dir}", flush=True)
+        how = (f"{context.world_size} process(es)" if group_parallel is None else
+               f"{context.world_size} processes ({context.data_size} data parallel x {config.group_parallel} "
+               f"group parallel)")
+        print(f"training {config.model} ({parameters:,} parameters) on {config.dataset} "
+              f"{tuple(data.input_shape)} x {len(data.train)}, {how} on {context.device}, run directory {run_dir}",
+              flush=True)
+        if group_parallel is not None:
+            print(explain_parallel(model), flush=True)
 
     interrupted = False
     with StopRequest() as stop:
@@ -310,12 +344,12 @@ def _train(config: TrainConfig, context: Distributed, run_dir: Path | None, resu
             sampler.set_epoch(epoch)
             epoch_started = time.perf_counter()
             done = train_one_epoch(forward_model, train_loader, optimizer, scheduler, config, context, epoch,
-                                   start_step, totals, stop)
+                                   start_step, totals, stop,
+                                   group_parallel.all_reduce_gradients if group_parallel is not None else None)
             if done < len(train_loader):  # stopped inside the epoch: save the position and the partial sums
                 start_step, interrupted = done, True
                 totals = global_totals(totals, context)  # rank 0 saves the sums of all processes
-                if context.is_main:
-                    save([LAST_CHECKPOINT])
+                save([LAST_CHECKPOINT])
                 break
             train_totals = global_totals(totals, context)
             # The plain model: DDP's forward would broadcast buffers, a collective that needs equal shard sizes.
@@ -328,8 +362,8 @@ def _train(config: TrainConfig, context: Distributed, run_dir: Path | None, resu
             improved = test_accuracy > best_accuracy
             best_accuracy = max(best_accuracy, test_accuracy)
             epoch, start_step, totals = epoch + 1, 0, Totals()
+            save([LAST_CHECKPOINT, BEST_CHECKPOINT] if improved else [LAST_CHECKPOINT])
             if context.is_main:
-                save([LAST_CHECKPOINT, BEST_CHECKPOINT] if improved else [LAST_CHECKPOINT])
                 write_metrics(run_dir, history)
                 plot_history(run_dir, history)
             if log:
@@ -344,7 +378,7 @@ def _train(config: TrainConfig, context: Distributed, run_dir: Path | None, resu
 
     summary = {"run_dir": str(run_dir) if run_dir else None, "epochs_done": epoch, "interrupted": interrupted,
                "final_test_accuracy": history[-1]["test_accuracy"] if history else None,
-               "best_test_accuracy": best_accuracy if history else None, "parameters": count_parameters(model),
+               "best_test_accuracy": best_accuracy if history else None, "parameters": parameters,
                "seconds": time.perf_counter() - started, "history": history}
     if log:
         print_summary(summary, config)
