@@ -32,14 +32,26 @@ pytest.importorskip("onnxscript")
 STANDARD_DOMAINS = ("", "ai.onnx")
 RELATIVE_TOLERANCE = 1e-4  # float32, relative to the largest output
 HEAVY_MODELS = {"resnext101_32x4d", "resnext101_32x8d", "resnext101_64x4d", "resnext29_8x64d", "resnext29_16x64d"}
+# torch's TorchScript-based exporter loses the tensor sizes after torch's local_response_norm (AlexNet's), then
+# cannot export the adaptive average pooling that follows, with or without groupconv: these families are checked
+# through the dynamo exporter, every model of them in the default run.
+NOT_LEGACY_EXPORTABLE_FAMILIES = {"alexnet"}
 FAMILY_REPRESENTATIVES = {"alexnet_g4", "mobilenet_wd4", "nin_root4", "resnext29_32x4d", "shufflenet_g3_wd4",
                           "shufflenet_compact", "grouped_cnn1d_mnist1d"}
 
 
 def zoo_params(dynamo: bool) -> list:
-    slow = [] if dynamo else HEAVY_MODELS
-    return [pytest.param(name, marks=pytest.mark.slow)
-            if name in slow or (dynamo and name not in FAMILY_REPRESENTATIVES) else name for name in list_models()]
+    """Every model through the TorchScript-based exporter but the families it cannot export (those through the
+    dynamo exporter instead), the largest ResNeXts marked slow; one model of each family through the dynamo
+    exporter, the others marked slow."""
+    params = []
+    for name in list_models():
+        legacy_exportable = model_entry(name).family not in NOT_LEGACY_EXPORTABLE_FAMILIES
+        if not dynamo and not legacy_exportable:
+            continue
+        slow = name in HEAVY_MODELS if not dynamo else (name not in FAMILY_REPRESENTATIVES and legacy_exportable)
+        params.append(pytest.param(name, marks=pytest.mark.slow) if slow else name)
+    return params
 
 
 class UserModel(torch.nn.Module):
@@ -73,14 +85,14 @@ def _randomise_statistics(model: torch.nn.Module) -> torch.nn.Module:
 
 @functools.lru_cache(maxsize=None)
 def zoo_model(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
-    """(model in eval mode, input shape without the batch) of a zoo model's cheapest real run."""
+    """(model in eval mode, input shape without the batch): the small-input variant where there is one, at 16x16 (the
+    smallest size every image model accepts); a 1-D model at its own signal size."""
     torch.manual_seed(0)
     entry = model_entry(name)
     if "1d" in entry.tags:
         return _randomise_statistics(create_model(name, num_classes=10)).eval(), entry.input_size
-    if entry.has_small_input:
-        return _randomise_statistics(create_model(name, num_classes=10, small_input=True)).eval(), (3, 16, 16)
-    return _randomise_statistics(create_model(name, num_classes=10)).eval(), entry.input_size
+    options = dict(small_input=True) if entry.has_small_input else {}
+    return _randomise_statistics(create_model(name, num_classes=10, **options)).eval(), (3, 16, 16)
 
 
 @functools.lru_cache(maxsize=None)
@@ -108,13 +120,13 @@ def onnx_bytes(model: torch.nn.Module, input_shape, dynamo: bool, **options) -> 
         return buffer.getvalue()
 
 
-def assert_runs_like_eager(model: torch.nn.Module, data: bytes, input_shape) -> None:
-    """Only standard ONNX operators; onnxruntime equals the eager model at batch 1 and 3."""
+def assert_runs_like_eager(model: torch.nn.Module, data: bytes, input_shape, batches=(1, 3)) -> None:
+    """Only standard ONNX operators; onnxruntime equals the eager model at each batch size."""
     graph = onnx.load_from_string(data).graph
     domains = {(node.domain, node.op_type) for node in graph.node if node.domain not in STANDARD_DOMAINS}
     assert not domains, f"operators outside the standard ONNX domain: {sorted(domains)}"
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-    for batch in (1, 3):
+    for batch in batches:
         x = torch.randn(batch, *input_shape)
         with torch.no_grad():
             expected = model(x).numpy()
@@ -264,7 +276,7 @@ def test_every_layer_traces_and_scripts_to_torchs_results(name):
 
 @pytest.mark.parametrize("format", ["exported-program", "torchscript", "onnx"])
 def test_file_round_trip_with_a_dynamic_batch(format, tmp_path):
-    model, input_shape = zoo_model("shufflenet_g3_wd4")
+    _, model, input_shape = user_model()
     path = export_model(model, torch.randn(2, *input_shape), tmp_path / "model", format, dynamo=False)
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
     loaded = load_exported(path, format)
@@ -303,7 +315,7 @@ def test_export_command_on_a_trained_run(tmp_path, capsys):
     (["no_such_model", "--output", "x.onnx"], "neither a run directory"),
     (["shufflenet_g3_wd4", "--output", "x.onnx", "--batch-size", "0"], "--batch-size=0"),
     (["shufflenet_g3_wd4", "--output", "x.pt", "--format", "torchscript", "--opset", "17"], "--opset applies"),
-    (["alexnet", "--small-input", "--output", "x.onnx"], "no small-input variant"),
+    (["nin_cifar", "--small-input", "--output", "x.onnx"], "no small-input variant"),
 ])
 def test_export_command_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

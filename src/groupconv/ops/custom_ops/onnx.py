@@ -24,6 +24,8 @@ import sys
 import torch
 from torch.onnx import symbolic_helper
 
+from ..arguments import output_size
+
 # The ONNX opset the legacy exporter's symbolic functions are registered for (and every later one): Reshape's
 # shape input and BatchNormalization without its spatial attribute need opset 9.
 LEGACY_OPSET = 9
@@ -47,6 +49,14 @@ def onnx_padding(padding) -> list[int]:
 # ---------------------------------------------------------------- torch.onnx.export(..., dynamo=False)
 
 
+def _typed(output, like, sizes):
+    """`output` with `like`'s type and these sizes (None: unknown, such as a dynamic batch): the exporter's later
+    symbolics (adaptive pooling, flatten) read the sizes, and it infers none for values a custom symbolic makes."""
+    if sizes is not None:
+        output.setType(like.type().with_sizes(list(sizes)))
+    return output
+
+
 def _legacy_shuffle(g, x, groups: int):
     channels = symbolic_helper._get_tensor_dim_size(x, 1)
     if channels is None:
@@ -55,7 +65,7 @@ def _legacy_shuffle(g, x, groups: int):
     shape = g.op("Constant", value_t=torch.tensor(shuffle_shape(channels, groups), dtype=torch.int64))
     grouped = g.op("Reshape", x, shape)
     swapped = g.op("Transpose", grouped, perm_i=[0, 2, 1, 3])
-    return g.op("Reshape", swapped, g.op("Shape", x))
+    return _typed(g.op("Reshape", swapped, g.op("Shape", x)), x, symbolic_helper._get_tensor_sizes(x))
 
 
 @symbolic_helper.parse_args("v", "i")
@@ -71,9 +81,16 @@ def _legacy_conv_forward(g, input, weight, bias, stride, padding, dilation, grou
     inputs = [input, weight] if symbolic_helper._is_none(bias) else [input, weight, bias]
     attributes = dict(strides_i=list(stride), pads_i=onnx_padding(padding), dilations_i=list(dilation),
                       group_i=groups)
-    if kernel is not None and all(size is not None for size in kernel[2:]):
-        attributes["kernel_shape_i"] = list(kernel[2:])
-    return g.op("Conv", *inputs, **attributes)
+    sizes = symbolic_helper._get_tensor_sizes(input)
+    if kernel is None or any(size is None for size in kernel) or sizes is None:
+        return g.op("Conv", *inputs, **attributes)
+    attributes["kernel_shape_i"] = list(kernel[2:])
+    spatial = sizes[2:]
+    if all(size is not None for size in spatial):
+        spatial = output_size(spatial, kernel[2:], stride, padding, padding, dilation)
+    else:
+        spatial = [None] * len(spatial)
+    return _typed(g.op("Conv", *inputs, **attributes), input, [sizes[0], kernel[0], *spatial])
 
 
 def _legacy_constant_like(g, running_mean, value: float):
@@ -93,13 +110,19 @@ def _legacy_batch_norm_forward(g, input, weight, bias, residual, running_mean, r
         weight = _legacy_constant_like(g, running_mean, 1.0)
     if symbolic_helper._is_none(bias):
         bias = _legacy_constant_like(g, running_mean, 0.0)
-    output = g.op("BatchNormalization", input, weight, bias, running_mean, running_var, epsilon_f=eps)
+    sizes = symbolic_helper._get_tensor_sizes(input)
+    output = _typed(g.op("BatchNormalization", input, weight, bias, running_mean, running_var, epsilon_f=eps), input,
+                    sizes)
     if not symbolic_helper._is_none(residual):
-        output = g.op("Add", output, residual)
+        output = _typed(g.op("Add", output, residual), input, sizes)
     if relu:
-        output = g.op("Relu", output)
+        output = _typed(g.op("Relu", output), input, sizes)
     if not symbolic_helper._is_none(concat):
-        output = g.op("Concat", output, concat, axis_i=1)
+        concat_sizes = symbolic_helper._get_tensor_sizes(concat)
+        joined = None
+        if sizes is not None and concat_sizes is not None and None not in (sizes[1], concat_sizes[1]):
+            joined = [sizes[0], sizes[1] + concat_sizes[1], *sizes[2:]]
+        output = _typed(g.op("Concat", output, concat, axis_i=1), input, joined)
     # The op's other outputs, as the kernel returns them in eval mode: the running statistics and 1/sqrt(var + eps).
     invstd = g.op("Reciprocal", g.op("Sqrt", g.op("Add", running_var, g.op("Constant", value_t=torch.tensor(eps)))))
     return output, running_mean, invstd, running_var
