@@ -12,8 +12,9 @@ The layers, bottom to top:
     1  nn, signal             modules on the ops; 1-D/2-D signal convolution on the ops
     2  models                 the model zoo, built from nn
     3  groupconv              the package's own __init__: the public names of ops, nn, models and signal
-    4  analysis, distributed  cost, profiling, correlation and drawings of models and layers; filter groups
-                              across processes (torch.distributed); neither uses the other
+    4  analysis, distributed, cost, profiling, correlation and drawings of models and layers; filter groups
+       export                 across processes (torch.distributed); a model as ONNX, TorchScript or an
+                              ExportedProgram; none uses another
     5  train, benchmarks      the training loop (may use analysis); the benchmarks (time ops, nn, models
                               with analysis's timing); neither uses the other
     6  cli                    the `groupconv` command, over all of the above
@@ -37,7 +38,7 @@ LAYERS = {
     "nn": 1, "signal": 1,
     "models": 2,
     ROOT: 3,
-    "analysis": 4, "distributed": 4,
+    "analysis": 4, "distributed": 4, "export": 4,
     "train": 5, "benchmarks": 5,
     "cli": 6,
     "__main__": 7,
@@ -52,6 +53,10 @@ FUNCTION_LEVEL_EXCEPTIONS = {
         None,
         "kernels.py imports triton (optional, about a second to import, may fail on a machine without a GPU "
         "driver); the backend imports it on first use, so `import groupconv` works without triton"),
+    ("groupconv.ops.custom_ops.onnx", "groupconv.ops.custom_ops.onnx_script"): (
+        None,
+        "onnx_script.py imports onnxscript (optional, about two seconds to import); the ONNX translations import it "
+        "when torch's dynamo exporter loads its own, so `import groupconv` works without onnxscript"),
 }
 
 

@@ -5,6 +5,7 @@ One parser, its subcommands grouped by what they drive:
 - benchmark.py: benchmark (the sections of groupconv.benchmarks)
 - train.py:     train, eval, experiment
 - analysis.py:  analyze, profile, correlate, draw, report
+- export.py:    export (ONNX, TorchScript, ExportedProgram)
 - errors.py:    how a subcommand reports a user's mistake (one line, exit code 2) and Ctrl-C (exit code 130)
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import analysis, benchmark, library, train
+from . import analysis, benchmark, export, library, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     library.add_models_command(commands)  # models
     train.add_commands(commands)  # train, eval, experiment
     analysis.add_commands(commands)  # analyze, profile, correlate, draw, report
+    export.add_commands(commands)  # export
     return parser
 
 

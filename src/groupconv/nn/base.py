@@ -10,6 +10,7 @@ import torch
 from ..ops.cost import conv_multiply_adds, count_parameters
 from ..ops import functional
 from ..ops.arguments import check_divisible, check_groups, expand_tuple, output_size, resolve_padding
+from .scripting import scriptable_conv
 
 _FUNCTIONAL = {1: functional.conv1d, 2: functional.conv2d, 3: functional.conv3d}
 
@@ -124,6 +125,10 @@ class GroupedConvMixin(CostReporting):
                         shuffle_groups=self.shuffle_groups)
         return conv(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
                     shuffle_groups=self.shuffle_groups)
+
+    def __prepare_scriptable__(self) -> torch.nn.Module:
+        """What torch.jit.script compiles for this layer: torch's conv on the same parameters (nn/scripting.py)."""
+        return scriptable_conv(self)
 
     def output_size(self, input_size):
         ndim = len(self.kernel_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..ops.normalization import batch_norm
+from .scripting import ScriptableBatchNormAct2d
 
 
 class BatchNormAct2d(torch.nn.BatchNorm2d):
@@ -24,6 +25,10 @@ class BatchNormAct2d(torch.nn.BatchNorm2d):
         if not isinstance(apply_act, bool):
             raise TypeError(f"apply_act={apply_act!r} must be a bool")
         self.apply_act = apply_act
+
+    def __prepare_scriptable__(self) -> torch.nn.Module:
+        """What torch.jit.script compiles for this layer: torch's ops on the same parameters (nn/scripting.py)."""
+        return ScriptableBatchNormAct2d(self, self.apply_act)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, apply_act={self.apply_act}"

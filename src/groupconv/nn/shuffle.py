@@ -10,16 +10,21 @@ from .base import CostReporting
 from .conv import Conv2d
 
 
-class ChannelShuffle(CostReporting, torch.nn.Module):
-    """Channel shuffle with `groups` groups (as torch.nn.ChannelShuffle), for inputs of rank 3 to 5."""
+class ChannelShuffle(CostReporting, torch.nn.ChannelShuffle):
+    """torch.nn.ChannelShuffle computed by groupconv's ops (inputs of rank 3 to 5), which also export to ONNX.
+
+    A subclass adding no state, so `accelerate()` swaps torch's layer for it; torch.jit.script compiles torch's.
+    """
 
     def __init__(self, groups: int):
-        super().__init__()
         check_groups(groups)
-        self.groups = groups
+        super().__init__(groups)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return functional.channel_shuffle(input, self.groups)
+
+    def __prepare_scriptable__(self) -> torch.nn.Module:
+        return torch.nn.ChannelShuffle(self.groups)
 
     def output_size(self, input_size):
         return tuple(expand_tuple(input_size, len(input_size) if not isinstance(input_size, int) else 1,

@@ -78,7 +78,7 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     """torch.nn.functional.batch_norm, then `+ residual` (if given), then ReLU (if `relu`), fused on CPU; with
     `concat`, torch.cat((that, concat), 1), written into the concatenation directly."""
     _check_arguments(input, running_mean, running_var, weight, bias, training, residual, concat)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # (no measurement recorded into a traced graph)
         backend = get_backend(_traced_choice(*BatchNormProblem.fields_of(input, training, residual, relu, concat)))
     else:
         problem = BatchNormProblem.build(input, training, residual, relu, concat)

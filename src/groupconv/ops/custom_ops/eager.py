@@ -36,8 +36,10 @@ _PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
 
 def runs_eagerly(*tensors: Tensor | None) -> bool:
     """Whether a call on these tensors may skip the custom ops: plain tensors, outside torch.compile and export,
-    functorch transforms and dispatch modes (FlopCounterMode, fake tensors), which all must see the custom op."""
+    torch.jit tracing (torch.jit.trace, the ONNX exporter's trace), functorch transforms and dispatch modes
+    (FlopCounterMode, fake tensors), which all must see the custom op."""
     return (not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()  # (a traced Function or raw kernel would be recorded as opaque calls)
             and torch._C._functorch.peek_interpreter_stack() is None
             and _get_current_dispatch_mode() is None
             and all(type(t) in _PLAIN_TENSOR_TYPES for t in tensors if t is not None))

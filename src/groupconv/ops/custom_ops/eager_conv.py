@@ -145,8 +145,10 @@ def convolution(input: Tensor, weight: Tensor, bias: Optional[Tensor], args: Con
             return out.contiguous(memory_format=memory_format_of(input))  # the layout the ops promise (a no-op)
         with profiled("groupconv::conv_forward"):
             return EagerConv.apply(input, weight, bias, call)
-    return conv_forward(input, weight, bias, list(args.stride), list(args.padding), list(args.dilation), args.groups,
-                        args.shuffle_groups)
+    # (int(): under torch.jit.trace, padding worked out from the weight's shape holds traced sizes, which the tracer
+    # cannot record as the op's int[] argument)
+    return conv_forward(input, weight, bias, list(args.stride), [int(p) for p in args.padding], list(args.dilation),
+                        args.groups, args.shuffle_groups)
 
 
 class EagerConvWithShortcut(torch.autograd.Function):

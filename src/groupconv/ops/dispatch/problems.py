@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from torch.fx.experimental.symbolic_shapes import optimization_hint
 
 from ..arguments import ConvArguments, memory_format_of
 
@@ -122,9 +123,15 @@ class BatchNormProblem:
         cannot ask for the thread count)."""
         residual_matches = residual is not None and (residual.shape == input.shape and residual.dtype == input.dtype
                                                      and residual.device == input.device)
-        return (tuple(int(s) for s in input.shape), input.dtype, input.device.type, layout_name(input),
+        return (tuple(_size_hint(s) for s in input.shape), input.dtype, input.device.type, layout_name(input),
                 bool(training), bool(relu), residual is not None, residual_matches, concat is not None,
                 concat is not None and concat.dtype == input.dtype)
+
+
+def _size_hint(size) -> int:
+    """A size as an int; under torch.compile and torch.export the example's, without the guard int() adds (which would
+    fix a dynamic batch to the example's: the backend choice is an optimisation, a constant of the traced graph)."""
+    return optimization_hint(size) if isinstance(size, torch.SymInt) else int(size)
 
 
 Problem = ConvProblem | ShuffleProblem | BatchNormProblem
