@@ -183,6 +183,9 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="bugs checked at the same time (default 2)")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds for one bug's tests, build included")
     parser.add_argument("--only", nargs="*", default=None, help="check only the bugs whose names contain these words")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="folder for the copies and their builds, kept afterwards (a later run there reuses the "
+                             "builds); default: a temporary folder, removed at the end")
     parser.add_argument("--list", action="store_true", help="list the bugs and exit")
     parser.add_argument("--verbose", action="store_true", help="print pytest's output for a bug no test catches")
     args = parser.parse_args(argv)
@@ -193,7 +196,8 @@ def main(argv=None) -> int:
         return 0
     if not bugs:
         parser.error(f"no bug's name contains any of {args.only}")
-    with tempfile.TemporaryDirectory(prefix="groupconv-mutation-") as folder:
+    with tempfile.TemporaryDirectory(prefix="groupconv-mutation-") as temporary:
+        folder = args.work_dir or temporary
         slots = queue.Queue()
         for index in range(args.jobs):
             slots.put(Path(folder) / f"slot{index}")

@@ -385,12 +385,13 @@ POINTWISE_WIDTHS = [
     (2, 64, 120, (2, 2)),
 ]
 # (channels, channels per group, stride, padding, input size) of 3x3 convs: every group width csrc/narrow_nhwc.cpp
-# runs, both row strides, and an input whose rows are not a multiple of its 8-pixel blocks.
+# runs, both strides (the input gradient runs the same stride both ways), and rows that are not a multiple of its
+# 8-pixel blocks.
 NARROW_WIDTHS = [
     (32, 16, (1, 1), 1, (5, 11)),
     (32, 8, (2, 2), 1, (7, 9)),
     (16, 4, (1, 1), 1, (4, 10)),
-    (32, 2, (1, 2), (1, 0), (6, 9)),
+    (32, 2, (1, 1), (1, 0), (6, 9)),
     (48, 1, (2, 2), 1, (7, 7)),
 ]
 KERNEL_PATH_CASES = (
@@ -427,26 +428,31 @@ def test_pointwise_output_past_the_streaming_store_size_matches_torch():
 # ------------------------------------------------------------------ float32 accumulation of low precision
 # Every backend promises (and the reference, ops/reference.py, states) that bfloat16 and float16 inputs are summed in
 # float32 and rounded once. On the short sums above, summing in the low precision itself would stay within the
-# tolerances; here each output sums 4096 positive products of about 0.25, so a sum kept in bfloat16 (8 bits) or
-# float16 (11 bits) stops growing once its last bit outweighs a product, far off the float32 sum.
-LONG_SUM = dict(batch=8, channels=8, kernel=512, length=1024)
+# tolerances. Here each output of the forward sums 4096 positive products of about 0.25 (64 channels by 64 taps), each
+# weight gradient 2048 (2 samples by 1024 positions), each input gradient 512 (8 channels by 64 taps): a sum kept in
+# bfloat16 (8 bits) or float16 (11 bits) loses a rounding's worth at each of its many additions, far more than the one
+# rounding of a float32 sum. (Many taps, because the reference sums over the taps one addition at a time.)
 
 
 def _long_sum_tensors(dtype):
-    n, c, k, length = LONG_SUM["batch"], LONG_SUM["channels"], LONG_SUM["kernel"], LONG_SUM["length"]
-    x = torch.rand(n, c, length, dtype=torch.float64).to(dtype)
-    w = torch.rand(c, c, k, dtype=torch.float64).to(dtype)
-    grad_output = torch.rand(n, c, length - k + 1, dtype=torch.float64).to(dtype)
+    x = torch.rand(2, 64, 1024 + 63, dtype=torch.float64).to(dtype)
+    w = torch.rand(8, 64, 64, dtype=torch.float64).to(dtype)
+    grad_output = torch.rand(2, 8, 1024, dtype=torch.float64).to(dtype)
     return x, w, grad_output
 
 
-def _assert_within_one_rounding(actual, exact, dtype, what):
+def _assert_within_roundings(actual, exact, dtype, what, roundings=1):
     """`actual` equals the float64 `exact` rounded once to `dtype`, give or take one unit in its last place (a float32
-    sum can round to the neighbour of the exact sum's rounding)."""
+    sum can round to the neighbour of the exact sum's rounding), or `roundings` units."""
     assert actual.dtype == dtype
-    unit = 2.0 ** -(torch.finfo(dtype).nmant)  # one unit in the last place, relative
+    unit = torch.finfo(dtype).eps  # one unit in the last place, relative, at most
     error = ((actual.double() - exact) / exact.abs()).abs().max().item()
-    assert error <= 2 * unit, f"{what}: relative error {error:.3g}, more than one rounding ({unit:.3g})"
+    assert error <= roundings * unit, f"{what}: relative error {error:.3g}, more than {roundings} x {unit:.3g}"
+
+
+# torch's own CPU float16 conv (torch 2.x, the aten backend) rounds its input gradient a few more times: 4 units
+# measured on this problem, still far from a float16 sum.
+EXTRA_ROUNDINGS = {("aten", torch.float16, "grad input"): 8}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -461,9 +467,10 @@ def test_low_precision_sums_accumulate_in_float32(backend, dtype):
     with ops.use_backend(backend):
         out = groupconv.conv1d(*leaves)
         grads = torch.autograd.grad(out, leaves, grad_output)
-    _assert_within_one_rounding(out, exact.detach(), dtype, "forward")
+    _assert_within_roundings(out, exact.detach(), dtype, "forward")
     for name, grad, exact_grad in zip(("input", "weight"), grads, exact_grads, strict=True):
-        _assert_within_one_rounding(grad, exact_grad, dtype, f"grad {name}")
+        what = f"grad {name}"
+        _assert_within_roundings(grad, exact_grad, dtype, what, EXTRA_ROUNDINGS.get((backend, dtype, what), 1))
 
 
 # ------------------------------------------------------------------ the Triton backend in its interpreter
