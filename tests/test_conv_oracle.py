@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import groupconv
@@ -350,3 +350,149 @@ def test_the_combined_backward_has_a_double_backward():
     grad_output = torch.randn(2, 6, 5, 5, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradgradcheck(
         lambda go, a, b: torch.ops.groupconv.conv_backward(go, a, b, [1, 1], [1, 1], [1, 1], 3, 1), (grad_output, x, w))
+
+
+# ------------------------------------------------------------------ every vector path of the native kernels
+# The random cases above use at most 12 channels, so the C++ kernels' wide paths need their own cases. The vector
+# register is 64 bytes (csrc/layout.h: 16 floats, 8 doubles), with a half register for the last 8 floats (4
+# doubles) of a row. csrc/pointwise.cpp (channels_last 1x1 convs) takes a group's columns in chunks of 4 vectors,
+# then 2, then what is left: 1.5, 1 or 0.5 vectors, the last one partly masked where the group's width is not a
+# multiple of half a vector; its weight gradient tiles the output channels by 8, 4, 2, 1 and sums chunks of 256
+# pixels; its forward takes pixels 8 at a time (then one by one) in chunks of 64. csrc/narrow_nhwc.cpp runs groups of
+# a power of two channels up to one vector with a kernel 3 wide. Outputs over 32 MiB are written with streaming
+# stores (pointwise.cpp's STREAMING_MIN_BYTES).
+
+
+def _wide_case(groups, in_per_group, out_per_group, size, kernel=(1, 1), stride=(1, 1), padding=0, layout="channels_last",
+               shuffle_groups=1, bias=True, batch=1):
+    return ConvCase(dims=2, batch=batch, in_channels=groups * in_per_group, out_channels=groups * out_per_group,
+                    groups=groups, shuffle_groups=shuffle_groups, kernel_size=kernel, stride=stride, dilation=(1, 1),
+                    padding=padding, input_size=size, bias=bias, layout=layout)
+
+
+# (groups, input and output channels per group, input size): per-group widths of 5, 8, 13, 16, 20, 24, 40, 48, 64,
+# 100, 104 and 120 reach every column path (0.5, 1, 1.5, 2 and 4 vectors, masked or whole) of floats and doubles;
+# output widths of 13 and 20 reach the 8 + 4 + 1 and 8 + 4 row tiles of the weight gradient; 3x5, 9x9 and 17x17
+# pixels reach the pixel tails and a second forward chunk and gradient chunk.
+POINTWISE_WIDTHS = [
+    (1, 16, 16, (3, 5)),
+    (2, 13, 24, (3, 5)),
+    (3, 24, 8, (9, 9)),
+    (2, 5, 13, (3, 3)),
+    (1, 48, 20, (17, 17)),
+    (2, 40, 48, (2, 3)),
+    (1, 100, 104, (3, 3)),
+    (2, 64, 120, (2, 2)),
+]
+# (channels, channels per group, stride, padding, input size) of 3x3 convs: every group width csrc/narrow_nhwc.cpp
+# runs, both strides (the input gradient runs the same stride both ways), and rows that are not a multiple of its
+# 8-pixel blocks.
+NARROW_WIDTHS = [
+    (32, 16, (1, 1), 1, (5, 11)),
+    (32, 8, (2, 2), 1, (7, 9)),
+    (16, 4, (1, 1), 1, (4, 10)),
+    (32, 2, (1, 1), (1, 0), (6, 9)),
+    (48, 1, (2, 2), 1, (7, 7)),
+]
+KERNEL_PATH_CASES = (
+    [_wide_case(g, a, b, size, layout=layout) for g, a, b, size in POINTWISE_WIDTHS
+     for layout in ("channels_last", "contiguous")]
+    + [_wide_case(c // cpg, cpg, cpg, size, kernel=(3, 3), stride=stride, padding=padding, layout=layout)
+       for c, cpg, stride, padding, size in NARROW_WIDTHS for layout in ("channels_last", "contiguous")]
+)
+
+
+def _case_id(case):
+    kind = "pointwise" if case.kernel_size == (1, 1) else "3x3"
+    return (f"{kind}-{case.in_channels}to{case.out_channels}-g{case.groups}-{'x'.join(map(str, case.input_size))}-"
+            f"{case.layout}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", KERNEL_PATH_CASES, ids=_case_id)
+def test_wide_groups_match_torch(case, backend, dtype):
+    x, w, b = make_tensors(case, dtype)
+    skip_unless_supported(backend, forward_problem(case, x, w, b))
+    check_against_oracle(case, dtype, backend)
+
+
+@pytest.mark.native
+def test_pointwise_output_past_the_streaming_store_size_matches_torch():
+    """A channels_last 1x1 conv whose float32 output (96 channels of 300x300 pixels, 34.6 MB) is over the 32 MiB from
+    which csrc/pointwise.cpp writes with streaming stores, groups of 24 channels: a vector and a half each."""
+    case = _wide_case(4, 24, 24, (300, 300))
+    check_against_oracle(case, torch.float32, "native")
+
+
+# ------------------------------------------------------------------ float32 accumulation of low precision
+# Every backend promises (and the reference, ops/reference.py, states) that bfloat16 and float16 inputs are summed in
+# float32 and rounded once. On the short sums above, summing in the low precision itself would stay within the
+# tolerances. Here each output of the forward sums 4096 positive products of about 0.25 (64 channels by 64 taps), each
+# weight gradient 2048 (2 samples by 1024 positions), each input gradient 512 (8 channels by 64 taps): a sum kept in
+# bfloat16 (8 bits) or float16 (11 bits) loses a rounding's worth at each of its many additions, far more than the one
+# rounding of a float32 sum. (Many taps, because the reference sums over the taps one addition at a time.)
+
+
+def _long_sum_tensors(dtype):
+    x = torch.rand(2, 64, 1024 + 63, dtype=torch.float64).to(dtype)
+    w = torch.rand(8, 64, 64, dtype=torch.float64).to(dtype)
+    grad_output = torch.rand(2, 8, 1024, dtype=torch.float64).to(dtype)
+    return x, w, grad_output
+
+
+def _assert_within_roundings(actual, exact, dtype, what, roundings=1):
+    """`actual` equals the float64 `exact` rounded once to `dtype`, give or take one unit in its last place (a float32
+    sum can round to the neighbour of the exact sum's rounding), or `roundings` units."""
+    assert actual.dtype == dtype
+    unit = torch.finfo(dtype).eps  # one unit in the last place, relative, at most
+    error = ((actual.double() - exact) / exact.abs()).abs().max().item()
+    assert error <= roundings * unit, f"{what}: relative error {error:.3g}, more than {roundings} x {unit:.3g}"
+
+
+# torch's own CPU float16 conv (torch 2.x, the aten backend) rounds its input gradient a few more times: 4 units
+# measured on this problem, still far from a float16 sum.
+EXTRA_ROUNDINGS = {("aten", torch.float16, "grad input"): 8}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_low_precision_sums_accumulate_in_float32(backend, dtype):
+    x, w, grad_output = _long_sum_tensors(dtype)
+    skip_unless_supported(backend, ops.conv_problem(x, w))
+    leaves = [x.clone().requires_grad_(), w.clone().requires_grad_()]
+    exact_leaves = [t.double().requires_grad_() for t in (x, w)]
+    exact = F.conv1d(*exact_leaves)
+    exact_grads = torch.autograd.grad(exact, exact_leaves, grad_output.double())
+    with ops.use_backend(backend):
+        out = groupconv.conv1d(*leaves)
+        grads = torch.autograd.grad(out, leaves, grad_output)
+    _assert_within_roundings(out, exact.detach(), dtype, "forward")
+    for name, grad, exact_grad in zip(("input", "weight"), grads, exact_grads, strict=True):
+        what = f"grad {name}"
+        _assert_within_roundings(grad, exact_grad, dtype, what, EXTRA_ROUNDINGS.get((backend, dtype, what), 1))
+
+
+# ------------------------------------------------------------------ the Triton backend in its interpreter
+# Without a GPU the Triton kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by conftest.py) on CPU tensors
+# once the backend's opt-in is set; the interpreter is slow, so a few seeded cases of the same random oracle,
+# forward and gradients.
+
+
+def _triton_interpreter_enabled() -> bool:
+    from groupconv.ops.backends.triton import backend as triton_backend
+
+    return triton_backend.interpreter_enabled()
+
+
+# (On a GPU, tests/test_triton.py runs the backend on CUDA tensors.)
+@pytest.mark.skipif(not _triton_interpreter_enabled(), reason="Triton's interpreter is not enabled")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@settings(max_examples=6, derandomize=True)
+@given(case=conv_cases(dims=st.sampled_from([1, 2])))
+def test_triton_matches_torch(dtype, case):
+    from groupconv.ops.backends.triton import backend as triton_backend
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(triton_backend.ENV_ON_CPU, "1")
+        check_against_oracle(case, dtype, "triton")

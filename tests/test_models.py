@@ -468,31 +468,43 @@ def test_resnext_form_a_splits_the_expand_conv_by_columns(resnext_in_three_forms
 # ---------------------------------------------------------------- ShuffleNet: fused shuffle and the ablation
 
 
-def shufflenet_reference_forward(model: ShuffleNet, x: torch.Tensor, shuffle: bool) -> torch.Tensor:
-    """pytorchcv's unit, written with torch.nn.functional: 1x1 group conv, BN, ReLU, explicit channel shuffle
-    (view / transpose / reshape), 3x3 depthwise conv, BN, 1x1 group conv, BN, shortcut, ReLU."""
+def shufflenet_reference_forward(model: ShuffleNet, x: torch.Tensor, shuffle: bool, training: bool = False,
+                                 small_input: bool = True) -> torch.Tensor:
+    """ShuffleNet v1 (Zhang et al. 2018) as pytorchcv's unit, written with torch.nn.functional on the model's
+    parameters: an independent twin of the model, sharing none of its code. Init block: 3x3 conv (stride 1 for 32x32
+    inputs, else stride 2 and a 3x3 stride-2 max-pool), BN, ReLU. Unit: 1x1 group conv, BN, ReLU, explicit channel
+    shuffle (view / transpose / reshape), 3x3 depthwise conv, BN, 1x1 group conv, BN, shortcut (a downsampling unit
+    concatenates the 3x3 stride-2 average-pooled input), ReLU. Global average pool, FC. training: BN normalises by the
+    batch's statistics (and leaves the running ones alone)."""
 
     def bn(layer, t):
+        if training:
+            return F.batch_norm(t, None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
         return F.batch_norm(t, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0, layer.eps)
 
     def channel_shuffle(t, groups):
         n, c, h, w = t.shape
         return t.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
-    x = model.features.init_block(x)
+    init = model.features.init_block
+    x = F.relu(bn(init.bn, F.conv2d(x, init.conv.weight, stride=1 if small_input else 2, padding=1)))
+    if not small_input:
+        x = F.max_pool2d(x, 3, 2, 1)
     for stage in (model.features.stage1, model.features.stage2, model.features.stage3):
-        for unit in stage:
+        for index, unit in enumerate(stage):
+            downsample = index == 0  # each stage starts with a stride-2 unit
             conv1, dw, conv3 = unit.compress_conv1, unit.dw_conv2, unit.expand_conv3
             branch = F.relu(bn(unit.compress_bn1, F.conv2d(x, conv1.weight, groups=conv1.groups)))
             if shuffle:
                 branch = channel_shuffle(branch, model.groups)
-            branch = bn(unit.dw_bn2, F.conv2d(branch, dw.weight, stride=dw.stride, padding=1, groups=dw.groups))
-            branch = bn(unit.expand_bn3, F.conv2d(branch, conv3.weight, groups=conv3.groups))
-            if unit.downsample:
+            branch = F.conv2d(branch, dw.weight, stride=2 if downsample else 1, padding=1, groups=branch.shape[1])
+            branch = bn(unit.dw_bn2, branch)
+            branch = bn(unit.expand_bn3, F.conv2d(branch, conv3.weight, groups=model.groups))
+            if downsample:
                 x = F.relu(torch.cat((branch, F.avg_pool2d(x, 3, 2, 1)), dim=1))
             else:
                 x = F.relu(branch + x)
-    return model.output(x.mean(dim=(2, 3)))
+    return F.linear(x.mean(dim=(2, 3)), model.output.weight, model.output.bias)
 
 
 @pytest.fixture(scope="module")
@@ -520,21 +532,20 @@ def test_shufflenet_training_gradients_equal_its_stock_torch_twin(monkeypatch, c
     """Every fused path of a ShuffleNet training step (the shuffle read through; BN with its residual, ReLU and the
     downsampling units' concatenation; BN reading its gradient strided; the shortcut's gradient summed in the first
     conv's kernel) against the same model in plain torch.nn layers: the loss, the input's and every parameter's
-    gradient, in float64."""
-    from groupconv.benchmarks.twins import to_torch_layers
+    gradient, in float64. The twin is written from the paper with torch.nn.functional (shufflenet_reference_forward),
+    so a bug in the model (a shuffle left out, say) is not copied into it."""
     from groupconv.ops.backends.native import batch_norm as normalization
 
     monkeypatch.setattr(normalization, "NATIVE_MIN_VALUES", 0)  # the fused BN at these small sizes too
     layout = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
     model = create_model("shufflenet_g8_wd4", num_classes=10, small_input=True).double().to(memory_format=layout)
-    twin = to_torch_layers(model)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64).contiguous(memory_format=layout)
     results = []
-    for network in (model, twin):
+    for network in (model, lambda t: shufflenet_reference_forward(model, t, shuffle=True, training=True)):
         leaf = x.clone().requires_grad_()
         loss = network(leaf).square().mean()
-        results.append((loss, torch.autograd.grad(loss, [leaf, *network.parameters()])))
+        results.append((loss, torch.autograd.grad(loss, [leaf, *model.parameters()])))
     (loss, grads), (expected_loss, expected_grads) = results
     assert_close_scaled(loss, expected_loss, torch.float64, "loss")
     names = ["input"] + [name for name, _ in model.named_parameters()]
