@@ -44,6 +44,10 @@ FAMILY_REPRESENTATIVES = {  # the smallest model of each family
     "shufflenet": "shufflenet_g3_wd4",
     "shufflenet_compact": "shufflenet_compact",
     "cnn1d": "grouped_cnn1d_mnist1d",
+    "shufflenet_v2": "shufflenet_v2_x0_5",
+    "mobilenet_v2": "mobilenet_v2_050",
+    "regnet": "regnetx_002",
+    "convnext": "convnext_atto",
 }
 
 # Exact parameter counts. models.md unless marked; [pytorchcv] = the count asserted in pytorchcv's own
@@ -174,6 +178,10 @@ def test_registry_holds_exactly_the_zoo_and_the_tagged_study_models():
         "mobilenet_w1", "mobilenet_w3d4", "mobilenet_wd2", "mobilenet_wd4",
         "nin_cifar", "nin_root2", "nin_root4", "nin_root8", "nin_root16", *shufflenets,
         "cnn1d_mnist1d",
+        "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
+        "mobilenet_v2_100", "mobilenet_v2_075", "mobilenet_v2_050",
+        *(f"regnet{kind}_{size}" for kind in "xy" for size in ("002", "004", "008", "016", "032")),
+        "convnext_atto", "convnext_nano", "convnext_tiny",
     }
     studies = {"shufflenet_compact", "grouped_cnn1d_mnist1d"}
     assert set(ALL_MODELS) == expected | studies

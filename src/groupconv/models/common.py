@@ -47,3 +47,10 @@ def zero_init_last_blocks(model: torch.nn.Module) -> None:
     for module in model.modules():
         if module is not model and hasattr(module, "zero_init_last"):
             module.zero_init_last()
+
+
+def make_divisible(value: float, divisor: int) -> int:
+    """torchvision's `_make_divisible` (from TensorFlow's MobileNet code): `value` rounded to the nearest multiple of
+    `divisor`, at least `divisor`, and never more than 10% below `value`. MobileNet V2 and RegNet round with it."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
