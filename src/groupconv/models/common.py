@@ -54,3 +54,14 @@ def make_divisible(value: float, divisor: int) -> int:
     `divisor`, at least `divisor`, and never more than 10% below `value`. MobileNet V2 and RegNet round with it."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def like_strides(tensor: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`tensor` with the strides of `reference` (same shape), copied only where they differ.
+
+    The fused batch norm takes its residual only with the strides of its input; a shortcut can differ where a size-1
+    dimension makes both layouts valid (a 1x1 map out of a strided conv is NCHW- and channels-last-contiguous at once).
+    """
+    if tensor.stride() == reference.stride():
+        return tensor
+    return torch.empty_like(reference).copy_(tensor)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import nn as gnn
-from .common import check_classifier_arguments, check_width, make_divisible, zero_init_last_blocks
+from .common import check_classifier_arguments, check_width, like_strides, make_divisible, zero_init_last_blocks
 from .registry import register_model
 
 # Table 2 of the paper: expansion t, output channels c, repeats n, first stride s of each bottleneck sequence.
@@ -59,7 +59,7 @@ class InvertedResidual(nn.Module):
         branch = x
         for layer in self.conv[:-1]:
             branch = layer(branch)
-        return self.conv[-1](branch, x if self.use_res_connect else None)
+        return self.conv[-1](branch, like_strides(x, branch) if self.use_res_connect else None)
 
     def zero_init_last(self) -> None:
         """Start a residual block as the identity: zero scale on its projection BN (Goyal et al. 2017)."""

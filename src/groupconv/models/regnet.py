@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .. import nn as gnn
-from .common import check_classifier_arguments, make_divisible, zero_init_last_blocks
+from .common import check_classifier_arguments, like_strides, make_divisible, zero_init_last_blocks
 from .registry import register_model
 
 STEM_CHANNELS = 32
@@ -95,7 +95,8 @@ class BottleneckTransform(nn.Module):
         self.c = conv_bn(out_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        return self.c[1](self.c[0](self.se(self.b(self.a(x)))), shortcut)
+        out = self.c[0](self.se(self.b(self.a(x))))
+        return self.c[1](out, like_strides(shortcut, out))
 
 
 class ResBottleneckBlock(nn.Module):
