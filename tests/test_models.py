@@ -32,8 +32,11 @@ ALL_MODELS = list_models()
 # Image models run for real on 16x16 images; a "1d" model (its tag) on its own (channels, length) signals.
 REAL_IMAGE_INPUT = (2, 3, 16, 16)
 # Run for real only through the meta-device tests: each costs 5-12 s of forward/backward even at 16x16, and
-# every module class they use runs for real in resnext50_32x4d and resnext29_32x4d.
-HEAVY_MODELS = {"resnext101_32x4d", "resnext101_32x8d", "resnext101_64x4d", "resnext29_8x64d", "resnext29_16x64d"}
+# every module class they use runs for real in resnext50_32x4d and resnext29_32x4d (the RegNets, ConvNeXts and
+# ShuffleNet V2 listed: in their family's smaller models, and against their twins in tests/test_models_modern.py).
+HEAVY_MODELS = {"resnext101_32x4d", "resnext101_32x8d", "resnext101_64x4d", "resnext29_8x64d", "resnext29_16x64d",
+                "regnetx_016", "regnetx_032", "regnety_016", "regnety_032", "convnext_nano", "convnext_tiny",
+                "shufflenet_v2_x2_0"}
 REAL_RUN_MODELS = [name for name in ALL_MODELS if name not in HEAVY_MODELS]
 FAMILY_REPRESENTATIVES = {  # the smallest model of each family
     "alexnet": "alexnet_g4",
