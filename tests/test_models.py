@@ -32,8 +32,11 @@ ALL_MODELS = list_models()
 # Image models run for real on 16x16 images; a "1d" model (its tag) on its own (channels, length) signals.
 REAL_IMAGE_INPUT = (2, 3, 16, 16)
 # Run for real only through the meta-device tests: each costs 5-12 s of forward/backward even at 16x16, and
-# every module class they use runs for real in resnext50_32x4d and resnext29_32x4d.
-HEAVY_MODELS = {"resnext101_32x4d", "resnext101_32x8d", "resnext101_64x4d", "resnext29_8x64d", "resnext29_16x64d"}
+# every module class they use runs for real in resnext50_32x4d and resnext29_32x4d (the RegNets, ConvNeXts and
+# ShuffleNet V2 listed: in their family's smaller models, and against their twins in tests/test_models_modern.py).
+HEAVY_MODELS = {"resnext101_32x4d", "resnext101_32x8d", "resnext101_64x4d", "resnext29_8x64d", "resnext29_16x64d",
+                "regnetx_016", "regnetx_032", "regnety_016", "regnety_032", "convnext_nano", "convnext_tiny",
+                "shufflenet_v2_x2_0"}
 REAL_RUN_MODELS = [name for name in ALL_MODELS if name not in HEAVY_MODELS]
 FAMILY_REPRESENTATIVES = {  # the smallest model of each family
     "alexnet": "alexnet_g4",
@@ -44,6 +47,10 @@ FAMILY_REPRESENTATIVES = {  # the smallest model of each family
     "shufflenet": "shufflenet_g3_wd4",
     "shufflenet_compact": "shufflenet_compact",
     "cnn1d": "grouped_cnn1d_mnist1d",
+    "shufflenet_v2": "shufflenet_v2_x0_5",
+    "mobilenet_v2": "mobilenet_v2_050",
+    "regnet": "regnetx_002",
+    "convnext": "convnext_atto",
 }
 
 # Exact parameter counts. models.md unless marked; [pytorchcv] = the count asserted in pytorchcv's own
@@ -174,6 +181,10 @@ def test_registry_holds_exactly_the_zoo_and_the_tagged_study_models():
         "mobilenet_w1", "mobilenet_w3d4", "mobilenet_wd2", "mobilenet_wd4",
         "nin_cifar", "nin_root2", "nin_root4", "nin_root8", "nin_root16", *shufflenets,
         "cnn1d_mnist1d",
+        "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
+        "mobilenet_v2_100", "mobilenet_v2_075", "mobilenet_v2_050",
+        *(f"regnet{kind}_{size}" for kind in "xy" for size in ("002", "004", "008", "016", "032")),
+        "convnext_atto", "convnext_nano", "convnext_tiny",
     }
     studies = {"shufflenet_compact", "grouped_cnn1d_mnist1d"}
     assert set(ALL_MODELS) == expected | studies

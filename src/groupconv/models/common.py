@@ -47,3 +47,21 @@ def zero_init_last_blocks(model: torch.nn.Module) -> None:
     for module in model.modules():
         if module is not model and hasattr(module, "zero_init_last"):
             module.zero_init_last()
+
+
+def make_divisible(value: float, divisor: int) -> int:
+    """torchvision's `_make_divisible` (from TensorFlow's MobileNet code): `value` rounded to the nearest multiple of
+    `divisor`, at least `divisor`, and never more than 10% below `value`. MobileNet V2 and RegNet round with it."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def like_strides(tensor: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`tensor` with the strides of `reference` (same shape), copied only where they differ.
+
+    The fused batch norm takes its residual only with the strides of its input; a shortcut can differ where a size-1
+    dimension makes both layouts valid (a 1x1 map out of a strided conv is NCHW- and channels-last-contiguous at once).
+    """
+    if tensor.stride() == reference.stride():
+        return tensor
+    return torch.empty_like(reference).copy_(tensor)
