@@ -18,7 +18,7 @@ from ..cache import BoundedCache
 from ..dispatch import ConvProblem, choices_generation, forced_backend, get_backend, layout_name, remembered_choice
 from .conv import (GradientOps, conv_forward, conv_gradients, run_backward_both, run_backward_input,
                    run_backward_weight, run_forward, save_for_gradients)
-from .eager import eager_function, profiled, runs_eagerly
+from .eager import eager_function, in_functorch_transform, profiled, runs_eagerly
 
 
 class EagerCall:
@@ -137,7 +137,10 @@ EagerConv = eager_function(
 
 def convolution(input: Tensor, weight: Tensor, bias: Optional[Tensor], args: ConvArguments) -> Tensor:
     """conv_forward, with autograd: by torch's own conv where the dispatcher settled on it, else by EagerConv where
-    it may run, else by the custom op."""
+    it may run, else by the custom op; inside torch.func transforms by torch's own conv (eager.in_functorch_transform
+    says why)."""
+    if in_functorch_transform():
+        return get_backend("aten").conv_forward(input, weight, bias, args)
     if runs_eagerly(input, weight, bias):
         call = EagerCall.of(input, weight, bias, args)
         if call.runs_on_torch(input, weight):
