@@ -31,9 +31,9 @@ def fused_kernel_on_small_inputs(monkeypatch):
 
 @needs_native
 def test_residual_of_a_batch_of_one_may_have_any_batch_stride(fused_kernel_on_small_inputs):
-    # Both channels_last; one has batch stride C*H*W, the other C (as a slice or a permute leaves it).
+    # Both channels_last; one has batch stride C*H*W, the other C (as some of torch's kernels leave it).
     x = torch.randn(1, 8, 4, 4).to(memory_format=torch.channels_last)
-    residual = torch.randn(1, 4, 4, 8).permute(0, 3, 1, 2)
+    residual = torch.empty_strided((1, 8, 4, 4), (8, 1, 32, 8)).normal_()
     assert x.stride(0) != residual.stride(0) and residual.is_contiguous(memory_format=torch.channels_last)
     mean, var = torch.zeros(8), torch.ones(8)
     for training in (False, True):
@@ -58,10 +58,13 @@ def test_every_family_runs_a_batch_of_one(name, channels_last, training, fused_k
     twin = copy.deepcopy(model)
     with ops.use_backend("aten"):
         try:
+            torch.manual_seed(1)  # (the same dropout masks in both runs)
             expected = twin(x)
         except ValueError as error:  # a batch norm over one value per channel: illegal in training, as in torch
             assert training and "more than one value per channel" in str(error)
             return
+    torch.manual_seed(1)
     out = model(x)
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    # (float32 rounding through a deep net, batch statistics of a single image in training)
+    torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
     out.sum().backward()
