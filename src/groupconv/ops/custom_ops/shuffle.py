@@ -32,7 +32,7 @@ def _channel_shuffle_fake(x, groups):
 
 def _shuffle_setup_context(ctx, inputs, output):
     x, groups = inputs
-    ctx.inverse_groups = x.shape[1] // groups
+    ctx.inverse_groups = x.shape[1] // groups or 1  # (no channels: nothing to permute, and zero groups is no shuffle)
 
 
 def _shuffle_backward(ctx, grad_output):
