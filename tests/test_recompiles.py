@@ -12,6 +12,8 @@ import groupconv
 from groupconv.models import create_model
 
 
+@pytest.mark.xfail(strict=True, reason="batch norm's backend choice while tracing needs static sizes: dynamic=True "
+                   "breaks the graph (not fixed yet)")
 @pytest.mark.parametrize("training", [False, True])
 def test_a_compiled_model_serves_new_batch_sizes_without_recompiling(training):
     torch.manual_seed(0)
@@ -27,6 +29,7 @@ def test_a_compiled_model_serves_new_batch_sizes_without_recompiling(training):
     assert not counters["graph_break"]
 
 
+@pytest.mark.xfail(strict=True, reason="the conv's argument checks still make dynamo guard on sizes (not fixed yet)")
 def test_a_compiled_conv_sees_new_signatures_of_eager_calls_without_recompiling():
     """Eager calls between compiled ones fill the argument checks' cache; the compiled code must not guard on it."""
     w = torch.randn(4, 2, 3, 3)

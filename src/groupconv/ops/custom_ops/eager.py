@@ -40,15 +40,16 @@ def in_functorch_transform() -> bool:
     Such calls run torch's own ops (the aten backend), whose autograd, forward-mode and batching rules the transforms
     apply: groupconv's kernels take plain tensors and have no batching rule, and torch.library's custom ops carry no
     rules for these transforms (their generated autograd.Function has no setup_context, which torch.func.grad
-    requires, and forward-mode AD passes through them with a zero tangent)."""
-    return torch._C._functorch.peek_interpreter_stack() is not None
+    requires, and forward-mode AD passes through them with a zero tangent). Not while torch.compile traces: its
+    tracing sees the custom ops."""
+    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def runs_eagerly(*tensors: Tensor | None) -> bool:
     """Whether a call on these tensors may skip the custom ops: plain tensors, outside torch.compile and export,
     functorch transforms and dispatch modes (FlopCounterMode, fake tensors), which all must see the custom op."""
     return (not torch.compiler.is_compiling()
-            and not in_functorch_transform()
+            and torch._C._functorch.peek_interpreter_stack() is None
             and _get_current_dispatch_mode() is None
             and all(type(t) in _PLAIN_TENSOR_TYPES for t in tensors if t is not None))
 
