@@ -122,7 +122,7 @@ def test_accelerate_leaves_subclasses_alone():
         groupconv.accelerate("resnet")
 
 
-# Cost reports: hand-computed values (seed 000: grouped conv costs H*W*N*K^2*M/G).
+# Cost reports: hand-computed values (a grouped conv costs H*W*N*K^2*M/G, ShuffleNet, Zhang et al. 2018).
 def test_conv_costs_by_hand():
     layer = gnn.Conv2d(256, 256, 3, padding=1, groups=32, bias=False)
     assert layer.parameter_count() == 256 * 256 * 9 // 32
@@ -136,6 +136,21 @@ def test_conv_costs_by_hand():
     conv3d = gnn.Conv3d(4, 8, (3, 1, 1), groups=2, padding="full")
     assert conv3d.output_size((5, 6, 7)) == (7, 6, 7)
     assert conv3d.multiply_adds((5, 6, 7)) == 7 * 6 * 7 * 8 * 2 * 3
+
+
+def test_costs_of_impossible_sizes_are_errors():
+    layer = gnn.Conv2d(4, 4, 3, groups=2)
+    for size in ((0, 0), (2, 5), 2):  # smaller than the kernel: no output at all, as torch's conv says
+        with pytest.raises(ValueError, match=r"input size .* kernel size 3 .* larger than the padded input"):
+            layer.multiply_adds(size)
+        with pytest.raises(ValueError, match="larger than the padded input"):
+            layer.output_size(size)
+    with pytest.raises(ValueError, match=r"input_size=\(-1, 5\) must be non-negative"):
+        layer.multiply_adds((-1, 5))
+    padded = gnn.Conv2d(4, 4, 3, padding=1, groups=2)
+    assert padded.output_size((1, 1)) == (1, 1) and padded.multiply_adds((1, 1)) == 4 * 2 * 9
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        padded.multiply_adds((0, 0))
 
 
 def test_family_costs_by_hand():

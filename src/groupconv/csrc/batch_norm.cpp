@@ -51,8 +51,19 @@ Shape shape_of(const at::Tensor& x) {
   return {batch, channels, pixels, channels_last};
 }
 
+// Whether a and b have the same sizes and lay out their values alike: the strides the kernels read. A dimension of
+// size one is never stepped along, so its stride does not matter (a channels_last batch of one image has batch stride
+// C*H*W or C, as it was made).
+bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) return false;
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return true;
+}
+
 void check_like(const at::Tensor& t, const at::Tensor& x, const char* name) {
-  TORCH_CHECK(t.sizes() == x.sizes() && t.strides() == x.strides() && t.scalar_type() == x.scalar_type(), "batch_norm: ",
+  TORCH_CHECK(same_layout(t, x) && t.scalar_type() == x.scalar_type(), "batch_norm: ",
               name, " must match the input's shape, strides and dtype: got ", t.sizes(), " ", t.strides(), " ",
               t.scalar_type(), " for input ", x.sizes(), " ", x.strides(), " ", x.scalar_type());
 }

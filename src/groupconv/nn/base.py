@@ -9,7 +9,8 @@ import torch
 
 from ..ops.cost import conv_multiply_adds, count_parameters
 from ..ops import functional
-from ..ops.arguments import check_divisible, check_groups, expand_tuple, output_size, resolve_padding
+from ..ops.arguments import (check_divisible, check_groups, check_kernel_fits, expand_tuple, output_size,
+                             resolve_padding)
 from .scripting import scriptable_conv
 
 _FUNCTIONAL = {1: functional.conv1d, 2: functional.conv2d, 3: functional.conv3d}
@@ -133,7 +134,11 @@ class GroupedConvMixin(CostReporting):
     def output_size(self, input_size):
         ndim = len(self.kernel_size)
         input_size = expand_tuple(input_size, ndim, "input_size")
+        if any(size < 0 for size in input_size):
+            raise ValueError(f"input_size={input_size} must be non-negative in every dimension")
         before, after = resolve_padding(self.padding, self.kernel_size, self.stride, self.dilation)
+        # The rule the conv applies to a call: a kernel larger than the padded input has no output at all.
+        check_kernel_fits(input_size, self.kernel_size, before, after, self.dilation)
         return output_size(input_size, self.kernel_size, self.stride, before, after, self.dilation)
 
     def multiply_adds(self, input_size):

@@ -107,7 +107,7 @@ def check_kernel_fits(
         span = d * (k - 1) + 1
         if span > i + pb + pa:
             raise ValueError(
-                f"kernel size {k} (dilation {d}, effective size {span}) is larger than the padded input size "
+                f"input size {tuple(input_size)}: kernel size {k} (dilation {d}, effective size {span}) is larger than the padded input size "
                 f"{i + pb + pa} (input {i} + padding {pb}+{pa}) in spatial dimension {dim}"
             )
 

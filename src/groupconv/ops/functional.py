@@ -20,6 +20,7 @@ def _prepare(spatial_dims, input, weight, bias, stride, padding, dilation, group
     unbatched = isinstance(input, torch.Tensor) and input.dim() == spatial_dims + 1
     if unbatched:
         input = input.unsqueeze(0)
+    input, weight, bias = _autocast(input, weight, bias)
     args, extra_after = check_conv_call_once(
         input, weight, bias, stride, padding, dilation, groups, shuffle_groups, spatial_dims
     )
@@ -27,6 +28,18 @@ def _prepare(spatial_dims, input, weight, bias, stride, padding, dilation, group
         # torch's rule for 'same' with an even span: the odd element of padding goes after.
         input = F.pad(input, [p for extra in reversed(extra_after) for p in (0, extra)])
     return input, args, unbatched
+
+
+def _autocast(*tensors):
+    """The operands as torch's autocast hands them to its own conv: inside an autocast region of their device, every
+    floating-point tensor but a float64 one in the region's dtype (float16 or bfloat16)."""
+    device_type = tensors[0].device.type if isinstance(tensors[0], torch.Tensor) else None
+    if (device_type is None or not torch.amp.is_autocast_available(device_type)
+            or not torch.is_autocast_enabled(device_type)):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+                 and t.device.type == device_type else t for t in tensors)
 
 
 def _conv(spatial_dims, input, weight, bias, stride, padding, dilation, groups, shuffle_groups):

@@ -17,16 +17,19 @@ kernel (custom_ops/batch_norm.py) on CPU float32/float64 tensors, contiguous or 
 the input's shape (backends/native/batch_norm.py says where else it declines); the aten backend runs torch's own
 ops (anything else: CUDA, half precision, other strides, a broadcast residual, or a build without the native
 kernels), and the reference backend the formula written out. `use_backend` forces one, `explain_batch_norm` shows
-the choice, and with tuning on the tuner measures them as it measures the convs.
+the choice, and with tuning on the tuner measures them as it measures the convs. Inside torch.func transforms the
+aten backend runs (custom_ops.eager.in_functorch_transform says why).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from .custom_ops.eager import in_functorch_transform
 from .dispatch import BatchNormProblem, explain, get_backend, select_backend
 
 
@@ -57,7 +60,8 @@ def _check_arguments(input, running_mean, running_var, weight, bias, training, r
         raise ValueError("training=False needs running_mean and running_var, got "
                          f"running_mean={'None' if running_mean is None else 'a tensor'}, "
                          f"running_var={'None' if running_var is None else 'a tensor'}")
-    if training and input.numel() // channels <= 1:
+    values_per_channel = input.shape[0] * math.prod(input.shape[2:])  # (not numel / channels: there may be none)
+    if training and values_per_channel == 1:  # (torch's rule: none at all is an empty result, not an error)
         raise ValueError(f"training needs more than one value per channel, got input of shape {tuple(input.shape)}")
     if residual is not None and not isinstance(residual, Tensor):
         raise TypeError(f"residual must be a torch.Tensor or None, got {type(residual).__name__}")
@@ -78,7 +82,9 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     """torch.nn.functional.batch_norm, then `+ residual` (if given), then ReLU (if `relu`), fused on CPU; with
     `concat`, torch.cat((that, concat), 1), written into the concatenation directly."""
     _check_arguments(input, running_mean, running_var, weight, bias, training, residual, concat)
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # (no measurement recorded into a traced graph)
+    if in_functorch_transform():
+        backend = get_backend("aten")
+    elif torch.compiler.is_compiling() or torch.jit.is_tracing():  # (no measurement recorded into a traced graph)
         backend = get_backend(_traced_choice(*BatchNormProblem.fields_of(input, training, residual, relu, concat)))
     else:
         problem = BatchNormProblem.build(input, training, residual, relu, concat)

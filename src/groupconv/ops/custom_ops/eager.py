@@ -34,6 +34,17 @@ def eager_function(name: str, implementation, setup_context, backward, doc: str)
 _PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
 
 
+def in_functorch_transform() -> bool:
+    """Whether the call runs inside a torch.func transform (vmap, grad, jvp, jacrev, jacfwd, hessian, ...).
+
+    Such calls run torch's own ops (the aten backend), whose autograd, forward-mode and batching rules the transforms
+    apply: groupconv's kernels take plain tensors and have no batching rule, and torch.library's custom ops carry no
+    rules for these transforms (their generated autograd.Function has no setup_context, which torch.func.grad
+    requires, and forward-mode AD passes through them with a zero tangent). Not while torch.compile traces: its
+    tracing sees the custom ops."""
+    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None
+
+
 def runs_eagerly(*tensors: Tensor | None) -> bool:
     """Whether a call on these tensors may skip the custom ops: plain tensors, outside torch.compile and export,
     torch.jit tracing (torch.jit.trace, the ONNX exporter's trace), functorch transforms and dispatch modes

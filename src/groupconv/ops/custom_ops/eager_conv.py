@@ -18,7 +18,7 @@ from ..cache import BoundedCache
 from ..dispatch import ConvProblem, choices_generation, forced_backend, get_backend, layout_name, remembered_choice
 from .conv import (GradientOps, conv_forward, conv_gradients, run_backward_both, run_backward_input,
                    run_backward_weight, run_forward, save_for_gradients)
-from .eager import eager_function, profiled, runs_eagerly
+from .eager import eager_function, in_functorch_transform, profiled, runs_eagerly
 
 
 class EagerCall:
@@ -135,9 +135,19 @@ EagerConv = eager_function(
     32x144x7x7 depthwise layer: 260 us forward against torch's 140), which is most of a small layer's time.""")
 
 
+def _on_torch_ops_only(input: Tensor, weight: Tensor) -> bool:
+    """Whether the call runs torch's conv with torch's autograd: inside torch.func transforms (eager.py's
+    in_functorch_transform says why), and for operands with no values, whose result torch shapes its own way (no
+    input channels: an output with none either) and groupconv's kernels would divide by the empty extent."""
+    return in_functorch_transform() or input.numel() == 0 or weight.numel() == 0
+
+
 def convolution(input: Tensor, weight: Tensor, bias: Optional[Tensor], args: ConvArguments) -> Tensor:
     """conv_forward, with autograd: by torch's own conv where the dispatcher settled on it, else by EagerConv where
-    it may run, else by the custom op."""
+    it may run, else by the custom op; inside torch.func transforms and for empty operands by torch's own conv
+    (_on_torch_ops_only)."""
+    if _on_torch_ops_only(input, weight):
+        return get_backend("aten").conv_forward(input, weight, bias, args)
     if runs_eagerly(input, weight, bias):
         call = EagerCall.of(input, weight, bias, args)
         if call.runs_on_torch(input, weight):
@@ -178,7 +188,7 @@ def convolution_with_shortcut(input: Tensor, weight: Tensor, bias: Optional[Tens
     """(convolution(input, ...), input): by EagerConvWithShortcut where the call runs eagerly on groupconv's
     kernels; elsewhere (torch's kernels settled on, compile and export, dispatch modes) the input itself, whose two
     gradients autograd sums."""
-    if runs_eagerly(input, weight, bias):
+    if runs_eagerly(input, weight, bias) and not _on_torch_ops_only(input, weight):
         call = EagerCall.of(input, weight, bias, args)
         if not call.runs_on_torch(input, weight):
             with profiled("groupconv::conv_forward"):

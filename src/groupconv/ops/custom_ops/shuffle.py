@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from ..arguments import memory_format_of
-from ..dispatch import ShuffleProblem, select_backend
-from .eager import eager_function, profiled, runs_eagerly
+from ..dispatch import ShuffleProblem, get_backend, select_backend
+from .eager import eager_function, in_functorch_transform, profiled, runs_eagerly
 from .outputs import empty_like_layout, owned
 
 
@@ -32,7 +32,7 @@ def _channel_shuffle_fake(x, groups):
 
 def _shuffle_setup_context(ctx, inputs, output):
     x, groups = inputs
-    ctx.inverse_groups = x.shape[1] // groups
+    ctx.inverse_groups = x.shape[1] // groups or 1  # (no channels: nothing to permute, and zero groups is no shuffle)
 
 
 def _shuffle_backward(ctx, grad_output):
@@ -51,7 +51,10 @@ EagerShuffle = eager_function(
 
 
 def shuffle(x: Tensor, groups: int) -> Tensor:
-    """channel_shuffle, with autograd: by EagerShuffle where it may run, else by the custom op."""
+    """channel_shuffle, with autograd: by EagerShuffle where it may run, else by the custom op; inside torch.func
+    transforms by torch's own shuffle (eager.in_functorch_transform says why)."""
+    if in_functorch_transform():
+        return get_backend("aten").channel_shuffle(x, groups)
     if runs_eagerly(x):
         with profiled("groupconv::channel_shuffle"):
             return EagerShuffle.apply(x, groups)

@@ -51,6 +51,11 @@ class ConvProblem:
     def __hash__(self) -> int:
         return self._hash
 
+    @property
+    def empty(self) -> bool:
+        """Whether an operand has no values (a batch, channel or spatial extent of zero)."""
+        return 0 in self.input_shape or 0 in self.weight_shape
+
     @classmethod
     def build(
         cls,
@@ -85,6 +90,11 @@ class ShuffleProblem:
     layout: str
     op: str = "channel_shuffle"
 
+    @property
+    def empty(self) -> bool:
+        """Whether the tensor has no values."""
+        return 0 in self.shape
+
     @classmethod
     def build(cls, x: torch.Tensor, groups: int) -> "ShuffleProblem":
         return cls(tuple(int(s) for s in x.shape), groups, x.dtype, x.device.type, layout_name(x))
@@ -110,6 +120,11 @@ class BatchNormProblem:
     concat_matches: bool
     num_threads: int
     op: str = "batch_norm"
+
+    @property
+    def empty(self) -> bool:
+        """Whether the input has no values."""
+        return 0 in self.shape
 
     @classmethod
     def build(cls, input: torch.Tensor, training: bool = True, residual: torch.Tensor | None = None,

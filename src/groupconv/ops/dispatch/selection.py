@@ -50,7 +50,13 @@ def select_backend(problem: Problem, run: Callable[[Backend], object] | None = N
     If `run` is given (a function running the call on a backend) and tuning is on, the tunable capable backends
     and the registered strategies that can run the problem are measured once with it and the fastest is kept.
     Either way the choice is remembered.
+
+    A problem with no values (an empty batch, channel or spatial extent) runs on torch's kernels whatever is forced:
+    they return torch's empty (or zero, or bias-only) result, where groupconv's kernels would divide by the empty
+    extent and a measurement has nothing to time.
     """
+    if problem.empty:
+        return get_backend("aten")
     forced = forced_backend()
     if forced is not None:
         backend = get_backend(forced)
