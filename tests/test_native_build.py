@@ -33,6 +33,16 @@ def test_two_source_trees_get_two_library_names(tmp_path):
     assert build.library_name() != build.library_name(one)  # groupconv's own sources
 
 
+def test_a_changed_header_changes_the_library_name(tmp_path):
+    sources = source_tree(tmp_path / "tree", "void f() {}")
+    header = tmp_path / "tree" / "layout.h"
+    header.write_text("inline int g() { return 1; }")
+    name = build.library_name([*sources, header])
+    header.write_text("inline int g() { return 2; }")
+    assert build.library_name([*sources, header]) != name
+    assert set(build.HEADERS) == set(build.CSRC.glob("*.h")) and build.HEADERS  # groupconv's headers are hashed
+
+
 @pytest.mark.native
 def test_loading_leaves_the_library_name_as_it_was():
     """torch's builder appends its own flags to the flag lists it is given; the name must not change with them."""

@@ -36,6 +36,7 @@ DEFAULT_BUILD_TIMEOUT_SECONDS = 600.0
 CSRC = Path(__file__).resolve().parents[3] / "csrc"
 SOURCES = [CSRC / "cpu_kernels.cpp", CSRC / "batch_norm.cpp", CSRC / "pointwise.cpp", CSRC / "narrow_nhwc.cpp",
            CSRC / "memory_tracking.cpp"]
+HEADERS = sorted(CSRC.glob("*.h"))  # part of the library too: a changed header must change its name
 CFLAGS = ("-O3", "-march=native", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
 LOCK_NAME = "groupconv-build.lock"
@@ -51,8 +52,9 @@ def torch_build() -> str:
             f"cuda {torch.version.cuda}; python {sys.version_info.major}.{sys.version_info.minor}")
 
 
-def library_name(sources=SOURCES, cflags=CFLAGS, ldflags=LDFLAGS) -> str:
-    """`groupconv_native_<hash12>`: the hash of the sources' names and contents, the flags and the torch build."""
+def library_name(sources=(*SOURCES, *HEADERS), cflags=CFLAGS, ldflags=LDFLAGS) -> str:
+    """`groupconv_native_<hash12>`: the hash of the sources' (and headers') names and contents, the flags and the
+    torch build."""
     digest = hashlib.sha256()
     for source in sources:
         source = Path(source)
