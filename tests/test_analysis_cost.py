@@ -119,7 +119,7 @@ def test_registered_model_totals_equal_a_real_forward_under_the_flop_counter():
     assert table.total_parameters == sum(p.numel() for p in model.parameters())
 
 
-# Reference numbers (/work/shared/reference/models.md): exact parameters; conv MACs to the paper's rounding.
+# Reference numbers (the papers, torchvision and pytorchcv): exact parameters; conv MACs to the paper's rounding.
 REFERENCE = {
     "shufflenet_g1_w1": (1_531_936, "conv", 143e6, 1e6),
     "shufflenet_g3_w1": (1_865_728, "conv", 137e6, 1e6),

@@ -193,7 +193,7 @@ def test_family_layers_compute_their_definitions():
 
 
 def test_flattened_conv_equals_a_rank_one_dense_conv():
-    """Seed 002: a rank-1 filter separates exactly into three 1-D filters."""
+    """A rank-1 filter separates exactly into three 1-D filters."""
     flat = gnn.FlattenedConv2d(3, 2, 3, padding=1, bias=False)
     lateral = flat.lateral.weight[:, :, 0, 0]  # (M, C)
     vertical = flat.vertical.weight[:, 0, :, 0]  # (M, kh)

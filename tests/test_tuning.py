@@ -278,7 +278,7 @@ class HungryAten(AtenBackend):
 
 @pytest.mark.native
 def test_a_backend_that_holds_more_memory_than_torchs_kernels_is_not_chosen(tuning, monkeypatch):
-    """The issue's rule: forward+backward never holds more memory than torch's would. A contender measured faster
+    """The memory rule: forward+backward never holds more memory than torch's would. A contender measured faster
     that holds more than torch's kernels for the same op loses to them; the peaks are on disk and in explain."""
     hungry = HungryAten()
     ops.register_backend(hungry, priority=100)

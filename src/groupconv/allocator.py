@@ -4,8 +4,8 @@ glibc serves an allocation above its mmap threshold (32 MiB at most) with a fres
 it back to the system when it is freed. A training step allocates and frees the same large
 activations and gradients every step, so it pays their page faults (the kernel zero-fills every
 4 KiB page) again and again: in ShuffleNet 1x g=8 at batch 32 a 38 MB ReLU gradient costs 10 ms
-instead of 2, and the step spends about a third of its time faulting pages (baseline.md,
-"Allocation"). torch has no caching allocator for the CPU.
+instead of 2, and the step spends about a third of its time faulting pages (measured on 2
+CPU cores). torch has no caching allocator for the CPU.
 
 `keep_freed_memory()` tells glibc to serve every allocation from its heap (M_MMAP_MAX = 0) and to
 keep freed heap memory (M_TRIM_THRESHOLD at its maximum), which is what CUDA's caching allocator

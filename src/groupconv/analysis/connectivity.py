@@ -1,4 +1,4 @@
-"""Which input channels each output channel of a conv reads: the seeds' "lines between channels" figure.
+"""Which input channels each output channel of a conv reads: the papers' "lines between channels" figure.
 
 Derived from the layer's configuration (groups, and the channel shuffle it reads through), not
 from its weights, so it shows the structure the layer is constrained to.

@@ -1,6 +1,6 @@
 """Pictures generated from a layer's configuration or weights (PNG via matplotlib, no display needed).
 
-- Connections (the seeds' figures): two columns of channel nodes, inputs left and outputs right,
+- Connections (the figures of the grouped-convolution papers): two columns of channel nodes, inputs left and outputs right,
   a line wherever an output channel reads an input channel (groupconv.analysis.layer_connectivity).
   Output nodes are coloured by their group. Input nodes and lines are coloured by the group the input
   channel comes from: for a plain grouped conv, the group that reads it; for a shuffled grouped conv,

@@ -6,8 +6,8 @@ accordingly (Williams, Waterman, Patterson 2009). ShuffleNet V2 (Ma et al. 2018)
 for grouped convolutions: at equal FLOPs, more groups mean more memory traffic per FLOP, so
 grouped and depthwise layers sit under the memory roof, where the 1/G saving in FLOPs buys nothing.
 
-The ceilings are either given (e.g. the development machine's 500 GFLOP/s and 66.8 GB/s from
-/work/shared/reference/baseline.md) or measured in a fraction of a second: a dense float32 matmul
+The ceilings are either given (e.g. a machine's 500 GFLOP/s and 66.8 GB/s from its
+specification) or measured in a fraction of a second: a dense float32 matmul
 for the compute peak and a large tensor copy for the bandwidth (bytes read + bytes written, the
 same convention as the traffic of a layer). Quick measurements on a shared machine come out low
 when other work competes for the cores; `source` always says which numbers were used.
@@ -67,7 +67,7 @@ def measure_bandwidth_gbs(megabytes: int = 128, repeats: int = 5) -> float:
     """GB/s of copying a large float32 tensor into a preallocated one, counting bytes read plus bytes written.
 
     The destination is allocated once and touched by the warm-up copies, so page faults of a fresh
-    allocation (several ms for 50 MB, see baseline.md) are not counted.
+    allocation (several ms for 50 MB) are not counted.
     """
     source = torch.randn(megabytes * 2**20 // 4)
     destination = torch.empty_like(source)

@@ -2,7 +2,7 @@
 
 groupconv's layers run behind argument checks, the dispatcher and (in eager mode) an autograd
 Function; this measures what that costs on a tiny conv (the dispatch cost the fast kernels
-must stay under), then times a few layer shapes of baseline.md, groupconv and torch in one run.
+must stay under), then times a few zoo layer shapes, groupconv and torch in one run.
 
     groupconv benchmark dispatch [--batch 8] [--repeats 7]
 """
@@ -14,7 +14,7 @@ import torch
 from .. import nn as gnn
 from ..ops.tuning.timing import median_seconds
 
-# name: (in_channels, out_channels, kernel, groups, spatial size) from baseline.md
+# name: (in_channels, out_channels, kernel, groups, spatial size) of zoo layers
 LAYERS = {
     "ShuffleNet g8 1x1 384->96 g8 28x28": (384, 96, 1, 8, 28),
     "ShuffleNet g8 1x1 96->384 g8 28x28": (96, 384, 1, 8, 28),

@@ -14,7 +14,7 @@ from .. import nn as gnn
 from ..analysis.roofline import MachineCeilings
 
 
-# The networks whose layer shapes the performance targets name (baseline.md).
+# The networks whose layer shapes the benchmarks time.
 ZOO_MODELS = ("shufflenet_g1_w1", "shufflenet_g3_w1", "shufflenet_g8_w1", "resnext29_32x4d", "mobilenet_w1",
               "resnext50_32x4d")
 BYTES_PER_ELEMENT = 4  # float32

@@ -145,7 +145,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                             f"batch-norm: {' '.join(batch_norm.DEFAULT_MODELS)}; group-parallel: "
                             f"{' '.join(GROUP_PARALLEL_MODELS)})")
     bench.add_argument("--batch", type=int, default=None,
-                       help=f"batch size (default: {BATCH}, as baseline.md; dispatch: {dispatch.BATCH}; "
+                       help=f"batch size (default: {BATCH}, dispatch: {dispatch.BATCH}; "
                             f"group-parallel: the global batch, {GROUP_PARALLEL_BATCH})")
     bench.add_argument("--repeats", type=int, default=None,
                        help=f"timed runs per measurement (layers: at least this many, more for short ones); the median "

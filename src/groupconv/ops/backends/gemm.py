@@ -4,7 +4,7 @@ A 1x1 conv with G groups on a contiguous (N, C, *spatial) input is, for every sa
 the product of the group's (M/G, C/G) weight with its (C/G, S) slice of the input, S the number
 of pixels. Viewed as (N, G, C/G, S), the input needs no copy, and one torch.matmul runs all N x G
 products on the BLAS (MKL/oneDNN sgemm on CPU). torch's own grouped conv runs these shapes
-several times slower in NCHW (the ShuffleNet and ResNeXt 1x1 layers; ../shared/reference/baseline.md).
+several times slower in NCHW (the ShuffleNet and ResNeXt 1x1 layers).
 
 The weight gradient accumulates sample by sample into one (G, M/G, C/G) buffer (baddbmm), so the
 backward pass allocates nothing beyond its outputs.
