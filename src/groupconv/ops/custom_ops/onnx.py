@@ -59,10 +59,13 @@ def _typed(output, like, sizes):
 
 def _legacy_shuffle(g, x, groups: int):
     channels = symbolic_helper._get_tensor_dim_size(x, 1)
-    if channels is None:
-        raise torch.onnx.errors.SymbolicValueError(
-            "channel_shuffle: the exporter needs the number of channels (input.shape[1]) to be known", x)
-    shape = g.op("Constant", value_t=torch.tensor(shuffle_shape(channels, groups), dtype=torch.int64))
+    if channels is not None:
+        shape = g.op("Constant", value_t=torch.tensor(shuffle_shape(channels, groups), dtype=torch.int64))
+    else:  # (after a concatenation of dynamic-batch tensors, say): the channel count read from the input's shape
+        channels = g.op("Gather", g.op("Shape", x), g.op("Constant", value_t=torch.tensor([1])), axis_i=0)
+        per_group = g.op("Div", channels, g.op("Constant", value_t=torch.tensor([groups])))
+        shape = g.op("Concat", g.op("Constant", value_t=torch.tensor([0, groups])), per_group,
+                     g.op("Constant", value_t=torch.tensor([-1])), axis_i=0)
     grouped = g.op("Reshape", x, shape)
     swapped = g.op("Transpose", grouped, perm_i=[0, 2, 1, 3])
     return _typed(g.op("Reshape", swapped, g.op("Shape", x)), x, symbolic_helper._get_tensor_sizes(x))
