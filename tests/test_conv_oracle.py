@@ -496,3 +496,18 @@ def test_triton_matches_torch(dtype, case):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(triton_backend.ENV_ON_CPU, "1")
         check_against_oracle(case, dtype, "triton")
+
+
+@pytest.mark.parametrize("backend", ["reference", "aten"])
+def test_shuffled_conv_gradients_unshuffle_where_the_shuffle_is_not_its_own_inverse(backend):
+    """6 channels in 3 groups: the shuffle (3, 2) -> (2, 3) and its inverse differ, so an input gradient shuffled
+    instead of unshuffled is wrong (with C = g * g the two permutations coincide and would hide it)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    expected = torch.autograd.grad(F.conv2d(F.channel_shuffle(x, 3), w, padding=1, groups=3), (x, w), grad)
+    with ops.use_backend(backend):
+        actual = torch.autograd.grad(groupconv.conv2d(x, w, padding=1, groups=3, shuffle_groups=3), (x, w), grad)
+    for got, wanted in zip(actual, expected):
+        torch.testing.assert_close(got, wanted)
