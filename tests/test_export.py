@@ -230,7 +230,11 @@ def test_accelerated_user_model_traces_scripts_and_exports():
         traced = torch.jit.trace(accelerated, (x,))  # (torch's sanity check reruns it and compares)
         graph = str(traced.inlined_graph)
         assert "groupconv::conv_forward" in graph and "groupconv::channel_shuffle" in graph
+        classes = [type(module) for module in accelerated.modules()]
         scripted = torch.jit.script(accelerated)
+        # Scripting compiles torch's ops (the scripted model runs without groupconv) and leaves the model accelerated.
+        assert "groupconv::" not in str(scripted.inlined_graph)
+        assert [type(module) for module in accelerated.modules()] == classes
         for module in (traced, scripted):
             torch.testing.assert_close(module(other), original(other), atol=1e-5, rtol=1e-4)
 
@@ -263,6 +267,7 @@ def test_every_layer_traces_and_scripts_to_torchs_results(name):
     with torch.no_grad():
         traced = torch.jit.trace(layer, (x,))
         scripted = torch.jit.script(layer)
+        assert "groupconv::" not in str(scripted.inlined_graph)
         for batch in (x, other):
             expected = layer(batch)
             torch.testing.assert_close(traced(batch), expected, atol=1e-5, rtol=1e-4)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextvars
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -11,7 +11,6 @@ from ..ops.cost import conv_multiply_adds, count_parameters
 from ..ops import functional
 from ..ops.arguments import (check_divisible, check_groups, check_kernel_fits, expand_tuple, output_size,
                              resolve_padding)
-from .scripting import scriptable_conv
 
 _FUNCTIONAL = {1: functional.conv1d, 2: functional.conv2d, 3: functional.conv3d}
 
@@ -98,6 +97,8 @@ class GroupedConvMixin(CostReporting):
     """
 
     shuffle_groups: int = 1
+    # Settings torch.jit.script compiles in as constants: torch's conv settings (the same for every dimension).
+    __constants__ = [*torch.nn.Conv2d.__constants__, "shuffle_groups"]
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", device=None, dtype=None):
@@ -111,7 +112,14 @@ class GroupedConvMixin(CostReporting):
             spans = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
             self._reversed_padding_repeated_twice = [p for span in reversed(spans) for p in (span, span)]
 
-    def _conv_forward(self, input, weight, bias):
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._torch_conv_forward(input, weight, bias)
+        return self._groupconv_conv_forward(input, weight, bias)
+
+    @torch.jit.unused
+    def _groupconv_conv_forward(self, input: torch.Tensor, weight: torch.Tensor,
+                                bias: Optional[torch.Tensor]) -> torch.Tensor:
         conv = _FUNCTIONAL[len(self.kernel_size)]
         request = None if torch.compiler.is_compiling() else _shortcut_request.get()
         if request is not None and request.input is input and self.padding_mode == "zeros":
@@ -127,9 +135,30 @@ class GroupedConvMixin(CostReporting):
         return conv(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
                     shuffle_groups=self.shuffle_groups)
 
-    def __prepare_scriptable__(self) -> torch.nn.Module:
-        """What torch.jit.script compiles for this layer: torch's conv on the same parameters (nn/scripting.py)."""
-        return scriptable_conv(self)
+    def _torch_conv_forward(self, input: torch.Tensor, weight: torch.Tensor,
+                            bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """The same conv in torch's ops, which torch.jit.script compiles: groupconv's dispatcher is Python, and a
+        scripted model is meant to run without it (in C++, or another process)."""
+        if self.shuffle_groups > 1:
+            input = torch.channel_shuffle(input, self.shuffle_groups)
+        zeros = [0] * len(self.kernel_size)
+        padding = self.padding
+        full_padding = False
+        if isinstance(padding, str):  # (nested: TorchScript compiles this test away on a tuple of sizes)
+            full_padding = padding == "full"
+        if self.padding_mode != "zeros" or full_padding:
+            # Explicit padding first ('full' is zero padding torch's convs do not take by name).
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            input = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=mode)
+            return torch.convolution(input, weight, bias, self.stride, zeros, self.dilation, False, zeros,
+                                     self.groups)
+        if len(self.kernel_size) == 1:
+            return torch.nn.functional.conv1d(input, weight, bias, self.stride, self.padding, self.dilation,
+                                              self.groups)
+        if len(self.kernel_size) == 2:
+            return torch.nn.functional.conv2d(input, weight, bias, self.stride, self.padding, self.dilation,
+                                              self.groups)
+        return torch.nn.functional.conv3d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def output_size(self, input_size):
         ndim = len(self.kernel_size)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..ops.normalization import batch_norm
-from .scripting import ScriptableBatchNormAct2d
 
 
 class BatchNormAct2d(torch.nn.BatchNorm2d):
@@ -26,15 +27,11 @@ class BatchNormAct2d(torch.nn.BatchNorm2d):
             raise TypeError(f"apply_act={apply_act!r} must be a bool")
         self.apply_act = apply_act
 
-    def __prepare_scriptable__(self) -> torch.nn.Module:
-        """What torch.jit.script compiles for this layer: torch's ops on the same parameters (nn/scripting.py)."""
-        return ScriptableBatchNormAct2d(self, self.apply_act)
-
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, apply_act={self.apply_act}"
 
-    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None, *,
-                concat: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                concat: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check_input_dim(input)
         # torch.nn.BatchNorm2d's rules for the momentum, the step count and which statistics to use.
         factor = 0.0 if self.momentum is None else self.momentum
@@ -44,6 +41,24 @@ class BatchNormAct2d(torch.nn.BatchNorm2d):
                 factor = 1.0 / float(self.num_batches_tracked)
         batch_statistics = self.training or (self.running_mean is None and self.running_var is None)
         tracked = not self.training or self.track_running_stats
-        return batch_norm(input, self.running_mean if tracked else None, self.running_var if tracked else None,
-                          self.weight, self.bias, batch_statistics, factor, self.eps, residual=residual,
-                          relu=self.apply_act, concat=concat)
+        running_mean = self.running_mean if tracked else None
+        running_var = self.running_var if tracked else None
+        if torch.jit.is_scripting():
+            return self._torch_forward(input, running_mean, running_var, batch_statistics, factor, residual, concat)
+        return batch_norm(input, running_mean, running_var, self.weight, self.bias, batch_statistics, factor,
+                          self.eps, residual=residual, relu=self.apply_act, concat=concat)
+
+    def _torch_forward(self, input: torch.Tensor, running_mean: Optional[torch.Tensor],
+                       running_var: Optional[torch.Tensor], batch_statistics: bool, factor: float,
+                       residual: Optional[torch.Tensor], concat: Optional[torch.Tensor]) -> torch.Tensor:
+        """The same computation in torch's ops, which torch.jit.script compiles (a scripted model runs without
+        groupconv's Python)."""
+        out = torch.nn.functional.batch_norm(input, running_mean, running_var, self.weight, self.bias,
+                                             batch_statistics, factor, self.eps)
+        if residual is not None:
+            out = out + residual
+        if self.apply_act:
+            out = torch.relu(out)
+        if concat is not None:
+            out = torch.cat((out, concat), 1)
+        return out

@@ -13,7 +13,7 @@ from .conv import Conv2d
 class ChannelShuffle(CostReporting, torch.nn.ChannelShuffle):
     """torch.nn.ChannelShuffle computed by groupconv's ops (inputs of rank 3 to 5), which also export to ONNX.
 
-    A subclass adding no state, so `accelerate()` swaps torch's layer for it; torch.jit.script compiles torch's.
+    A subclass adding no state, so `accelerate()` swaps torch's layer for it; torch.jit.script compiles torch's op.
     """
 
     def __init__(self, groups: int):
@@ -21,10 +21,13 @@ class ChannelShuffle(CostReporting, torch.nn.ChannelShuffle):
         super().__init__(groups)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return functional.channel_shuffle(input, self.groups)
+        if torch.jit.is_scripting():  # (a scripted model runs torch's op: it is meant to run without Python)
+            return torch.channel_shuffle(input, self.groups)
+        return self._groupconv_forward(input)
 
-    def __prepare_scriptable__(self) -> torch.nn.Module:
-        return torch.nn.ChannelShuffle(self.groups)
+    @torch.jit.unused
+    def _groupconv_forward(self, input: torch.Tensor) -> torch.Tensor:
+        return functional.channel_shuffle(input, self.groups)
 
     def output_size(self, input_size):
         return tuple(expand_tuple(input_size, len(input_size) if not isinstance(input_size, int) else 1,
