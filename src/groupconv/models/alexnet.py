@@ -53,7 +53,7 @@ class AlexNet(nn.Module):
         self.groups, self.num_classes, self.in_chans = groups, num_classes, in_chans
 
         def lrn():
-            return nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
+            return gnn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
 
         self.features = nn.Sequential(OrderedDict([
             ("conv1", gnn.Conv2d(in_chans, 96, 11, stride=1 if small_input else 4, padding=5 if small_input else 0)),

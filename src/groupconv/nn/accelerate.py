@@ -5,16 +5,17 @@ from __future__ import annotations
 import torch
 
 from .conv import Conv1d, Conv2d, Conv3d
-from .normalization import BatchNormAct2d
+from .normalization import BatchNormAct2d, LocalResponseNorm
 from .shuffle import ChannelShuffle
 
 _REPLACEMENTS = {torch.nn.Conv1d: Conv1d, torch.nn.Conv2d: Conv2d, torch.nn.Conv3d: Conv3d,
-                 torch.nn.BatchNorm2d: BatchNormAct2d, torch.nn.ChannelShuffle: ChannelShuffle}
+                 torch.nn.BatchNorm2d: BatchNormAct2d, torch.nn.ChannelShuffle: ChannelShuffle,
+                 torch.nn.LocalResponseNorm: LocalResponseNorm}
 
 
 def accelerate(model: torch.nn.Module) -> torch.nn.Module:
-    """Make every torch.nn.Conv1d/2d/3d, BatchNorm2d and ChannelShuffle in `model` run on groupconv's ops; returns
-    `model`.
+    """Make every torch.nn.Conv1d/2d/3d, BatchNorm2d, ChannelShuffle and LocalResponseNorm in `model` run on
+    groupconv's ops; returns `model`.
 
     groupconv's layers subclass torch's and add no state, so the swap changes only the class of
     each layer object: its parameters (and any optimizer holding them), buffers, hooks and
@@ -22,7 +23,8 @@ def accelerate(model: torch.nn.Module) -> torch.nn.Module:
     becomes a BatchNormAct2d without activation (a ReLU module after it stays: which ReLU follows which
     BN is the model's code, not its modules). Subclasses of torch's layers (which may override forward)
     are left alone. What the model could do before it still can: it exports to ONNX (with both of torch's
-    exporters; a ChannelShuffle now does, which torch's own does not), traces and scripts with torch.jit (a
+    exporters; a ChannelShuffle now does, which torch's own does not, and a LocalResponseNorm exports with the
+    TorchScript-based one, which torch's loses the sizes after), traces and scripts with torch.jit (a
     scripted layer compiles torch's ops on the same parameters) and exports with torch.export.
     """
     if not isinstance(model, torch.nn.Module):

@@ -1,4 +1,5 @@
-"""BatchNormAct2d: torch.nn.BatchNorm2d with the residual add and ReLU of a conv block fused into it."""
+"""BatchNormAct2d: torch.nn.BatchNorm2d with the residual add and ReLU of a conv block fused into it; and
+LocalResponseNorm, torch's AlexNet normalisation as one op that exports to ONNX."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ..ops.normalization import batch_norm
+from ..ops.normalization import batch_norm, local_response_norm
 
 
 class BatchNormAct2d(torch.nn.BatchNorm2d):
@@ -62,3 +63,18 @@ class BatchNormAct2d(torch.nn.BatchNorm2d):
         if concat is not None:
             out = torch.cat((out, concat), 1)
         return out
+
+
+class LocalResponseNorm(torch.nn.LocalResponseNorm):
+    """torch.nn.LocalResponseNorm (same arguments and results) that also exports with torch's TorchScript-based ONNX
+    exporter, as ONNX's LRN operator (groupconv.ops.local_response_norm). A subclass adding no state, so
+    `accelerate()` swaps torch's layer for it."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # (a scripted model runs torch's function: it is meant to run without Python)
+            return torch.nn.functional.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
+        return self._groupconv_forward(input)
+
+    @torch.jit.unused
+    def _groupconv_forward(self, input: torch.Tensor) -> torch.Tensor:
+        return local_response_norm(input, self.size, self.alpha, self.beta, self.k)

@@ -45,7 +45,7 @@ from .dispatch import (
     use_backend,
 )
 from .functional import channel_shuffle, conv1d, conv2d, conv3d, conv_problem, conv_with_shortcut, explain_conv
-from .normalization import batch_norm, batch_norm_problem, explain_batch_norm
+from .normalization import batch_norm, batch_norm_problem, explain_batch_norm, local_response_norm
 from .tuning import cache_path
 
 register_backend(ReferenceBackend(), priority=0)
@@ -61,6 +61,7 @@ __all__ = [
     "Backend", "BatchNormProblem", "ConvProblem", "ShuffleProblem", "batch_norm", "batch_norm_problem", "cache_path",
     "channel_shuffle", "clear_tuning_cache", "conv1d", "conv2d", "conv_problem", "conv3d", "conv_with_shortcut",
     "explain", "explain_batch_norm", "explain_conv", "forced_backend", "get_backend", "list_backends",
+    "local_response_norm",
     "not_supported_reasons", "register_backend", "register_strategy", "select_backend", "set_backend", "set_tuning",
     "tuning_enabled", "unregister_backend", "use_backend",
 ]

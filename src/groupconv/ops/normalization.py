@@ -29,7 +29,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .custom_ops.eager import in_functorch_transform
+from .custom_ops.eager import in_functorch_transform, runs_eagerly
+from .custom_ops.local_response_norm import local_response_norm as _local_response_norm_op
 from .dispatch import BatchNormProblem, explain, get_backend, select_backend
 
 
@@ -108,3 +109,22 @@ def _traced_choice(*fields) -> str:
 
 def _copy(tensor: Optional[Tensor]) -> Optional[Tensor]:
     return None if tensor is None else tensor.clone()
+
+
+def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> Tensor:
+    """torch.nn.functional.local_response_norm (AlexNet's, Krizhevsky et al. 2012), which also exports to ONNX.
+
+    Where torch traces the call (torch.jit.trace, both ONNX exporters, torch.export, torch.compile) it is one op
+    that becomes ONNX's LRN; plain eager calls run torch's function itself. An even `size` always runs torch's:
+    ONNX's LRN centres an even window one channel later than torch does.
+    """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    if input.dim() < 3:
+        raise ValueError(f"local_response_norm expects input of shape (N, C, *spatial) with at least one spatial "
+                         f"dimension, got input.dim()={input.dim()}")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(f"size={size!r} must be a positive int")
+    if size % 2 == 0 or in_functorch_transform() or runs_eagerly(input):
+        return torch.nn.functional.local_response_norm(input, size, alpha, beta, k)
+    return _local_response_norm_op(input, size, float(alpha), float(beta), float(k))

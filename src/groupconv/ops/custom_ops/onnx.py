@@ -5,6 +5,7 @@ What each op becomes (the patterns ONNX Runtime, OpenVINO and XNNPACK recognise 
   groupconv::channel_shuffle     Reshape (N, g, C/g, -1), Transpose (0, 2, 1, 3), Reshape back to the input's shape
   groupconv::batch_norm_forward  BatchNormalization, then Add (residual), Relu, Concat as the call fuses them;
                                  eval mode only (an exported model runs inference on its running statistics)
+  groupconv::local_response_norm LRN (the same formula for the odd window sizes the op takes)
 The backward ops have no translation: an exported graph is an inference graph.
 
 torch.onnx.export(..., dynamo=False) traces the model with torch.jit: the symbolic functions here are registered
@@ -131,10 +132,17 @@ def _legacy_batch_norm_forward(g, input, weight, bias, residual, running_mean, r
     return output, running_mean, invstd, running_var
 
 
+@symbolic_helper.parse_args("v", "i", "f", "f", "f")
+def _legacy_local_response_norm(g, x, size, alpha, beta, k):
+    return _typed(g.op("LRN", x, size_i=size, alpha_f=alpha, beta_f=beta, bias_f=k), x,
+                  symbolic_helper._get_tensor_sizes(x))
+
+
 LEGACY_SYMBOLICS = {
     "groupconv::conv_forward": _legacy_conv_forward,
     "groupconv::channel_shuffle": _legacy_channel_shuffle,
     "groupconv::batch_norm_forward": _legacy_batch_norm_forward,
+    "groupconv::local_response_norm": _legacy_local_response_norm,
 }
 
 

@@ -70,8 +70,14 @@ def batch_norm_forward(input: TFloat, weight: Optional[TFloat], bias: Optional[T
     return output, op.Identity(running_mean), invstd, op.Identity(running_var)
 
 
+def local_response_norm(x: TFloat, size: int, alpha: float, beta: float, k: float) -> TFloat:
+    """local_response_norm(Tensor x, int size, float alpha, float beta, float k) -> Tensor"""
+    return op.LRN(x, size=size, alpha=alpha, beta=beta, bias=k)
+
+
 def translation_table() -> dict:
     """{custom op overload: translation}, as torch.onnx.export's custom_translation_table takes it."""
     ops = torch.ops.groupconv
     return {ops.conv_forward.default: conv_forward, ops.channel_shuffle.default: channel_shuffle,
-            ops.batch_norm_forward.default: batch_norm_forward}
+            ops.batch_norm_forward.default: batch_norm_forward,
+            ops.local_response_norm.default: local_response_norm}
