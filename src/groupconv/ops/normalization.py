@@ -83,13 +83,23 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     """torch.nn.functional.batch_norm, then `+ residual` (if given), then ReLU (if `relu`), fused on CPU; with
     `concat`, torch.cat((that, concat), 1), written into the concatenation directly."""
     _check_arguments(input, running_mean, running_var, weight, bias, training, residual, concat)
+    if torch.compiler.is_dynamo_compiling():
+        given = {name: tensor for name, tensor in zip(_OPTIONAL_TENSORS, (running_mean, running_var, weight, bias,
+                                                                          residual, concat)) if tensor is not None}
+        return _dispatched_outside_dynamo(input, given, training, momentum, eps, relu)
+    return _dispatched(input, running_mean, running_var, weight, bias, training, momentum, eps, residual, relu, concat)
+
+
+def _dispatched(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], weight: Optional[Tensor],
+                bias: Optional[Tensor], training: bool, momentum: float, eps: float, residual: Optional[Tensor],
+                relu: bool, concat: Optional[Tensor]) -> Tensor:
+    """The call on the backend the dispatcher chooses for it."""
+    problem = BatchNormProblem.build(input, training, residual, relu, concat)
     if in_functorch_transform():
         backend = get_backend("aten")
     elif torch.compiler.is_compiling() or torch.jit.is_tracing():  # (no measurement recorded into a traced graph)
-        backend = get_backend(_traced_choice(*BatchNormProblem.fields_of(input, training, residual, relu, concat)))
+        backend = select_backend(problem)
     else:
-        problem = BatchNormProblem.build(input, training, residual, relu, concat)
-
         def run(backend):  # a measurement: the forward alone, on copies of the running statistics
             with torch.no_grad():
                 return backend.batch_norm(input, _copy(running_mean), _copy(running_var), weight, bias, training,
@@ -100,11 +110,20 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
                               relu, concat)
 
 
-# torch.compile traces the choice as a constant (the backend's name): the traced graph holds the chosen backend's
-# ops, as it would hold the ops of any Python branch. (The conv ops choose inside the op instead, at run time.)
-@torch.compiler.assume_constant_result
-def _traced_choice(*fields) -> str:
-    return select_backend(BatchNormProblem(*fields, num_threads=torch.get_num_threads())).name
+_OPTIONAL_TENSORS = ("running_mean", "running_var", "weight", "bias", "residual", "concat")
+
+
+# torch.compile's dynamo does not trace this function: its graph records one call of it, which AOTAutograd then traces
+# into (the real code, a dynamic size a torch.SymInt whose example value the choice uses without a guard), or which
+# runs as plain Python with backend="eager". Traced by dynamo, a dynamic size would be an int to the chooser (dynamo's
+# isinstance) but no constant it could choose with. The traced graph holds the chosen backend's ops, as it holds the ops
+# of any Python branch (the conv ops choose inside their custom op instead, at run time). The optional tensors come in
+# a dict of those given: such a function takes no None argument.
+@torch._dynamo.nonstrict_trace
+def _dispatched_outside_dynamo(input: Tensor, given: dict[str, Tensor], training: bool, momentum: float, eps: float,
+                               relu: bool) -> Tensor:
+    return _dispatched(input, given.get("running_mean"), given.get("running_var"), given.get("weight"),
+                       given.get("bias"), training, momentum, eps, given.get("residual"), relu, given.get("concat"))
 
 
 def _copy(tensor: Optional[Tensor]) -> Optional[Tensor]:

@@ -129,18 +129,11 @@ class BatchNormProblem:
     @classmethod
     def build(cls, input: torch.Tensor, training: bool = True, residual: torch.Tensor | None = None,
               relu: bool = False, concat: torch.Tensor | None = None) -> "BatchNormProblem":
-        return cls(*cls.fields_of(input, training, residual, relu, concat), num_threads=torch.get_num_threads())
-
-    @staticmethod
-    def fields_of(input: torch.Tensor, training: bool = True, residual: torch.Tensor | None = None,
-                  relu: bool = False, concat: torch.Tensor | None = None) -> tuple:
-        """The problem's fields before the thread count, in order: what torch.compile's tracing can read (it
-        cannot ask for the thread count)."""
         residual_matches = residual is not None and (residual.shape == input.shape and residual.dtype == input.dtype
                                                      and residual.device == input.device)
-        return (tuple(_size_hint(s) for s in input.shape), input.dtype, input.device.type, layout_name(input),
-                bool(training), bool(relu), residual is not None, residual_matches, concat is not None,
-                concat is not None and concat.dtype == input.dtype)
+        return cls(tuple(_size_hint(s) for s in input.shape), input.dtype, input.device.type, layout_name(input),
+                   bool(training), bool(relu), residual is not None, residual_matches, concat is not None,
+                   concat is not None and concat.dtype == input.dtype, torch.get_num_threads())
 
 
 def _size_hint(size) -> int:
