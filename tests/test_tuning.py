@@ -3,6 +3,7 @@
 import json
 import threading
 import time
+from datetime import datetime, timezone
 
 import pytest
 import torch
@@ -12,8 +13,9 @@ import groupconv
 from groupconv import ops
 from groupconv.ops.backends.aten import AtenBackend
 from groupconv.ops.dispatch import forget_choices
-from groupconv.ops.tuning import disk_cache, memory
+from groupconv.ops.tuning import disk_cache, memory, observation, timing
 from groupconv.ops.tuning import tuner as tuning_module
+from groupconv.ops.tuning.tuner import Measurement
 
 
 class SlowedAten(AtenBackend):
@@ -32,10 +34,11 @@ class SlowedAten(AtenBackend):
         return super().conv_forward(*args)
 
 
-# A contender's runs while measured: one warm-up, three timed (the fixture's), one whose peak memory is measured.
+# A contender's runs while measured: its warm-up (the minimum: the fixture's), three timed (the fixture's), one whose
+# peak memory is measured.
 def calls_per_measurement() -> int:
-    """The calls one measurement makes: a warm-up, three timed runs, and a peak-memory run where it can count."""
-    return 1 + 3 + (1 if memory.can_measure() else 0)
+    """The calls one measurement makes: the warm-up, three timed runs, and a peak-memory run where it can count."""
+    return tuning_module.MIN_WARMUP_CALLS + 3 + (1 if memory.can_measure() else 0)
 
 
 @pytest.fixture
@@ -43,6 +46,11 @@ def tuning(tmp_path, monkeypatch):
     """Tuning on, a private cache directory, and the slowed backend at the top of the priority order."""
     monkeypatch.setenv("GROUPCONV_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(tuning_module, "MAX_TIMED_RUNS", 3)  # exactly three timed runs: the tests count calls
+    # Every contender steady after its minimum warm-up and never falling: the tests count calls and read the cache
+    # file, whatever the machine's load; the warm-up's and the cold measurement's rules have tests of their own, on
+    # fixed timings.
+    monkeypatch.setattr(tuning_module, "STEADY_TOLERANCE", float("inf"))
+    monkeypatch.setattr(tuning_module, "FALLING_RATIO", float("inf"))
     slowed = SlowedAten()
     ops.register_backend(slowed, priority=100)
     ops.set_tuning(True)
@@ -72,6 +80,11 @@ def test_the_fastest_backend_is_measured_once_and_remembered_on_disk(tuning):
     entry = decisions[repr(problem)]
     assert entry["backend"] == "aten" and set(entry["seconds"]) == {"slowed-aten", "aten"}  # reference: not tunable
     assert entry["seconds"]["slowed-aten"] > 0.02 > entry["seconds"]["aten"]
+    record = entry["measured"]  # how it was measured
+    assert record["warm"] and record["unsteady"] == record["falling"] == [] and record["timed_runs"] == 3
+    assert record["warmup_calls"] == {"slowed-aten": tuning_module.MIN_WARMUP_CALLS,
+                                      "aten": tuning_module.MIN_WARMUP_CALLS}
+    assert datetime.fromisoformat(record["at"]) <= datetime.now(timezone.utc)
     if memory.can_measure():  # the same kernels held the same: the output (2x8x6x6 floats) and oneDNN's buffers
         assert entry["peak_bytes"]["slowed-aten"] == entry["peak_bytes"]["aten"] >= 2 * 8 * 6 * 6 * 4
     assert "-> aten: can run (measured" in ops.explain_conv(x, w, padding=1, groups=4)
@@ -216,9 +229,10 @@ def test_short_runs_are_timed_more_often():
         calls["long"] += 1
         time.sleep(tuning_module.TARGET_SECONDS)
 
-    tuning_module.measure({"short": short})
-    tuning_module.measure({"long": long})
-    assert calls == {"short": 1 + tuning_module.MAX_TIMED_RUNS, "long": 1 + tuning_module.TIMED_RUNS}
+    short_warmup = tuning_module.measure({"short": short}).warmup_calls["short"]
+    long_warmup = tuning_module.measure({"long": long}).warmup_calls["long"]
+    assert calls == {"short": short_warmup + tuning_module.MAX_TIMED_RUNS,
+                     "long": long_warmup + tuning_module.TIMED_RUNS}
 
 
 def test_contenders_are_timed_in_alternation():
@@ -257,7 +271,7 @@ def test_torch_kernels_are_kept_unless_another_backend_is_clearly_faster(tuning,
     for slowed_seconds, aten_seconds, expected in ((86e-6, 87e-6, "aten"), (0.0099, 0.010, "aten"),
                                                    (0.005, 0.010, "slowed-aten"), (40e-6, 100e-6, "slowed-aten")):
         timings = {"slowed-aten": slowed_seconds, "aten": aten_seconds}
-        monkeypatch.setattr(tuning_module, "measure", lambda runs, timings=timings: timings)
+        monkeypatch.setattr(tuning_module, "measure", lambda runs, timings=timings: Measurement(timings))
         ops.clear_tuning_cache()
         assert tuning_module.choose(problem, contenders, lambda backend: None).name == expected
 
@@ -286,7 +300,7 @@ def test_a_backend_that_holds_more_memory_than_torchs_kernels_is_not_chosen(tuni
         x, w, call = grouped_conv_call()
         problem = ops.conv_problem(x, w, padding=1, groups=4)
         monkeypatch.setattr(tuning_module, "measure",
-                            lambda runs: {"hungry-aten": 1e-4, "slowed-aten": 1.0, "aten": 1.0})
+                            lambda runs: Measurement({"hungry-aten": 1e-4, "slowed-aten": 1.0, "aten": 1.0}))
         call()
         assert ops.select_backend(problem).name == "aten"
         peaks = json.loads(ops.cache_path().read_text())[repr(problem)]["peak_bytes"]
@@ -305,7 +319,7 @@ def test_without_a_memory_count_decisions_are_made_by_time_and_still_remembered(
     entry = json.loads(ops.cache_path().read_text())[repr(ops.conv_problem(x, w, padding=1, groups=4))]
     assert entry["backend"] == "aten" and "peak_bytes" not in entry
     measured_calls = tuning.forward_calls
-    assert measured_calls == 1 + 3
+    assert measured_calls == tuning_module.MIN_WARMUP_CALLS + 3
     forget_choices()
     call()
     assert tuning.forward_calls == measured_calls
@@ -327,3 +341,166 @@ def test_batch_norm_is_tuned_like_the_convs(tuning):
     assert set(entry["seconds"]) == {"native", "slowed-aten", "aten"}  # reference: not tunable
     assert entry["backend"] in entry["seconds"]
     assert f"-> {entry['backend']}: can run (measured" in ops.explain_batch_norm(x, residual=residual, relu=True)
+
+
+@pytest.fixture
+def scripted_clock(monkeypatch):
+    """Each run returns the seconds its call is to take, and the tuner's clock reads them: the warm-up's and the cold
+    measurement's rules are tested on fixed timings, not on this machine's load."""
+    monkeypatch.setattr(tuning_module, "seconds_of", lambda run: run())
+    monkeypatch.setattr(timing, "seconds_of", lambda run: run())
+
+
+def scripted(*seconds, then=None):
+    """A run taking `seconds` on its first calls, then `then` (the last of them by default) on every later call."""
+    calls = iter(seconds)
+    return lambda: next(calls, seconds[-1] if then is None else then)
+
+
+def test_each_contender_is_warmed_up_until_two_calls_agree(scripted_clock):
+    measurement = tuning_module.measure({"falling": scripted(0.05, 0.03, 0.02, 0.02), "flat": scripted(0.01)},
+                                        repeats=3)
+    assert measurement.warmup_calls == {"falling": 4, "flat": 2}
+    assert measurement.seconds == {"falling": 0.02, "flat": 0.01}
+    assert measurement.warm and measurement.timed_runs == 3
+
+
+def test_a_contender_that_never_settles_makes_the_measurement_cold(scripted_clock):
+    swinging = scripted(*[0.01, 0.02] * tuning_module.MAX_WARMUP_CALLS, then=0.01)
+    measurement = tuning_module.measure({"swinging": swinging, "flat": scripted(0.01)}, repeats=3)
+    assert measurement.warmup_calls == {"swinging": tuning_module.MAX_WARMUP_CALLS, "flat": 2}
+    assert measurement.unsteady == ["swinging"] and not measurement.warm
+    assert not measurement.record()["warm"] and measurement.record()["unsteady"] == ["swinging"]
+
+
+def test_timed_runs_still_getting_faster_make_the_measurement_cold(scripted_clock):
+    """Two slow calls agree (a steady warm-up, by its rule), then the kernel speeds up while timed: cold."""
+    measurement = tuning_module.measure({"late": scripted(0.05, 0.05, 0.05, 0.05, 0.01), "flat": scripted(0.01)},
+                                        repeats=4)
+    assert measurement.warmup_calls == {"late": 2, "flat": 2} and measurement.falling == ["late"]
+    assert not measurement.warm
+
+
+def test_the_warm_up_stops_at_its_time_budget(scripted_clock, monkeypatch):
+    monkeypatch.setattr(tuning_module, "WARMUP_BUDGET_SECONDS", 0.0)
+    swinging = scripted(*[0.01, 0.02] * tuning_module.MAX_WARMUP_CALLS, then=0.01)
+    measurement = tuning_module.measure({"swinging": swinging}, repeats=3)
+    assert measurement.warmup_calls == {"swinging": tuning_module.MIN_WARMUP_CALLS} and not measurement.warm
+
+
+def test_a_decision_measured_cold_holds_for_this_process_only(tuning, monkeypatch):
+    measurements = []
+
+    def cold_measure(runs):
+        measurements.append(set(runs))
+        return Measurement({"slowed-aten": 1.0, "aten": 1e-3}, unsteady=["aten"])
+
+    monkeypatch.setattr(tuning_module, "measure", cold_measure)
+    monkeypatch.setattr(memory, "can_measure", lambda: False)
+    x, w, call = grouped_conv_call()
+    call()
+    problem = ops.conv_problem(x, w, padding=1, groups=4)
+    assert ops.select_backend(problem).name == "aten" and len(measurements) == 1
+    assert "-> aten: can run (measured 1.000 ms" in ops.explain_conv(x, w, padding=1, groups=4)
+    assert not ops.cache_path().exists()  # never written
+    call()
+    assert len(measurements) == 1  # this process keeps it
+    forget_choices()
+    call()
+    assert len(measurements) == 2  # not remembered as a decision that holds: measured again
+
+
+def test_a_decision_written_before_measurements_were_recorded_is_measured_again(tuning):
+    """A cache file from before decisions said how they were measured stays readable; its decisions may have been
+    measured cold, so each is measured once more and replaced."""
+    x, w, call = grouped_conv_call()
+    problem = ops.conv_problem(x, w, padding=1, groups=4)
+    old = {"backend": "slowed-aten", "seconds": {"slowed-aten": 1e-4, "aten": 1.0}}
+    if memory.can_measure():
+        old["peak_bytes"] = {"slowed-aten": 1, "aten": 1}
+    ops.cache_path().parent.mkdir(parents=True, exist_ok=True)
+    ops.cache_path().write_text(json.dumps({repr(problem): old}))
+    disk_cache._decisions = None  # read the file again, as a new process would
+    call()
+    assert tuning.forward_calls == calls_per_measurement()
+    entry = json.loads(ops.cache_path().read_text())[repr(problem)]
+    assert entry["backend"] == "aten" and entry["measured"]["warm"]
+
+
+def test_a_decision_its_calls_contradict_is_measured_again_a_bounded_number_of_times(tuning, monkeypatch):
+    """The slowed backend measured (falsely) fastest: its sampled calls take 20 ms, far above the 0.1 ms measured, so
+    the problem is measured again, at most MAX_RECHECKS times in the process; the calls in between are not timed."""
+    monkeypatch.setattr(observation, "SAMPLE_EVERY", 2)
+    measurements = []
+
+    def wrong_measure(runs):
+        measurements.append(1)
+        return Measurement({"slowed-aten": 1e-4, "aten": 1.0})
+
+    monkeypatch.setattr(tuning_module, "measure", wrong_measure)
+    monkeypatch.setattr(memory, "can_measure", lambda: False)
+    x, w, call = grouped_conv_call()
+    problem = ops.conv_problem(x, w, padding=1, groups=4)
+    call()  # measured: the slowed backend is chosen
+    calls_to_fill_a_window = observation.SAMPLE_EVERY * observation.WINDOW
+    for _ in range(calls_to_fill_a_window):
+        call()
+    assert len(measurements) == 1 and len(observation.watch_for(problem).samples) == observation.WINDOW
+    call()  # the window's median is 200x the measurement: measured again
+    assert len(measurements) == 2
+    for _ in range(3 * calls_to_fill_a_window):
+        call()
+    assert len(measurements) == 1 + observation.MAX_RECHECKS
+    assert tuning.forward_calls == 4 * calls_to_fill_a_window + 2  # the calls alone: measure() is fixed here
+
+
+def test_calls_that_agree_with_the_measurement_are_never_measured_again(tuning, monkeypatch):
+    monkeypatch.setattr(observation, "SAMPLE_EVERY", 2)
+    measurements = []
+
+    def measure(runs):
+        measurements.append(1)
+        return Measurement({"slowed-aten": 0.03, "aten": 1.0})  # about what its 20 ms calls take
+
+    monkeypatch.setattr(tuning_module, "measure", measure)
+    monkeypatch.setattr(memory, "can_measure", lambda: False)
+    _, _, call = grouped_conv_call()
+    for _ in range(2 * observation.SAMPLE_EVERY * observation.WINDOW + 1):
+        call()
+    assert len(measurements) == 1
+
+
+def test_a_cold_decision_is_measured_again_once_its_calls_have_been_observed(tuning, monkeypatch):
+    monkeypatch.setattr(observation, "SAMPLE_EVERY", 2)
+    # (the slowed backend chosen first: a call settled on torch's kernels runs them directly, unobserved)
+    results = [Measurement({"slowed-aten": 0.03, "aten": 1.0}, falling=["aten"]),
+               Measurement({"slowed-aten": 1.0, "aten": 1e-3})]
+    monkeypatch.setattr(tuning_module, "measure", lambda runs: results.pop(0))
+    monkeypatch.setattr(memory, "can_measure", lambda: False)
+    x, w, call = grouped_conv_call()
+    for _ in range(1 + observation.SAMPLE_EVERY * observation.WINDOW):  # measured, then a window observed
+        call()
+    assert not ops.cache_path().exists() and len(results) == 1
+    call()  # measured again, warm this time: written
+    entry = json.loads(ops.cache_path().read_text())[repr(ops.conv_problem(x, w, padding=1, groups=4))]
+    assert not results and entry["backend"] == "aten" and entry["measured"]["warm"]
+
+
+class Recorder:
+    def __init__(self):
+        self.name = "recorder"
+
+    def conv_backward_input_accumulating(self, *args):
+        return None  # no kernel for the call: the caller runs the plain op next
+
+    def conv_backward_input(self, *args):
+        time.sleep(0.002)
+        return "gradient"
+
+
+def test_a_sampled_call_times_the_op_that_ran():
+    watch = observation.Watch("recorder", measured_seconds=1e-3, cold=False, rechecks=0)
+    timed = observation.TimedBackend(Recorder(), watch)
+    assert timed.name == "recorder" and timed.conv_backward_input_accumulating() is None
+    assert timed.conv_backward_input() == "gradient"
+    assert len(watch.samples) == 1 and watch.samples[0] >= 0.002

@@ -41,7 +41,11 @@ def choices_generation() -> int:
 
 
 def remember_choice(problem: Problem, backend: Backend) -> None:
+    global _choices_generation
+    earlier = _choices.get(problem)
     _choices.put(problem, backend)
+    if earlier is not None and earlier is not backend:  # measured again, and changed: caches of the old one are stale
+        _choices_generation += 1
 
 
 def choice_for(problem: Problem) -> Backend | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from .. import environment
-from ..tuning import disk_cache, tuner
+from ..tuning import disk_cache, observation, tuner
 from .backend import Backend
 from .problems import Problem
 from .registry import (choice_for, forced_backend, forget_choices, get_backend, list_backends, not_supported_reasons,
@@ -41,6 +41,7 @@ def tuning_enabled() -> bool:
 def clear_tuning_cache() -> None:
     """Forget every measured decision, in this process and on disk."""
     disk_cache.clear()
+    observation.forget()
     forget_choices()
 
 
@@ -49,7 +50,8 @@ def select_backend(problem: Problem, run: Callable[[Backend], object] | None = N
 
     If `run` is given (a function running the call on a backend) and tuning is on, the tunable capable backends
     and the registered strategies that can run the problem are measured once with it and the fastest is kept.
-    Either way the choice is remembered.
+    Either way the choice is remembered. A measured choice's calls are then sampled, and the problem is measured
+    again where they contradict the measurement (tuning/observation.py).
 
     A problem with no values (an empty batch, channel or spatial extent) runs on torch's kernels whatever is forced:
     they return torch's empty (or zero, or bias-only) result, where groupconv's kernels would divide by the empty
@@ -65,8 +67,14 @@ def select_backend(problem: Problem, run: Callable[[Backend], object] | None = N
             raise ValueError(f"backend {forced!r} is forced but cannot run {problem}: " + "; ".join(reasons))
         return backend
     chosen = choice_for(problem)
+    remeasure = False
     if chosen is not None:
-        return chosen
+        if run is None:
+            return chosen
+        observed = observation.observed(problem, chosen)
+        if observed is not None:
+            return observed
+        remeasure = True
     capable = [get_backend(name) for name in list_backends() if not get_backend(name).not_supported_reasons(problem)]
     if not capable:
         raise RuntimeError(f"no registered backend can run {problem}: {not_supported_reasons(problem)}")
@@ -74,7 +82,7 @@ def select_backend(problem: Problem, run: Callable[[Backend], object] | None = N
     if len(contenders) > 1 and tuning_enabled():
         if run is None:  # nothing to measure with (explain): say what priority order gives, remember nothing
             return _untuned_choice(problem, capable)
-        chosen = tuner.choose(problem, contenders + strategies_for(problem), run)
+        chosen = tuner.choose(problem, contenders + strategies_for(problem), run, remeasure)
     else:
         chosen = _untuned_choice(problem, capable)
     remember_choice(problem, chosen)

@@ -4,6 +4,13 @@ The file name carries the torch version, the CPU (and GPUs) and a hash of groupc
 decision is never reused on another machine or build, nor after the kernels it measured change. Later processes
 read the file and measure nothing. GROUPCONV_CACHE_DIR moves it (default: $XDG_CACHE_HOME/groupconv or
 ~/.cache/groupconv).
+
+The file maps each problem to its decision: {"backend": the chosen name, "seconds": every contender's median time,
+"peak_bytes": their peak memory (where counted), "measured": how it was measured (tuner.Measurement.record: the
+warm-up calls each contender took, whether each came to a steady time, the timed rounds, a timestamp, and "warm")}.
+Only decisions measured warm are written here; one measured while the process was still cold (tuner.py says how that
+is told) holds for this process only, and a later process measures again. Files written before decisions carried
+"measured" stay readable: their decisions are measured again once (they may have been measured cold) and replaced.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from .. import environment
 ENV_CACHE_DIR = "GROUPCONV_CACHE_DIR"
 
 _decisions: dict[str, dict] | None = None  # the disk file's contents, loaded on first use
+_this_process: dict[str, dict] = {}  # decisions measured cold: kept in memory, never written
 _warned: set[str] = set()
 
 
@@ -93,6 +101,22 @@ def decisions() -> dict[str, dict]:
     return _decisions
 
 
+def entry(key: str) -> dict | None:
+    """The newest decision for `key`: one measured cold in this process, else the one on disk."""
+    return _this_process.get(key) or decisions().get(key)
+
+
+def record(key: str, decision: dict) -> None:
+    """Keep `decision` for `key`: on disk if it was measured warm, else in this process only (the disk keeps any
+    older warm decision for later processes)."""
+    if decision.get("measured", {}).get("warm"):
+        _this_process.pop(key, None)
+        decisions()[key] = decision
+        save()
+    else:
+        _this_process[key] = decision
+
+
 def save() -> None:
     path = cache_path()
     try:
@@ -109,4 +133,5 @@ def clear() -> None:
     """Forget every decision, in this process and on disk."""
     global _decisions
     _decisions = {}
+    _this_process.clear()
     cache_path().unlink(missing_ok=True)

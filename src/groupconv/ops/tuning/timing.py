@@ -15,18 +15,20 @@ def _wait_for_device() -> None:
         torch.cuda.synchronize()
 
 
+def seconds_of(fn: Callable[[], object]) -> float:
+    """Wall time of one fn() call (GPU work included)."""
+    _wait_for_device()
+    start = time.perf_counter()
+    fn()
+    _wait_for_device()
+    return time.perf_counter() - start
+
+
 def median_seconds(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> float:
     """Median wall time of fn() over `repeats` runs after `warmup` untimed runs (GPU work included)."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        _wait_for_device()
-        start = time.perf_counter()
-        fn()
-        _wait_for_device()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(seconds_of(fn) for _ in range(repeats))
 
 
 def median_seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 7, warmup: int = 1
@@ -49,9 +51,5 @@ def seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            _wait_for_device()
-            start = time.perf_counter()
-            fn()
-            _wait_for_device()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(seconds_of(fn))
     return times
