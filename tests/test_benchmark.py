@@ -8,10 +8,12 @@ import torch
 import groupconv.nn as gnn
 from groupconv import models
 from groupconv.benchmarks.models import ModelResult
+from groupconv.benchmarks import hidden_shapes as hidden
 from groupconv.benchmarks.same_flops import same_flops_pair
-from groupconv.benchmarks.shapes import zoo_layer_shapes
+from groupconv.benchmarks.shapes import LayerShape, zoo_layer_shapes
 from groupconv.benchmarks.twins import to_torch_layers
 from groupconv.ops.tuning import memory
+from groupconv import ops
 from groupconv.cli import main
 
 
@@ -85,6 +87,9 @@ def test_benchmark_command_rejects_bad_options(capsys):
                            "--group-parallel=0 must be at least 1"),
                           (["benchmark", "group-parallel", "--batch", "3"],
                            "group-parallel: --batch=3 must divide by --group-parallel=2"),
+                          (["benchmark", "layers", "--hidden-shapes", "0"], "--hidden-shapes=0 must be at least 1"),
+                          (["benchmark", "sweep", "--hidden-shapes", "2"],
+                           "--hidden-shapes=2 draws layer shapes: name the layers section"),
                           (["benchmark", "layers", "--device", "cuda"],
                            "times whole models only" if torch.cuda.is_available() else "--device=cuda: only cpu")):
         try:
@@ -158,3 +163,91 @@ def test_named_only_sections_run_when_named(tmp_path, capsys):
         main(["benchmark", "sweeps"])
     assert "'sweeps' is not a benchmark: choose from layers, sweep, shuffle, models, same-flops, dispatch" in (
         capsys.readouterr().err)
+
+
+def test_hidden_shapes_are_seeded_real_network_like_and_not_the_zoos():
+    zoo = {shape.key() for shape in zoo_layer_shapes()}
+    shapes = hidden.hidden_shapes(12, seed=3, exclude=zoo)
+    assert shapes == hidden.hidden_shapes(12, seed=3, exclude=zoo) != hidden.hidden_shapes(12, seed=4, exclude=zoo)
+    assert len({(s.layer.key(), s.batch) for s in shapes}) == 12
+    assert {s.layer.kind for s in shapes} == set(hidden.KINDS)
+    for s in shapes:
+        layer = s.layer
+        assert layer.key() not in zoo and layer.groups > 1 and 1 <= s.batch <= 32
+        assert layer.in_channels % layer.groups == 0 == layer.out_channels % layer.groups
+        assert layer.kernel_size[0] in (1, 3, 5) and layer.stride[0] in (1, 2)
+        assert s.batch * layer.in_channels * layer.height * layer.width <= hidden.MAX_INPUT_VALUES
+    first = shapes[0].layer.key()
+    assert all(s.layer.key() != first for s in hidden.hidden_shapes(12, seed=3, exclude=zoo | {first}))
+    with pytest.raises(ValueError, match="count=0 must be at least 1"):
+        hidden.hidden_shapes(0)
+
+
+class Counted:
+    """A function whose return values are kept."""
+
+    def __init__(self, function):
+        self.function, self.returned = function, []
+
+    def __call__(self, *args, **kwargs):
+        self.returned.append(self.function(*args, **kwargs))
+        return self.returned[-1]
+
+
+TINY_SHAPES = [hidden.HiddenShape(LayerShape("random", "grouped", 16, 16, (3, 3), (1, 1), (1, 1), 4, 1, 8, 8), 2),
+               hidden.HiddenShape(LayerShape("random", "depthwise", 16, 16, (5, 5), (2, 2), (2, 2), 16, 1, 9, 9), 1)]
+
+
+def test_hidden_shapes_benchmark_reports_ratios_of_measured_times(monkeypatch):
+    """Two tiny shapes, tuned afresh in a temporary cache (the user's decisions are neither read nor changed), in
+    both layouts and both passes; every ratio is torch's measured time over groupconv's, and the summary names the
+    worst of them and lists every one below the threshold."""
+    counted = Counted(hidden.time_layers)
+    monkeypatch.setattr(hidden, "time_layers", counted)
+    ops.set_tuning(True)
+    try:
+        before = ops.cache_path().read_text() if ops.cache_path().exists() else None
+        results = hidden.hidden_shapes_benchmark(TINY_SHAPES, repeats=1, progress=None)
+        assert (ops.cache_path().read_text() if ops.cache_path().exists() else None) == before
+    finally:
+        ops.set_tuning(None)
+    assert [(r.shape, r.passes) for r in results] == [(s.label(), p) for s in TINY_SHAPES
+                                                       for p in ("forward", "forward+backward")]
+    assert [r.shape for r in results][::2] == ["grouped 3x3 16->16 g4 8x8 b2", "depthwise 5x5 16->16 g16 s2 9x9 b1"]
+    for result, measured in zip(results, counted.returned):
+        assert result.torch_nchw_ms == measured["torch_nchw_ms"] > 0
+        assert result.ratio_nchw == measured["torch_nchw_ms"] / measured["groupconv_nchw_ms"]
+        assert result.ratio_channels_last == (measured["torch_channels_last_ms"]
+                                              / measured["groupconv_channels_last_ms"])
+        assert result.ratio_best_layouts == (min(measured["torch_nchw_ms"], measured["torch_channels_last_ms"])
+                                             / min(measured["groupconv_nchw_ms"],
+                                                   measured["groupconv_channels_last_ms"]))
+    summary = hidden.summarise(results)
+    worst = min(min(r.ratio_nchw, r.ratio_channels_last) for r in results)
+    assert f"worst same-layout ratio: {worst:.2f}x" in summary
+    assert f"{hidden.geometric_mean(r.ratio_best_layouts for r in results):.2f}x over 4 measurements" in summary
+    below = [ratio for r in results for ratio in (r.ratio_nchw, r.ratio_channels_last) if ratio < 0.95]
+    assert f"below 0.95x torch in the same layout: {len(below)}" in summary
+    assert len(summary.splitlines()) == 3 + len(below)
+
+
+def test_hidden_shapes_summary_lists_the_losses():
+    results = [hidden.HiddenShapeResult("a", "grouped", 2, "forward", 1.0, 2.0, 1.0, 0.5),
+               hidden.HiddenShapeResult("b", "depthwise", 1, "forward+backward", 1.0, 1.0, 1.0, 1.0)]
+    summary = hidden.summarise(results)
+    assert "worst same-layout ratio: 0.50x (a, forward, NCHW)" in summary
+    assert "  0.50x  a, forward, NCHW" in summary and "below 0.95x torch in the same layout: 1" in summary
+    assert results[0].ratio_best_layouts == 2.0  # torch's faster layout (1 ms) over groupconv's (0.5 ms)
+
+
+def test_benchmark_command_times_hidden_shapes(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["benchmark", "layers", "--hidden-shapes", "1", "--seed", "5", "--forward-only", "--repeats", "1",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "random grouped/depthwise/pointwise-grouped layers not in the zoo (seed 5)" in text
+    assert "worst same-layout ratio" in text and "geometric mean" in text
+    with (out / "hidden_shapes.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["passes"] == "forward" and row["shape"] == hidden.hidden_shapes(1, seed=5)[0].label()
+    assert float(row["ratio_nchw"]) == round(float(row["torch_nchw_ms"]) / float(row["groupconv_nchw_ms"]), 3)

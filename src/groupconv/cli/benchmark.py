@@ -11,7 +11,7 @@ import torch
 from .. import models
 from ..allocator import keep_freed_memory
 from ..analysis import roofline
-from ..benchmarks import batch_norm, dispatch, triton
+from ..benchmarks import batch_norm, dispatch, hidden_shapes, triton
 from ..benchmarks.layers import LAYER_HEADER, MAX_REPEATS, layer_benchmark, summarise_layers
 from ..benchmarks.models import MODEL_BENCHMARK_DEFAULTS, MODEL_HEADER, model_benchmark
 from ..benchmarks.results import write_csv
@@ -48,7 +48,7 @@ def group_parallel_benchmark(names: list[str], group_parallel: int, batch: int, 
 
 def run_benchmark(args: argparse.Namespace) -> int:
     """groupconv against torch: machine ceilings, zoo layers, the group sweep, whole models; tables, CSV, plot."""
-    for option in ("batch", "repeats", "rounds", "group_parallel"):
+    for option in ("batch", "repeats", "rounds", "group_parallel", "hidden_shapes"):
         value = getattr(args, option)
         if value is not None and value < 1:
             args.parser.error(f"--{option.replace('_', '-')}={value} must be at least 1")
@@ -59,6 +59,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     for name in what:
         if name not in SECTIONS:
             args.parser.error(f"{name!r} is not a benchmark: choose from {', '.join(SECTIONS)}")
+    if args.hidden_shapes and "layers" not in what:
+        args.parser.error(f"--hidden-shapes={args.hidden_shapes} draws layer shapes: name the layers section")
     group_parallel_batch = args.batch or GROUP_PARALLEL_BATCH
     if "group-parallel" in what and group_parallel_batch % args.group_parallel:
         args.parser.error(f"group-parallel: --batch={group_parallel_batch} must divide by --group-parallel="
@@ -83,7 +85,16 @@ def run_benchmark(args: argparse.Namespace) -> int:
               f"runs (layers: more where short, up to {MAX_REPEATS}), float32, freed memory "
               f"{'kept for reuse' if kept else 'returned to the system'} (both sides); "
               f"results in {out}/")
-    if "layers" in what:
+    if "layers" in what and args.hidden_shapes:
+        shapes = hidden_shapes.hidden_shapes(args.hidden_shapes, args.seed)
+        print(f"\n{len(shapes)} random grouped/depthwise/pointwise-grouped layers not in the zoo (seed {args.seed}), "
+              f"each with its own batch, every problem tuned afresh (ms; CL = channels_last; ratios: torch's time "
+              f"over groupconv's, best = each in its faster layout)")
+        print(hidden_shapes.HEADER)
+        results = hidden_shapes.hidden_shapes_benchmark(shapes, repeats, not args.forward_only)
+        print(hidden_shapes.summarise(results))
+        write_csv(out / "hidden_shapes.csv", [r.record() for r in results])
+    elif "layers" in what:
         ceilings = roofline.machine_ceilings(args.peak_gflops, args.bandwidth_gbs)
         print(f"ceilings: {ceilings.source}")
         shapes = zoo_layer_shapes(zoo)[: args.limit]
@@ -155,6 +166,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                        help="same-flops: rounds of the train steps in alternation; the ratio's median and quartiles "
                             "over them are kept (default: 11)")
     bench.add_argument("--limit", type=int, default=None, help="time only the first N distinct layers")
+    bench.add_argument("--hidden-shapes", type=int, default=None, metavar="N",
+                       help="layers: time N random layer shapes that the zoo does not have, each with its own batch, "
+                            "tuned afresh, instead of the zoo's layers")
+    bench.add_argument("--seed", type=int, default=0, help="layers --hidden-shapes: which shapes are drawn (default: 0)")
     bench.add_argument("--forward-only", action="store_true", help="layers, triton: skip forward+backward")
     bench.add_argument("--image-size", type=int, default=None, help="models, group-parallel: input size (default: each model's own; group-parallel: "
                             "its small-input variant's where it has one)")

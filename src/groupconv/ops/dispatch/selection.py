@@ -9,7 +9,8 @@ error, never a silent fallback. The tuning switch lives here, beside the choices
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+from typing import Callable, Iterator, Sequence
 
 from .. import environment
 from ..tuning import disk_cache, observation, tuner
@@ -43,6 +44,20 @@ def clear_tuning_cache() -> None:
     disk_cache.clear()
     observation.forget()
     forget_choices()
+
+
+@contextlib.contextmanager
+def fresh_tuning_cache() -> Iterator[None]:
+    """Inside the block every problem is measured afresh, as in a first process on this machine, into a temporary
+    cache; the decisions remembered before (in this process and on disk) are back after it."""
+    forget_choices()
+    observation.forget()
+    try:
+        with disk_cache.temporary_cache():
+            yield
+    finally:
+        forget_choices()
+        observation.forget()
 
 
 def select_backend(problem: Problem, run: Callable[[Backend], object] | None = None) -> Backend:

@@ -15,6 +15,7 @@ is told) holds for this process only, and a later process measures again. Files 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -23,6 +24,7 @@ import platform
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -135,3 +137,25 @@ def clear() -> None:
     _decisions = {}
     _this_process.clear()
     cache_path().unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def temporary_cache() -> Iterator[Path]:
+    """Inside the block, decisions start from nothing and are kept in a temporary directory, removed afterwards: the
+    user's cache is neither read nor written there, and is read again after the block."""
+    global _decisions
+    saved_root, saved_this_process = os.environ.get(ENV_CACHE_DIR), dict(_this_process)
+    with tempfile.TemporaryDirectory(prefix="groupconv-tuning-") as directory:
+        os.environ[ENV_CACHE_DIR] = directory
+        _decisions = {}
+        _this_process.clear()
+        try:
+            yield Path(directory)
+        finally:
+            if saved_root is None:
+                os.environ.pop(ENV_CACHE_DIR, None)
+            else:
+                os.environ[ENV_CACHE_DIR] = saved_root
+            _decisions = None
+            _this_process.clear()
+            _this_process.update(saved_this_process)
