@@ -3,6 +3,8 @@ shared machines; ratios hold). One module per benchmark, run by `groupconv bench
 
 - layers:     every distinct grouped, depthwise and pointwise-grouped conv of the zoo's models, forward and
               forward+backward, both layouts, next to the machine's roofline floor and torch's peak memory.
+- hidden_shapes: `layers --hidden-shapes N`: random layer shapes the zoo does not have, each tuned afresh, both
+              layouts and passes, the worst ratio to torch and the shapes below 0.95x.
 - sweep:      one conv at G = 1, 2, 4, ... against the ideal t(G=1) / G line.
 - shuffle:    a ShuffleNet unit with and without its channel shuffle: the fused shuffle should cost (nearly) nothing.
 - models:     train-step and inference images/s of a zoo model and of its stock torch.nn twin (twins.py).
