@@ -1,6 +1,7 @@
 """Measuring kernels: the tuner that picks the fastest backend per problem (tuner.py), its decisions on disk
-(disk_cache.py), and the timing and peak-memory measurements it and the benchmarks rely on (timing.py,
-memory.py). The switch that turns tuning on and off lives with the dispatcher (dispatch/selection.py)."""
+(disk_cache.py), the re-check of a decision against the calls it serves (observation.py), and the timing and
+peak-memory measurements it and the benchmarks rely on (timing.py, memory.py). The switch that turns tuning on and
+off lives with the dispatcher (dispatch/selection.py)."""
 
 from .disk_cache import ENV_CACHE_DIR, cache_path, kernels_fingerprint, sources_fingerprint
 from .memory import MEASUREMENT_LOCK, can_measure, is_measuring, peak_allocated_bytes
