@@ -452,6 +452,8 @@ def test_a_decision_its_calls_contradict_is_measured_again_a_bounded_number_of_t
         call()
     assert len(measurements) == 1 + observation.MAX_RECHECKS
     assert tuning.forward_calls == 4 * calls_to_fill_a_window + 2  # the calls alone: measure() is fixed here
+    ops.set_tuning(False)  # the choices are forgotten, and what was known of their calls with them
+    assert observation.watch_for(problem) is None
 
 
 def test_calls_that_agree_with_the_measurement_are_never_measured_again(tuning, monkeypatch):

@@ -31,6 +31,7 @@ def set_tuning(enabled: bool | None) -> None:
         raise TypeError(f"enabled={enabled!r} must be True, False or None")
     _tuning_override = enabled
     forget_choices()  # the in-memory choices were made under the old setting
+    observation.forget()
 
 
 def tuning_enabled() -> bool:
@@ -100,6 +101,8 @@ def select_backend(problem: Problem, run: Callable[[Backend], object] | None = N
         chosen = tuner.choose(problem, contenders + strategies_for(problem), run, remeasure)
     else:
         chosen = _untuned_choice(problem, capable)
+        if remeasure:  # (tuning was turned off since the choice was measured: nothing to check it against now)
+            observation.unwatch(problem)
     remember_choice(problem, chosen)
     return chosen
 

@@ -81,6 +81,12 @@ def watch_for(problem) -> Watch | None:
     return _watches.get(problem)
 
 
+def unwatch(problem) -> None:
+    """Stop watching `problem` (its choice is no longer a measured one)."""
+    with _lock:
+        _watches.pop(problem, None)
+
+
 def forget() -> None:
     """Drop every watch (the decisions were forgotten)."""
     with _lock:
