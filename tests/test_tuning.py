@@ -88,6 +88,7 @@ def test_the_fastest_backend_is_measured_once_and_remembered_on_disk(tuning):
     if memory.can_measure():  # the same kernels held the same: the output (2x8x6x6 floats) and oneDNN's buffers
         assert entry["peak_bytes"]["slowed-aten"] == entry["peak_bytes"]["aten"] >= 2 * 8 * 6 * 6 * 4
     assert "-> aten: can run (measured" in ops.explain_conv(x, w, padding=1, groups=4)
+    assert f"measured {record['at']}: warm, kept on disk" in ops.explain_conv(x, w, padding=1, groups=4)
 
     call()
     forget_choices()  # as a new process would start: only the disk remembers
@@ -401,7 +402,9 @@ def test_a_decision_measured_cold_holds_for_this_process_only(tuning, monkeypatc
     call()
     problem = ops.conv_problem(x, w, padding=1, groups=4)
     assert ops.select_backend(problem).name == "aten" and len(measurements) == 1
-    assert "-> aten: can run (measured 1.000 ms" in ops.explain_conv(x, w, padding=1, groups=4)
+    explained = ops.explain_conv(x, w, padding=1, groups=4)
+    assert "-> aten: can run (measured 1.000 ms" in explained
+    assert "cold (not steady: aten; still getting faster: none), kept for this process only" in explained
     assert not ops.cache_path().exists()  # never written
     call()
     assert len(measurements) == 1  # this process keeps it

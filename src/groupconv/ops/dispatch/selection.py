@@ -140,4 +140,10 @@ def explain(problem: Problem) -> str:
     for name in seconds.keys() - set(list_backends()):  # a measured strategy (conv_backward's "split")
         mark = "->" if remembered is not None and name == remembered.name else "  "
         lines.append(f"{mark} {name}: a strategy over the backends above ({measured(name)})")
+    record = tuner.measurement_record(problem)
+    if record is not None:
+        how = "warm, kept on disk" if record.get("warm") else (
+            f"cold (not steady: {', '.join(record.get('unsteady', [])) or 'none'}; still getting faster: "
+            f"{', '.join(record.get('falling', [])) or 'none'}), kept for this process only")
+        lines.append(f"measured {record.get('at', '')}: {how}")
     return "\n".join(lines)

@@ -225,3 +225,9 @@ def measured_peak_bytes(problem) -> dict[str, int] | None:
     """The peak memory of each contender behind the decision for `problem`, if it was measured."""
     entry = disk_cache.entry(disk_cache.problem_key(problem))
     return None if entry is None else entry.get("peak_bytes")
+
+
+def measurement_record(problem) -> dict | None:
+    """How the decision for `problem` was measured (Measurement.record), if it was measured and recorded."""
+    entry = disk_cache.entry(disk_cache.problem_key(problem))
+    return None if entry is None else entry.get("measured")
