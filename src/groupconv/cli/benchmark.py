@@ -169,7 +169,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--hidden-shapes", type=int, default=None, metavar="N",
                        help="layers: time N random layer shapes that the zoo does not have, each with its own batch, "
                             "tuned afresh, instead of the zoo's layers")
-    bench.add_argument("--seed", type=int, default=0, help="layers --hidden-shapes: which shapes are drawn (default: 0)")
+    bench.add_argument("--seed", type=int, default=0,
+                       help="layers --hidden-shapes: which shapes are drawn (default: 0)")
     bench.add_argument("--forward-only", action="store_true", help="layers, triton: skip forward+backward")
     bench.add_argument("--image-size", type=int, default=None, help="models, group-parallel: input size (default: each model's own; group-parallel: "
                             "its small-input variant's where it has one)")
