@@ -79,7 +79,9 @@ def test_the_fastest_backend_is_measured_once_and_remembered_on_disk(tuning):
     decisions = json.loads(ops.cache_path().read_text())
     entry = decisions[repr(problem)]
     assert entry["backend"] == "aten" and set(entry["seconds"]) == {"slowed-aten", "aten"}  # reference: not tunable
-    assert entry["seconds"]["slowed-aten"] > 0.02 > entry["seconds"]["aten"]
+    # (The slowed backend sleeps 20 ms a call; torch's own time is not bounded here: on a loaded machine its second
+    # thread may take as long to wake.)
+    assert entry["seconds"]["slowed-aten"] > 0.02 and entry["seconds"]["aten"] < entry["seconds"]["slowed-aten"]
     record = entry["measured"]  # how it was measured
     assert record["warm"] and record["unsteady"] == record["falling"] == [] and record["timed_runs"] == 3
     assert record["warmup_calls"] == {"slowed-aten": tuning_module.MIN_WARMUP_CALLS,
