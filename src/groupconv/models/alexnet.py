@@ -28,10 +28,15 @@ from torch import nn
 
 from .. import nn as gnn
 from .common import check_classifier_arguments, check_positive_int
-from .registry import register_model
+from .registry import Recipe, register_model
 
 # The channels each grouped layer reads and writes: the groups must divide all of them.
 GROUPED_LAYER_CHANNELS = (96, 256, 384)
+
+# Sec. 5 of the paper: SGD with momentum 0.9, weight decay 5e-4, lr 0.01, no label smoothing; the
+# initialisation that goes with it is the model's own (AlexNet._init_parameters).
+RECIPE = Recipe({"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "label_smoothing": 0.0},
+                "Krizhevsky et al. 2012, Sec. 5: SGD, lr 0.01, momentum 0.9, weight decay 5e-4")
 
 
 class AlexNet(nn.Module):
@@ -85,19 +90,19 @@ class AlexNet(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-@register_model(input_size=(3, 227, 227), small_input=True)
+@register_model(input_size=(3, 227, 227), small_input=True, recipe=RECIPE)
 def alexnet(**kwargs) -> AlexNet:
     """AlexNet as in the paper: two filter groups on conv2, conv4, conv5."""
     return AlexNet(groups=2, **kwargs)
 
 
-@register_model(input_size=(3, 227, 227), small_input=True)
+@register_model(input_size=(3, 227, 227), small_input=True, recipe=RECIPE)
 def alexnet_g1(**kwargs) -> AlexNet:
     """AlexNet without filter groups (ablation)."""
     return AlexNet(groups=1, **kwargs)
 
 
-@register_model(input_size=(3, 227, 227), small_input=True)
+@register_model(input_size=(3, 227, 227), small_input=True, recipe=RECIPE)
 def alexnet_g4(**kwargs) -> AlexNet:
     """AlexNet with four filter groups on conv2, conv4, conv5 (ablation)."""
     return AlexNet(groups=4, **kwargs)

@@ -1,0 +1,102 @@
+"""Default training recipes: every registered model learns with its own, and explicit options win over it.
+
+The overfit check (the standard first test of a training setup): on one fixed small batch of the
+default data, a few dozen optimizer steps of the model's default recipe (its optimizer, learning
+rate, weight decay, warm-up and schedule, the schedule squeezed into those steps) must at least
+halve the training loss. A model that cannot do this will not learn under `groupconv train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from groupconv.data import load_dataset
+from groupconv.models import Recipe, list_models, model_entry, register_model
+from groupconv.train import resolve_config
+from groupconv.train.builders import build_model, build_optimizer, build_scheduler
+from groupconv.train.config import ConfigError, TrainConfig, recipe_applied
+
+STEPS = 30
+BATCH = 16
+IMAGE_SIZES = (8, 16)  # the smallest digits size the model takes: big ImageNet networks stay fast
+
+
+@pytest.fixture(scope="module")
+def batches():
+    """One fixed batch per input size: BATCH images of digits (or signals of MNIST-1D), the classes interleaved."""
+    def first_batch(data):
+        inputs, labels = data.train.tensors
+        order = torch.argsort(labels, stable=True).view(data.num_classes, -1)[:, :BATCH // data.num_classes + 1]
+        chosen = order.T.reshape(-1)[:BATCH]
+        return data, inputs[chosen], labels[chosen]
+
+    found = {size: first_batch(load_dataset("digits", image_size=size)) for size in IMAGE_SIZES}
+    found["1d"] = first_batch(load_dataset("mnist1d"))
+    return found
+
+
+def model_for_batch(name: str, batches):
+    """The model built by the trainer (its recipe, its small-input variant) on the smallest input it takes."""
+    config = resolve_config({"model": name, "dataset": "mnist1d" if "1d" in model_entry(name).tags else "digits"})
+    sizes = ["1d"] if "1d" in model_entry(name).tags else IMAGE_SIZES
+    for size in sizes:
+        data, inputs, labels = batches[size]
+        try:
+            return config, build_model(config, data.num_classes, data.in_chans, data.input_shape), inputs, labels
+        except ConfigError:  # too small for this model: try the next size
+            continue
+    raise AssertionError(f"{name} takes none of the sizes {sizes}")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_default_recipe_halves_the_loss_on_one_batch(name, batches):
+    torch.manual_seed(0)
+    config, model, inputs, labels = model_for_batch(name, batches)
+    optimizer = build_optimizer(config, model)
+    scheduler = build_scheduler(config, optimizer, steps_per_epoch=STEPS / config.epochs)
+    losses = []
+    for _ in range(STEPS):
+        loss = F.cross_entropy(model(inputs), labels, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+    final = sum(losses[-3:]) / 3  # dropout makes single steps noisy
+    assert final <= losses[0] / 2, f"{name}: loss {losses[0]:.3f} -> {final:.3f} in {STEPS} steps: {losses}"
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if model_entry(n).recipe.options])
+def test_recipe_options_are_training_options(name):
+    recipe = model_entry(name).recipe
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(recipe.options) <= fields - {"model"}, f"{name}: unknown options {set(recipe.options) - fields}"
+    assert recipe.source, f"{name}: the recipe must say where it comes from"
+    config = resolve_config({"model": name})
+    assert {key: getattr(config, key) for key in recipe.options} == dict(recipe.options)
+
+
+def test_explicit_options_win_over_the_recipe():
+    recipe = model_entry("alexnet").recipe.options
+    assert resolve_config({"model": "alexnet"}).lr == recipe["lr"]
+    assert resolve_config({"model": "alexnet"}, {"lr": 0.003}).lr == 0.003
+    # a config file's values (a replay) win too, and a later layer may change the model
+    assert resolve_config({"model": "alexnet", "lr": 0.2}).lr == 0.2
+    assert resolve_config({"model": "alexnet"}, {"model": "shufflenet_compact"}).lr == TrainConfig().lr
+    assert "lr" not in recipe_applied({"model": "alexnet"}, {"lr": 0.003})
+    assert recipe_applied({"model": "alexnet"})["lr"] == recipe["lr"]
+    assert recipe_applied({"model": "shufflenet_compact"}) == {}
+
+
+def test_recipe_is_read_only_and_checked():
+    with pytest.raises(TypeError):
+        model_entry("alexnet").recipe.options["lr"] = 1.0
+    with pytest.raises(TypeError, match="recipe must be a Recipe"):
+        register_model(lambda **kwargs: None, name="not_registered_recipe", recipe={"lr": 0.1})
+    assert Recipe({"lr": 0.1}, "x") == Recipe({"lr": 0.1}, "x")
