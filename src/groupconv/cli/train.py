@@ -9,6 +9,7 @@ checkpoint and exits with 130.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from ..data import DATASETS, DatasetError
@@ -70,7 +71,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = resolve_config(*layers, given)
     recipe = recipe_applied(*layers, given)
     if recipe:  # saved in config.json with every other option
-        options = " ".join(f"--{key.replace('_', '-')}={value}" for key, value in recipe.items())
+        options = " ".join(f"--{key.replace('_', '-')}={json.dumps(value) if isinstance(value, dict) else value}"
+                           for key, value in recipe.items())
         print(f"default recipe of {config.model} ({model_entry(config.model).recipe.source}): {options}", flush=True)
     summary = train(config, resume=args.resume is not None)
     return EXIT_INTERRUPTED if summary["interrupted"] else 0

@@ -39,11 +39,13 @@ class Recipe:
     source: str = ""  # the paper (authors, year) or the reason for each option
 
     def __post_init__(self):
-        # read-only: an entry is shared by every caller of the registry
-        object.__setattr__(self, "options", types.MappingProxyType(dict(self.options)))
+        # read-only, nested model_kwargs included: an entry is shared by every caller of the registry
+        options = {key: types.MappingProxyType(dict(value)) if isinstance(value, Mapping) else value
+                   for key, value in self.options.items()}
+        object.__setattr__(self, "options", types.MappingProxyType(options))
 
     def __hash__(self):
-        return hash((tuple(sorted(self.options.items())), self.source))
+        return hash((repr(sorted((key, repr(value)) for key, value in self.options.items())), self.source))
 
 
 NO_RECIPE = Recipe()

@@ -167,12 +167,26 @@ def model_recipe(model: str) -> dict:
 
 
 def recipe_applied(*layers: dict) -> dict:
-    """The options of the chosen model's recipe that no layer gives: those the recipe decides."""
+    """The options of the chosen model's recipe that no layer gives: those the recipe decides.
+
+    The recipe's model_kwargs are a base under the given ones: `--model-kwargs '{"dropout": 0.3}'` keeps the
+    recipe's initialisation, `--model-kwargs '{"init": "paper"}'` replaces it.
+    """
     values = dataclasses.asdict(TrainConfig())
     for layer in layers:
         values.update(layer)
     given = set().union(*layers) if layers else set()
-    return {key: value for key, value in model_recipe(values["model"]).items() if key not in given}
+    applied = {}
+    for key, value in model_recipe(values["model"]).items():
+        if key == "model_kwargs":
+            given_kwargs = values["model_kwargs"] if "model_kwargs" in given and isinstance(
+                values["model_kwargs"], dict) else {}
+            missing = {name: kwarg for name, kwarg in value.items() if name not in given_kwargs}  # a plain dict
+            if missing:
+                applied[key] = missing
+        elif key not in given:
+            applied[key] = value
+    return applied
 
 
 def resolve_config(*layers: dict) -> TrainConfig:
@@ -180,7 +194,10 @@ def resolve_config(*layers: dict) -> TrainConfig:
     values = dataclasses.asdict(TrainConfig())
     for layer in layers:
         values.update(layer)
-    values.update(recipe_applied(*layers))
+    applied = recipe_applied(*layers)
+    if "model_kwargs" in applied:
+        applied["model_kwargs"] = {**applied["model_kwargs"], **values["model_kwargs"]}
+    values.update(applied)
     config = TrainConfig(**values)
     check_config(config)
     return config
