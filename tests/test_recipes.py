@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from groupconv.allocator import keep_freed_memory
 from groupconv.data import load_dataset
-from groupconv.models import Recipe, list_models, model_entry, register_model
+from groupconv.models import Recipe, create_model, list_models, model_entry, register_model
 from groupconv.train import resolve_config
 from groupconv.train.builders import build_model, build_optimizer, build_scheduler
 from groupconv.train.config import ConfigError, TrainConfig, recipe_applied
@@ -113,6 +113,38 @@ def test_explicit_options_win_over_the_recipe():
     assert "lr" not in recipe_applied({"model": "alexnet"}, {"lr": 0.003})
     assert recipe_applied({"model": "alexnet"})["lr"] == recipe["lr"]
     assert recipe_applied({"model": "shufflenet_compact"}) == {}
+
+
+def test_recipe_model_kwargs_are_a_base_under_the_given_ones():
+    assert resolve_config({"model": "alexnet"}).model_kwargs == {"init": "kaiming"}
+    given = resolve_config({"model": "alexnet"}, {"model_kwargs": {"dropout": 0.3}})
+    assert given.model_kwargs == {"init": "kaiming", "dropout": 0.3}
+    assert resolve_config({"model": "alexnet", "model_kwargs": {"init": "paper"}}).model_kwargs == {"init": "paper"}
+    assert "model_kwargs" not in recipe_applied({"model": "nin_cifar", "model_kwargs": {"init": "caffe"}})
+    with pytest.raises(TypeError):
+        model_entry("alexnet").recipe.options["model_kwargs"]["init"] = "paper"
+
+
+@pytest.mark.parametrize("name, layers", [("alexnet", ("features.conv2", "classifier.fc6")),
+                                          ("nin_cifar", ("features.conv1", "features.cccp3"))])
+def test_initialisations(name, layers):
+    torch.manual_seed(0)
+    paper = create_model(name, num_classes=10, **({"small_input": True} if name == "alexnet" else {}))
+    kaiming = create_model(name, num_classes=10, init="kaiming", **({"small_input": True} if name == "alexnet" else {}))
+    for layer in layers:
+        weight = dict(kaiming.named_modules())[layer].weight
+        fan_in = weight[0].numel()
+        assert weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.05)
+        assert torch.count_nonzero(dict(kaiming.named_modules())[layer].bias) == 0
+        assert dict(paper.named_modules())[layer].weight.std().item() == pytest.approx(
+            0.01 if name == "alexnet" else 0.05, rel=0.05)
+    if name == "alexnet":  # the paper's biases of 1; the last layer keeps the paper's small start in both
+        assert torch.all(paper.features.conv2.bias == 1)
+        assert kaiming.classifier.fc8.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    else:  # the class maps start inside the final ReLU's linear range
+        assert torch.all(kaiming.features.cccp6.bias == 1)
+    with pytest.raises(ValueError, match="init='he'"):
+        create_model(name, num_classes=10, init="he")
 
 
 def test_recipe_is_read_only_and_checked():
