@@ -32,8 +32,9 @@ TRAIN_EPILOG = """examples:
   torchrun --nproc-per-node 2 -m groupconv train --model alexnet --group-parallel 2  # AlexNet's filters split
                                                            # over the 2 processes (Krizhevsky et al. 2012)
 
-A model may have a default recipe (AlexNet and NiN: their papers' learning rates); it replaces the
-defaults below and is printed at the start. Options given on the command line override those of
+A model may have a default recipe (AlexNet and NiN: their papers' settings, with the changes that let
+them train from standardised inputs, see docs/training.md); it replaces the defaults below and is
+printed at the start. Options given on the command line override those of
 --config (or of the resumed run's config.json), which override the recipe.
 Datasets: """ + "; ".join(f"{name}: {text}" for name, text in DATASETS.items())
 

@@ -101,14 +101,15 @@ def study_variants(study: str, input_shape: tuple[int, ...]) -> list[Variant]:
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--studies", default=",".join(SHUFFLENET_STUDIES),
                         help=f"comma-separated studies to run, of {', '.join(STUDIES)} (default: "
-                             f"{','.join(SHUFFLENET_STUDIES)}; alexnet-groups trains AlexNet, minutes per epoch "
-                             f"on a CPU)")
+                             f"{','.join(SHUFFLENET_STUDIES)}; alexnet-groups trains AlexNet, about 25 s per epoch "
+                             f"per trial on 2 CPU cores)")
     parser.add_argument("--dataset", default="digits", choices=("digits", "cifar10", "cifar100", "folder"),
                         help="image dataset to train on (default: digits, embedded)")
     parser.add_argument("--data-dir", default=None, help="where cifar10/cifar100/folder data live")
     parser.add_argument("--image-size", type=int, default=16, help="image height and width (default: 16)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="training epochs per trial (default: 10, or the model's recipe for alexnet-groups)")
+                        help="training epochs per trial (default: 10 for the ShuffleNet studies, groupconv train's "
+                             "default for alexnet-groups)")
     parser.add_argument("--seeds", type=int, default=3, help="trials per variant, seeds 0..N-1 (default: 3)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
     parser.add_argument("--lr", type=float, default=None,
