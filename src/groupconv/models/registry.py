@@ -79,8 +79,8 @@ def register_model(builder=None, *, name: str | None = None, input_size=(3, 224,
     Usable bare (`@register_model`), with options (`@register_model(input_size=(3, 32, 32))`), or
     called directly for builders made in a loop (`register_model(fn, name="shufflenet_g3_w1")`).
     `small_input=True` declares that the builder accepts `small_input=True` and then expects
-    SMALL_INPUT_SIZE inputs. `tags`: any of TAGS. `recipe`: the model's default training options. Registering a name twice is an error: two families
-    must never silently shadow each other.
+    SMALL_INPUT_SIZE inputs. `tags`: any of TAGS. `recipe`: the model's default training options.
+    Registering a name twice is an error: two families must never silently shadow each other.
     """
     unknown = set(tags) - set(TAGS)
     if unknown:

@@ -248,7 +248,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def format_table(rows: list[dict], seeds: int) -> str:
     """Markdown table; the conv4 -> conv5 block-energy column appears when a study measured it."""
     energy = any("group_block_energy_mean" in row for row in rows)
-    lines = [f"| study | variant | channels (or model) | params | MACs/img | epochs | test accuracy (mean ± std, {seeds} seeds) | "
+    lines = [f"| study | variant | channels (or model) | params | MACs/img | epochs | "
+             f"test accuracy (mean ± std, {seeds} seeds) | "
              + ("conv4→conv5 energy in group blocks (unstructured) | " if energy else "") + "train s (median) |",
              "|---|---|---|---:|---:|---:|---:|" + ("---:|" if energy else "") + "---:|"]
     for row in rows:
