@@ -376,3 +376,13 @@ def test_build_model_asks_the_model_to_zero_its_residual_branches(zero_init):
     residual = [m for m in model.modules() if isinstance(m, ShuffleUnit) and not m.downsample]
     assert residual
     assert all((torch.count_nonzero(unit.expand_bn3.weight) == 0) == zero_init for unit in residual)
+
+
+def test_alexnet_groups_study_costs_fall_with_the_groups():
+    variants = study_variants("alexnet-groups", (1, 16, 16))
+    assert [v.model for v in variants] == ["alexnet_g1", "alexnet", "alexnet_g4"]
+    costs = [model_cost(v.model_kwargs, (1, 16, 16), 10, v.model) for v in variants]
+    assert [p for p, _ in costs] == sorted((p for p, _ in costs), reverse=True)
+    assert [m for _, m in costs] == sorted((m for _, m in costs), reverse=True)
+    # conv2, conv4 and conv5 lose (1 - 1/G) of their weights; nothing else changes
+    assert costs[0][0] - costs[1][0] == (96 * 256 * 25 + 384 * 384 * 9 + 384 * 256 * 9) // 2

@@ -9,11 +9,13 @@ checkpoint and exits with 130.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from ..data import DATASETS, DatasetError
 from ..train import CheckpointError, ConfigError, evaluate_checkpoint, train
-from ..train.config import add_config_arguments, load_config_file, resolve_config
+from ..models import model_entry
+from ..train.config import add_config_arguments, load_config_file, recipe_applied, resolve_config
 from ..train.experiment import add_experiment_arguments, run_experiments
 from ..train.run_directory import CONFIG_FILE
 from .errors import EXIT_INTERRUPTED, reported
@@ -30,7 +32,10 @@ TRAIN_EPILOG = """examples:
   torchrun --nproc-per-node 2 -m groupconv train --model alexnet --group-parallel 2  # AlexNet's filters split
                                                            # over the 2 processes (Krizhevsky et al. 2012)
 
-Options given on the command line override those of --config (or of the resumed run's config.json).
+A model may have a default recipe (AlexNet and NiN: their papers' settings, with the changes that let
+them train from standardised inputs, see docs/training.md); it replaces the defaults below and is
+printed at the start. Options given on the command line override those of
+--config (or of the resumed run's config.json), which override the recipe.
 Datasets: """ + "; ".join(f"{name}: {text}" for name, text in DATASETS.items())
 
 
@@ -65,6 +70,11 @@ def run_train(args: argparse.Namespace) -> int:
         replay.pop("overwrite", None)
         layers.append(replay)
     config = resolve_config(*layers, given)
+    recipe = recipe_applied(*layers, given)
+    if recipe:  # saved in config.json with every other option
+        options = " ".join(f"--{key.replace('_', '-')}={json.dumps(value) if isinstance(value, dict) else value}"
+                           for key, value in recipe.items())
+        print(f"default recipe of {config.model} ({model_entry(config.model).recipe.source}): {options}", flush=True)
     summary = train(config, resume=args.resume is not None)
     return EXIT_INTERRUPTED if summary["interrupted"] else 0
 

@@ -17,11 +17,11 @@ branch to zero at the start have zero_init_last() (as timm's).
 
 from . import (alexnet, cnn1d, convnext, mobilenet, mobilenet_v2, nin, regnet, resnext, resnext_cifar, shufflenet,
                shufflenet_compact, shufflenet_v2)
-from .registry import (SMALL_INPUT_SIZE, TAGS, ModelEntry, create_model, is_model, list_models, model_entry,
+from .registry import (SMALL_INPUT_SIZE, TAGS, ModelEntry, Recipe, create_model, is_model, list_models, model_entry,
                        register_model)
 
 __all__ = [
-    "SMALL_INPUT_SIZE", "TAGS", "ModelEntry", "alexnet", "cnn1d", "convnext", "create_model", "is_model",
+    "SMALL_INPUT_SIZE", "TAGS", "ModelEntry", "Recipe", "alexnet", "cnn1d", "convnext", "create_model", "is_model",
     "list_models", "mobilenet", "mobilenet_v2", "model_entry", "nin", "regnet", "register_model", "resnext",
     "resnext_cifar", "shufflenet", "shufflenet_compact", "shufflenet_v2",
 ]

@@ -9,14 +9,19 @@ Tags mark what sets an entry apart from the published image networks, so that a 
 skip it (`list_models(tag=...)`, `exclude_tag=`):
 - "1d": takes 1-D signals (channels, length), not images; image-only checks (channels_last) skip it.
 - "study": built for groupconv's own training studies (`groupconv experiment`, MNIST-1D), not a paper's network.
+
+An entry may carry a default training recipe (as timm's per-model default configs): the training
+options its paper used where the library's defaults (made for batch-normalised networks) do not fit,
+e.g. AlexNet's SGD at lr 0.01. `groupconv train` applies them unless the user gives the option.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
-from dataclasses import dataclass
-from typing import Callable
+import types
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 import torch
 
@@ -24,6 +29,26 @@ import torch
 SMALL_INPUT_SIZE = (3, 32, 32)
 
 TAGS = ("1d", "study")  # see the module's docstring
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training options a model needs (keys and values as groupconv.train's TrainConfig), and where they come from."""
+
+    options: Mapping[str, object] = field(default_factory=lambda: types.MappingProxyType({}))
+    source: str = ""  # the paper (authors, year) or the reason for each option
+
+    def __post_init__(self):
+        # read-only, nested model_kwargs included: an entry is shared by every caller of the registry
+        options = {key: types.MappingProxyType(dict(value)) if isinstance(value, Mapping) else value
+                   for key, value in self.options.items()}
+        object.__setattr__(self, "options", types.MappingProxyType(options))
+
+    def __hash__(self):
+        return hash((repr(sorted((key, repr(value)) for key, value in self.options.items())), self.source))
+
+
+NO_RECIPE = Recipe()
 
 
 @dataclass(frozen=True)
@@ -36,6 +61,7 @@ class ModelEntry:
     input_size: tuple[int, ...]  # (channels, height, width) of the paper's input; (channels, length) for "1d"
     has_small_input: bool  # whether the builder accepts small_input=True (then the input is SMALL_INPUT_SIZE)
     tags: frozenset[str] = frozenset()  # see TAGS
+    recipe: Recipe = NO_RECIPE  # default training options (see the module's docstring)
 
     @property
     def small_input_size(self) -> tuple[int, int, int]:
@@ -47,25 +73,28 @@ _registry: dict[str, ModelEntry] = {}
 
 
 def register_model(builder=None, *, name: str | None = None, input_size=(3, 224, 224), small_input: bool = False,
-                   tags=()):
+                   tags=(), recipe: Recipe = NO_RECIPE):
     """Register a model builder under `name` (default: the function's name).
 
     Usable bare (`@register_model`), with options (`@register_model(input_size=(3, 32, 32))`), or
     called directly for builders made in a loop (`register_model(fn, name="shufflenet_g3_w1")`).
     `small_input=True` declares that the builder accepts `small_input=True` and then expects
-    SMALL_INPUT_SIZE inputs. `tags`: any of TAGS. Registering a name twice is an error: two families
-    must never silently shadow each other.
+    SMALL_INPUT_SIZE inputs. `tags`: any of TAGS. `recipe`: the model's default training options.
+    Registering a name twice is an error: two families must never silently shadow each other.
     """
     unknown = set(tags) - set(TAGS)
     if unknown:
         raise ValueError(f"tags={sorted(tags)}: unknown tag(s) {sorted(unknown)}, choose from {TAGS}")
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
 
     def register(fn):
         model_name = name or fn.__name__
         if model_name in _registry:
             raise ValueError(f"model name {model_name!r} is already registered (by {_registry[model_name].family})")
         family = fn.__module__.rsplit(".", 1)[-1]
-        _registry[model_name] = ModelEntry(model_name, fn, family, tuple(input_size), small_input, frozenset(tags))
+        _registry[model_name] = ModelEntry(model_name, fn, family, tuple(input_size), small_input, frozenset(tags),
+                                          recipe)
         return fn
 
     return register if builder is None else register(builder)

@@ -11,7 +11,7 @@ import random
 import numpy as np
 import torch
 
-from ..models import model_entry
+from ..models import ModelEntry, model_entry
 from .config import ConfigError, TrainConfig
 
 SMALL_INPUT_THRESHOLD = 64  # images below this size get the small-input (stride-1 stem, no max-pool) variant
@@ -27,6 +27,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def default_small_input(entry: ModelEntry, input_shape: tuple[int, ...]) -> bool:
+    """Whether the small-input variant fits data of this shape when --small-input is not given."""
+    return entry.has_small_input and len(input_shape) == 3 and input_shape[-1] < SMALL_INPUT_THRESHOLD
+
+
 def build_model(config: TrainConfig, num_classes: int, in_chans: int, input_shape: tuple[int, ...]) -> torch.nn.Module:
     """The registry model for data of this shape; a model that cannot take it is a ConfigError naming the option."""
     try:
@@ -38,10 +43,9 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int, input_shap
         raise ConfigError(f"--model={config.model} takes {kind.get(len(entry.input_size))} but --dataset="
                           f"{config.dataset} holds {kind.get(len(input_shape))}")
     kwargs = dict(config.model_kwargs)
-    is_image = len(input_shape) == 3
     small_input = config.small_input
     if small_input is None:
-        small_input = entry.has_small_input and is_image and input_shape[-1] < SMALL_INPUT_THRESHOLD
+        small_input = default_small_input(entry, input_shape)
     if small_input:
         if not entry.has_small_input:
             raise ConfigError(f"--model={config.model} has no small-input variant (--small-input)")

@@ -1,7 +1,8 @@
 """The training configuration: one dataclass that is the CLI's options, the saved config.json and the replay.
 
-Precedence, lowest first: the defaults below, a `--config FILE` (a saved config.json), the
-options given on the command line. Each field's help text is the CLI's --help.
+Precedence, lowest first: the defaults below, the model's default recipe (its registry entry's
+`recipe`: e.g. AlexNet's SGD at lr 0.01, Krizhevsky et al. 2012), a `--config FILE` (a saved
+config.json), the options given on the command line. Each field's help text is the CLI's --help.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..models import is_model, model_entry
 
 
 class ConfigError(ValueError):
@@ -156,11 +159,45 @@ def config_values(values, source: str) -> dict:
     return values
 
 
-def resolve_config(*layers: dict) -> TrainConfig:
-    """Defaults, then each layer of explicitly given values on top; values are checked."""
+def model_recipe(model: str) -> dict:
+    """The default training options of a registered `model` (none for an unknown name: building it fails later)."""
+    if not isinstance(model, str) or not is_model(model):
+        return {}
+    return dict(model_entry(model).recipe.options)
+
+
+def recipe_applied(*layers: dict) -> dict:
+    """The options of the chosen model's recipe that no layer gives: those the recipe decides.
+
+    The recipe's model_kwargs are a base under the given ones: `--model-kwargs '{"dropout": 0.3}'` keeps the
+    recipe's initialisation, `--model-kwargs '{"init": "paper"}'` replaces it.
+    """
     values = dataclasses.asdict(TrainConfig())
     for layer in layers:
         values.update(layer)
+    given = set().union(*layers) if layers else set()
+    applied = {}
+    for key, value in model_recipe(values["model"]).items():
+        if key == "model_kwargs":
+            given_kwargs = values["model_kwargs"] if "model_kwargs" in given and isinstance(
+                values["model_kwargs"], dict) else {}
+            missing = {name: kwarg for name, kwarg in value.items() if name not in given_kwargs}  # a plain dict
+            if missing:
+                applied[key] = missing
+        elif key not in given:
+            applied[key] = value
+    return applied
+
+
+def resolve_config(*layers: dict) -> TrainConfig:
+    """Defaults, then the model's recipe, then each layer of explicitly given values on top; values are checked."""
+    values = dataclasses.asdict(TrainConfig())
+    for layer in layers:
+        values.update(layer)
+    applied = recipe_applied(*layers)
+    if "model_kwargs" in applied:
+        applied["model_kwargs"] = {**applied["model_kwargs"], **values["model_kwargs"]}
+    values.update(applied)
     config = TrainConfig(**values)
     check_config(config)
     return config
