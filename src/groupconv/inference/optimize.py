@@ -23,7 +23,7 @@ from torch import fx
 
 from ..nn.base import GroupedConvMixin
 from .folding import fold_batch_norms
-from .layers import PlannedConv
+from .layers import ConvEpilogue, PlannedConv
 from .tracing import trace
 
 # The check against the eval-mode model: folding reorders float32 arithmetic (rounding only), so the outputs agree
@@ -80,14 +80,28 @@ def _check_arguments(model, example_inputs, channels_last, fold_batch_norm, plan
 
 
 def _plan_convs(graph_module: fx.GraphModule, opaque_modules: set[str]) -> None:
-    """Every groupconv conv layer the graph calls becomes a PlannedConv (in place)."""
-    for node in graph_module.graph.nodes:
-        if node.op != "call_module":
+    """Every groupconv conv layer the graph calls becomes a PlannedConv (in place), taking in the epilogue of a BN
+    folded into it (ConvEpilogue: its ReLU, residual and concat) where the conv's output goes there alone."""
+    for node in list(graph_module.graph.nodes):
+        if node.op != "call_module" or node.target in opaque_modules:
             continue
         module = graph_module.get_submodule(node.target)
-        if isinstance(module, GroupedConvMixin) and node.target not in opaque_modules:
-            parent, _, name = node.target.rpartition(".")
-            setattr(graph_module.get_submodule(parent), name, PlannedConv(module))
+        if not isinstance(module, GroupedConvMixin) or len(node.args) != 1 or node.kwargs:
+            continue
+        relu = adds_residual = False
+        (user,) = node.users if len(node.users) == 1 else (None,)
+        if (user is not None and user.op == "call_module" and user.args[0] is node
+                and isinstance(graph_module.get_submodule(user.target), ConvEpilogue)):
+            # The epilogue's node becomes the conv's call (it comes after everything both read).
+            relu = graph_module.get_submodule(user.target).relu
+            adds_residual = len(user.args) > 1 and user.args[1] is not None
+            graph_module.delete_submodule(user.target)
+            user.target, user.args = node.target, (node.args[0], *user.args[1:])
+            graph_module.graph.erase_node(node)
+        parent, _, name = node.target.rpartition(".")
+        setattr(graph_module.get_submodule(parent), name, PlannedConv(module, relu, adds_residual))
+    graph_module.graph.lint()
+    graph_module.recompile()
 
 
 def _same_outputs(expected, actual) -> bool:
