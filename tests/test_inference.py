@@ -94,18 +94,23 @@ def test_accelerated_user_model_matches_eval_mode():
     assert_same_as_eval(model, optimized, torch.randn(1, 3, 24, 24))
 
 
-def test_a_batch_norm_whose_conv_output_is_read_twice_stays():
-    class Branches(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv, self.bn = gnn.Conv2d(4, 4, 3, padding=1), gnn.BatchNormAct2d(4)
+class ReadTwice(nn.Module):
+    """A conv's output read by its BN and by something else: folding would change the other reader's input."""
 
-        def forward(self, x):
-            y = self.conv(x)
-            return self.bn(y) + y  # the conv's output is read by the BN and the sum: folding would change the sum
+    def __init__(self, as_residual: bool):
+        super().__init__()
+        self.conv, self.bn = gnn.Conv2d(4, 4, 3, padding=1), gnn.BatchNormAct2d(4)
+        self.as_residual = as_residual
 
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y, residual=y) if self.as_residual else self.bn(y) + y
+
+
+@pytest.mark.parametrize("as_residual", [False, True])
+def test_a_batch_norm_whose_conv_output_is_read_twice_stays(as_residual):
     torch.manual_seed(0)
-    model = with_statistics(Branches())
+    model = with_statistics(ReadTwice(as_residual))
     x = torch.randn(2, 4, 8, 8)
     optimized = optimize_for_inference(model, x)
     assert optimized.folded_batch_norms == 0 and batch_norms(optimized) == 1

@@ -52,6 +52,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
         value = getattr(args, option)
         if value is not None and value < 1:
             args.parser.error(f"--{option.replace('_', '-')}={value} must be at least 1")
+    if args.models:  # (names separated by spaces or commas)
+        args.models = [name for item in args.models for name in item.split(",") if name]
     unknown = [name for name in args.models or () if not models.is_model(name)]
     if unknown:
         args.parser.error(f"--models: unknown model(s) {', '.join(unknown)}; see `groupconv models`")
@@ -172,7 +174,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                        help=f"which to run (default: all of {' '.join(BENCHMARKS)}; {', '.join(NAMED_ONLY)} run "
                             "only when named)")
     bench.add_argument("--models", nargs="+", default=None, metavar="NAME",
-                       help=f"models whose layers (and which whole models) to time (default: {' '.join(ZOO_MODELS)}; "
+                       help=f"models (separated by spaces or commas) whose layers (and which whole models) to time (default: {' '.join(ZOO_MODELS)}; "
                             f"batch-norm: {' '.join(batch_norm.DEFAULT_MODELS)}; group-parallel: "
                             f"{' '.join(GROUP_PARALLEL_MODELS)})")
     bench.add_argument("--batch", type=int, default=None,

@@ -65,10 +65,10 @@ def fold_batch_norms(graph_module: fx.GraphModule) -> int:
                 or calls[conv_node.target] != 1 or calls[node.target] != 1):
             continue  # (a conv or BN called at two places shares its weights between them: folding would change both)
         batch_norm, conv = modules[node.target], modules[conv_node.target]
-        if batch_norm.num_features != conv.out_channels:
-            continue
-        fold_into_conv(conv, batch_norm)
         residual, concat = _argument(node, 1, "residual"), _argument(node, 2, "concat")
+        if batch_norm.num_features != conv.out_channels or conv_node in (residual, concat):
+            continue  # (the conv's output also read as the residual or the concatenated part: it must stay unfolded)
+        fold_into_conv(conv, batch_norm)
         relu = isinstance(batch_norm, BatchNormAct2d) and batch_norm.apply_act
         if residual is None and concat is None and not relu:
             node.replace_all_uses_with(conv_node)
