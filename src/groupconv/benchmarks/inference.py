@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -63,7 +64,9 @@ def _eager(model: torch.nn.Module, x: torch.Tensor):
 def _onnx_file(model: torch.nn.Module, x: torch.Tensor) -> bytes:
     """The model exported by torch.onnx.export's TorchScript-based exporter (static shapes: those of `x`)."""
     buffer = io.BytesIO()
-    torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["input"], output_names=["output"])
+    with warnings.catch_warnings():  # (the tracer's notes on Python-level checks, which hold for static shapes)
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["input"], output_names=["output"])
     return buffer.getvalue()
 
 
@@ -79,14 +82,16 @@ def _onnx_runtime(onnx_file: bytes, x: torch.Tensor):
 
 
 def _openvino(onnx_file: bytes, x: torch.Tensor):
-    """OpenVINO's CPU plugin compiled from the same ONNX file, torch's thread count; None where not installed."""
+    """OpenVINO's CPU plugin compiled from the same ONNX file, torch's thread count, float32 arithmetic (on a CPU
+    with bfloat16 instructions its default is bfloat16, which would time other arithmetic); None where not
+    installed."""
     try:
         import openvino
     except ImportError:
         return None
     core = openvino.Core()
     compiled = core.compile_model(core.read_model(onnx_file), "CPU",
-                                  {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
+                                  {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     array = x.numpy()
     return lambda: request.infer([array])
