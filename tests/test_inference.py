@@ -3,7 +3,6 @@ model torch.fx cannot trace, other batch sizes; the folding really removes the b
 themselves. And `groupconv benchmark inference` at tiny sizes."""
 
 import csv
-import warnings
 
 import pytest
 import torch
