@@ -229,7 +229,10 @@ def test_inference_benchmark_prints_each_way_and_writes_csv(tmp_path, capsys):
     assert float(onnx_runtime["ratio_to_onnx_runtime"]) == 1.0 and float(onnx_runtime["fraction_of_peak"]) > 0
 
 
-def test_inference_benchmark_rejects_bad_batch_sizes(capsys):
+def test_inference_benchmark_rejects_bad_batch_sizes_and_models(capsys):
     with pytest.raises(SystemExit):
         main(["benchmark", "inference", "--batch-sizes", "1,x"])
     assert "--batch-sizes='1,x' must be positive integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["benchmark", "inference", "--models", "shufflenet_g8_w1,vgg16"])  # (commas separate names too)
+    assert "--models: unknown model(s) vgg16;" in capsys.readouterr().err
