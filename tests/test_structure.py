@@ -13,8 +13,8 @@ The layers, bottom to top:
     2  models                 the model zoo, built from nn
     3  groupconv              the package's own __init__: the public names of ops, nn, models and signal
     4  analysis, distributed, cost, profiling, correlation and drawings of models and layers; filter groups
-       export                 across processes (torch.distributed); a model as ONNX, TorchScript or an
-                              ExportedProgram; none uses another
+       export, inference      across processes (torch.distributed); a model as ONNX, TorchScript or an
+                              ExportedProgram; a model prepared for fast eval-mode forwards; none uses another
     5  train, benchmarks      the training loop (may use analysis); the benchmarks (time ops, nn, models
                               with analysis's timing); neither uses the other
     6  cli                    the `groupconv` command, over all of the above
@@ -38,7 +38,7 @@ LAYERS = {
     "nn": 1, "signal": 1,
     "models": 2,
     ROOT: 3,
-    "analysis": 4, "distributed": 4, "export": 4,
+    "analysis": 4, "distributed": 4, "export": 4, "inference": 4,
     "train": 5, "benchmarks": 5,
     "cli": 6,
     "__main__": 7,

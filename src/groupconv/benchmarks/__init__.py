@@ -12,6 +12,7 @@ shared machines; ratios hold). One module per benchmark, run by `groupconv bench
 - dispatch:   the per-call cost of groupconv's argument checks and dispatcher on a tiny conv.
 - batch_norm: the fused BN (+ residual) (+ ReLU) against torch's separate ops on the zoo's BN calls.
 - triton:     the Triton backend against cuDNN on the zoo's layers (CUDA only).
+- inference:  eval-mode forwards: optimize_for_inference's model, eager groupconv and torch, ONNX Runtime, OpenVINO.
 
 shapes.py takes the layer shapes from the models; results.py writes CSVs. The benchmarks sit above
 analysis (they use its timing, roofline and memory measurements) and below the command line.

@@ -11,7 +11,7 @@ import torch
 from .. import models
 from ..allocator import keep_freed_memory
 from ..analysis import roofline
-from ..benchmarks import batch_norm, dispatch, hidden_shapes, triton
+from ..benchmarks import batch_norm, dispatch, hidden_shapes, inference, triton
 from ..benchmarks.layers import LAYER_HEADER, MAX_REPEATS, layer_benchmark, summarise_layers
 from ..benchmarks.models import MODEL_BENCHMARK_DEFAULTS, MODEL_HEADER, model_benchmark
 from ..benchmarks.results import write_csv
@@ -22,7 +22,7 @@ from ..benchmarks.sweep import group_sweep, plot_sweep
 from ..distributed.benchmark import benchmark_group_parallel, format_benchmark
 
 BENCHMARKS = ["layers", "sweep", "shuffle", "models", "same-flops"]  # run by default, in this order
-NAMED_ONLY = ["dispatch", "batch-norm", "triton", "group-parallel"]  # run only when named
+NAMED_ONLY = ["dispatch", "batch-norm", "triton", "group-parallel", "inference"]  # run only when named
 SECTIONS = BENCHMARKS + NAMED_ONLY
 BATCH, REPEATS = 32, 5  # the defaults of the BENCHMARKS sections
 # group-parallel: AlexNet, the model the split comes from (Krizhevsky et al. 2012), on small inputs by default
@@ -52,6 +52,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
         value = getattr(args, option)
         if value is not None and value < 1:
             args.parser.error(f"--{option.replace('_', '-')}={value} must be at least 1")
+    if args.models:  # (names separated by spaces or commas)
+        args.models = [name for item in args.models for name in item.split(",") if name]
     unknown = [name for name in args.models or () if not models.is_model(name)]
     if unknown:
         args.parser.error(f"--models: unknown model(s) {', '.join(unknown)}; see `groupconv models`")
@@ -77,6 +79,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         if set(what) != {"models"}:
             args.parser.error(f"--device={args.device} times whole models only (`groupconv benchmark models`); "
                               "`groupconv benchmark triton` times the layers on a GPU")
+    batch_sizes = _batch_sizes(args)
     out = Path(args.out)
     kept = args.keep_memory and keep_freed_memory()
     batch, repeats = args.batch or BATCH, args.repeats or REPEATS
@@ -141,7 +144,37 @@ def run_benchmark(args: argparse.Namespace) -> int:
               f"that limits the run")
         group_parallel_benchmark(args.models or GROUP_PARALLEL_MODELS, args.group_parallel, group_parallel_batch,
                                  args.repeats or GROUP_PARALLEL_STEPS, args.image_size, out)
+    if "inference" in what:
+        inference_section(args.models or list(inference.INFERENCE_MODELS), batch_sizes,
+                          args.repeats or inference.REPEATS, args.image_size,
+                          roofline.machine_ceilings(args.peak_gflops, args.bandwidth_gbs), out)
     return 0
+
+
+def _batch_sizes(args: argparse.Namespace) -> tuple[int, ...]:
+    """--batch-sizes as ints (inference's default where not given); a parser error naming the option otherwise."""
+    if args.batch_sizes is None:
+        return tuple(inference.BATCH_SIZES)
+    try:
+        sizes = tuple(int(size) for size in args.batch_sizes.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or any(size < 1 for size in sizes):
+        args.parser.error(f"--batch-sizes={args.batch_sizes!r} must be positive integers separated by commas, "
+                          "e.g. 1,32")
+    return sizes
+
+
+def inference_section(names: list[str], batch_sizes: tuple[int, ...], repeats: int, image_size: int | None,
+                      ceilings: roofline.MachineCeilings, out: Path) -> None:
+    """Eval-mode forwards of each model at each batch size, up to seven ways in alternation: a table per model and
+    batch, inference.csv (one row per model, batch and way)."""
+    print(f"\nInference: eval-mode forwards, {torch.get_num_threads()} threads, median of {repeats} runs in "
+          f"alternation; vs ORT = time over ONNX Runtime's (below 1: faster); of peak = the model's FLOPs per "
+          f"second as a fraction of the compute ceiling ({ceilings.source})")
+    results = inference.inference_benchmark(names, batch_sizes, repeats, image_size,
+                                            progress=lambda result: print(inference.format_result(result, ceilings)))
+    write_csv(out / "inference.csv", [record for result in results for record in result.records(ceilings)])
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -152,12 +185,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                        help=f"which to run (default: all of {' '.join(BENCHMARKS)}; {', '.join(NAMED_ONLY)} run "
                             "only when named)")
     bench.add_argument("--models", nargs="+", default=None, metavar="NAME",
-                       help=f"models whose layers (and which whole models) to time (default: {' '.join(ZOO_MODELS)}; "
+                       help=f"models (separated by spaces or commas) whose layers (and which whole models) to time (default: {' '.join(ZOO_MODELS)}; "
                             f"batch-norm: {' '.join(batch_norm.DEFAULT_MODELS)}; group-parallel: "
                             f"{' '.join(GROUP_PARALLEL_MODELS)})")
     bench.add_argument("--batch", type=int, default=None,
                        help=f"batch size (default: {BATCH}, dispatch: {dispatch.BATCH}; "
                             f"group-parallel: the global batch, {GROUP_PARALLEL_BATCH})")
+    bench.add_argument("--batch-sizes", default=None, metavar="B1,B2",
+                       help="inference: batch sizes, separated by commas (default: "
+                            f"{','.join(map(str, inference.BATCH_SIZES))})")
     bench.add_argument("--repeats", type=int, default=None,
                        help=f"timed runs per measurement (layers: at least this many, more for short ones); the median "
                             f"is kept (default: {REPEATS}; dispatch and batch-norm: {dispatch.REPEATS}; group-parallel: "

@@ -1,0 +1,153 @@
+"""The layers an optimised model runs: a conv whose backend was chosen once per input signature, and what is left of
+a folded BatchNormAct2d."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ..nn.base import GroupedConvMixin
+from ..ops.arguments import ConvArguments, check_conv_call_once, memory_format_of
+from ..ops.dispatch import ConvProblem, select_backend
+
+# Timed runs of each way to run a conv when its input signature is first seen (the median is kept).
+PLAN_REPEATS = 5
+
+
+def apply_epilogue(x: Tensor, relu: bool, residual: Optional[Tensor], concat: Optional[Tensor]) -> Tensor:
+    """relu(x + residual), then torch.cat((that, concat), 1), in place on `x` (a conv's own output, which nothing
+    else reads)."""
+    if residual is not None:
+        x = x.add_(residual)
+    if relu:
+        x = x.relu_()
+    if concat is not None:
+        x = torch.cat((x, concat), 1)
+    return x
+
+
+class ConvEpilogue(torch.nn.Module):
+    """What is left of a BatchNormAct2d once its normalisation is folded into the conv before it: the residual add,
+    ReLU and concatenation (apply_epilogue), in place on the conv's output."""
+
+    def __init__(self, relu: bool):
+        super().__init__()
+        self.relu = relu
+
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None, concat: Optional[Tensor] = None) -> Tensor:
+        return apply_epilogue(x, self.relu, residual, concat)
+
+    def extra_repr(self) -> str:
+        return f"relu={self.relu}"
+
+
+def _timed(run: Callable[[], object], repeats: int = PLAN_REPEATS) -> float:
+    """The median seconds of `run` (after one warm-up call)."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _onednn_runs(conv: torch.nn.Module, input: Tensor, arguments: ConvArguments) -> bool:
+    """Whether oneDNN's fused convolution (torch.ops.mkldnn._convolution_pointwise) can run the call: a 2-D
+    float32 conv on the CPU in channels_last, torch built with oneDNN."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+            and input.device.type == "cpu" and input.dtype == torch.float32 and input.dim() == 4
+            and memory_format_of(input) == torch.channels_last and arguments.spatial_dims == 2)
+
+
+class PlannedConv(torch.nn.Module):
+    """A groupconv conv layer, with the BatchNormAct2d's epilogue folded after it where there was one (relu, and
+    the residual and concat arguments), that chooses how to run once per input signature (shape, dtype, device,
+    strides, threads) and then calls that kernel directly.
+
+    The ways, timed on the first input of each signature and the fastest kept:
+    - the dispatcher's choice (its backend's kernel called directly), then the epilogue in place;
+    - oneDNN's convolution with the ReLU fused into it (torch.ops.mkldnn._convolution_pointwise, the kernel
+      torch.compile's CPU backend uses), on the weight as it is or reordered once into oneDNN's blocked layout for
+      this input size (prepacked), then the residual add and concat.
+    A plain call pays for groupconv's argument checks, the eager path's tests and the dispatcher's lookups every
+    time. A call none of these covers (an unbatched input, 'same' padding with an odd total, a padding mode other
+    than zeros, autocast) runs the layer as it was. A backend forced later (ops.use_backend) does not change a
+    signature's choice."""
+
+    def __init__(self, conv: GroupedConvMixin, relu: bool = False, adds_residual: bool = False):
+        super().__init__()
+        self.conv = conv
+        self.relu = relu
+        # oneDNN's ReLU applies to the conv's output, before a residual could be added: fused only without one.
+        self.fuses_relu = relu and not adds_residual
+        # Per input signature: the function running the conv, and whether the ReLU is still to apply after it.
+        self._plans: dict[tuple, tuple[Callable[[Tensor], Tensor], bool]] = {}
+        self._chosen: dict[tuple, str] = {}
+
+    def forward(self, input: Tensor, residual: Optional[Tensor] = None, concat: Optional[Tensor] = None) -> Tensor:
+        key = (input.shape, input.stride(), input.dtype, input.device, torch.get_num_threads())
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._plan(input, key)
+        run, relu_after = plan
+        return apply_epilogue(run(input), relu_after, residual, concat)
+
+    def _plan(self, input: Tensor, key: tuple) -> tuple[Callable[[Tensor], Tensor], bool]:
+        conv, spatial_dims = self.conv, len(self.conv.kernel_size)
+        self._chosen[key] = "the layer as it was"
+        if (conv.padding_mode != "zeros" or input.dim() != spatial_dims + 2 or input.numel() == 0
+                or torch.is_autocast_enabled(input.device.type)):
+            return conv, self.relu
+        arguments, extra_after = check_conv_call_once(input, conv.weight, conv.bias, conv.stride, conv.padding,
+                                                      conv.dilation, conv.groups, conv.shuffle_groups, spatial_dims)
+        if any(extra_after):
+            return conv, self.relu
+        candidates = {"dispatcher": self._dispatched(input, arguments)}
+        if _onednn_runs(conv, input, arguments):
+            candidates["onednn"] = self._onednn(arguments, conv.weight)
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                conv.weight, list(arguments.padding), list(arguments.stride), list(arguments.dilation),
+                arguments.groups, list(input.shape))
+            candidates["onednn prepacked"] = self._onednn(arguments, packed)
+        if len(candidates) > 1:
+            seconds = {name: _timed(lambda run=run: self._with_relu(name, run)(input)) for name, run in candidates.items()}
+            chosen = min(seconds, key=seconds.get)
+        else:
+            chosen = "dispatcher"
+        self._chosen[key] = chosen
+        return candidates[chosen], self.relu and not (self.fuses_relu and chosen != "dispatcher")
+
+    def _with_relu(self, name: str, run: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        """The candidate with its ReLU, as timed: the dispatcher's is applied after the kernel (oneDNN's is fused)."""
+        return (lambda x: run(x).relu_()) if self.fuses_relu and name == "dispatcher" else run
+
+    def _dispatched(self, input: Tensor, arguments: ConvArguments) -> Callable[[Tensor], Tensor]:
+        conv = self.conv
+        problem = ConvProblem.build("conv_forward", input.shape, conv.weight.shape, arguments, input,
+                                    has_bias=conv.bias is not None)
+        backend = select_backend(problem, lambda b: b.conv_forward(input, conv.weight, conv.bias, arguments))
+        memory_format = memory_format_of(input)
+        weight, bias = conv.weight, conv.bias
+        return lambda x: backend.conv_forward(x, weight, bias, arguments).contiguous(memory_format=memory_format)
+
+    def _onednn(self, arguments: ConvArguments, weight: Tensor) -> Callable[[Tensor], Tensor]:
+        padding, stride, dilation = list(arguments.padding), list(arguments.stride), list(arguments.dilation)
+        groups, shuffle_groups, bias = arguments.groups, arguments.shuffle_groups, self.conv.bias
+        attribute = "relu" if self.fuses_relu else "none"
+        convolution = torch.ops.mkldnn._convolution_pointwise
+
+        def run(x: Tensor) -> Tensor:
+            if shuffle_groups > 1:
+                x = torch.channel_shuffle(x, shuffle_groups)
+            return convolution(x, weight, bias, padding, stride, dilation, groups, attribute, [None], "")
+
+        return run
+
+    def extra_repr(self) -> str:
+        chosen = sorted(set(self._chosen.values()))
+        return f"relu={self.relu}, chosen: {', '.join(chosen) or 'none yet'}"

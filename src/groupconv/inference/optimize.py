@@ -1,0 +1,160 @@
+"""optimize_for_inference: a model prepared once for fast eval-mode forwards on the CPU.
+
+The steps, each kept because it measured faster (docs/inference.md has the numbers):
+
+1. The model is traced into a torch.fx graph (tracing.py; parts that do not trace run as they were).
+2. Every batch norm that reads a conv's output alone is folded into that conv (folding.py).
+3. Every groupconv conv layer becomes a PlannedConv: the dispatcher's choice for the example input's shapes is made
+   now, and each call runs the chosen kernel directly.
+4. Weights and activations stay channels_last, the input converted once; forwards run under torch.inference_mode.
+
+The result is checked against the eval-mode model on the example input; a graph whose output differs (a model whose
+traced graph would not be the same computation) is dropped for the model as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Sequence
+
+import torch
+from torch import fx
+
+from ..nn.base import GroupedConvMixin
+from .folding import fold_batch_norms
+from .layers import ConvEpilogue, PlannedConv
+from .tracing import trace
+
+# The check against the eval-mode model: folding reorders float32 arithmetic (rounding only), so the outputs agree
+# to a few float32 ulps of their magnitude; a wrong graph differs at the scale of the values themselves.
+CHECK_RELATIVE_TOLERANCE = 1e-3
+
+
+class InferenceModel(torch.nn.Module):
+    """An eval-mode model prepared by optimize_for_inference. Call it like the model (same arguments, same outputs
+    within float32 rounding). Its outputs are inference tensors (torch.inference_mode): they carry no autograd
+    history and cannot be used in autograd later.
+
+    `folded_batch_norms`: how many BNs were folded into their convs; `traced`: whether the model traced into a
+    graph (else it runs as it was, in the chosen layout and inference mode); `opaque_modules`: the submodules left as
+    they were because they did not trace."""
+
+    def __init__(self, model: torch.nn.Module, memory_format: torch.memory_format, traced: bool,
+                 folded_batch_norms: int, opaque_modules: Sequence[str]):
+        super().__init__()
+        self.model = model
+        self.memory_format = memory_format
+        self.traced = traced
+        self.folded_batch_norms = folded_batch_norms
+        self.opaque_modules = tuple(opaque_modules)
+
+    def _converted(self, value):
+        if isinstance(value, torch.Tensor) and value.dim() == 4 and self.memory_format != torch.contiguous_format:
+            return value.contiguous(memory_format=self.memory_format)
+        return value
+
+    def forward(self, *args, **kwargs):
+        with torch.inference_mode():
+            return self.model(*[self._converted(a) for a in args],
+                              **{key: self._converted(value) for key, value in kwargs.items()})
+
+    def extra_repr(self) -> str:
+        return (f"traced={self.traced}, folded_batch_norms={self.folded_batch_norms}, "
+                f"memory_format={self.memory_format}")
+
+
+def _check_arguments(model, example_inputs, channels_last, fold_batch_norm, plan_convs) -> tuple:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    if (not isinstance(inputs, tuple | list) or not inputs
+            or not all(isinstance(value, torch.Tensor) for value in inputs)):
+        raise TypeError(f"example_inputs must be a tensor or a non-empty tuple of tensors (the model's positional "
+                        f"arguments), got {type(example_inputs).__name__}")
+    for name, value in (("channels_last", channels_last), ("fold_batch_norm", fold_batch_norm),
+                        ("plan_convs", plan_convs)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}={value!r} must be a bool")
+    return tuple(inputs)
+
+
+def _plan_convs(graph_module: fx.GraphModule, opaque_modules: set[str]) -> None:
+    """Every groupconv conv layer the graph calls becomes a PlannedConv (in place), taking in the epilogue of a BN
+    folded into it (ConvEpilogue: its ReLU, residual and concat) where the conv's output goes there alone."""
+    for node in list(graph_module.graph.nodes):
+        if node.op != "call_module" or node.target in opaque_modules:
+            continue
+        module = graph_module.get_submodule(node.target)
+        if not isinstance(module, GroupedConvMixin) or len(node.args) != 1 or node.kwargs:
+            continue
+        relu = adds_residual = False
+        (user,) = node.users if len(node.users) == 1 else (None,)
+        if (user is not None and user.op == "call_module" and user.args[0] is node
+                and isinstance(graph_module.get_submodule(user.target), ConvEpilogue)):
+            # The epilogue's node becomes the conv's call (it comes after everything both read).
+            relu = graph_module.get_submodule(user.target).relu
+            adds_residual = len(user.args) > 1 and user.args[1] is not None
+            graph_module.delete_submodule(user.target)
+            user.target, user.args = node.target, (node.args[0], *user.args[1:])
+            graph_module.graph.erase_node(node)
+        parent, _, name = node.target.rpartition(".")
+        setattr(graph_module.get_submodule(parent), name, PlannedConv(module, relu, adds_residual))
+    graph_module.graph.lint()
+    graph_module.recompile()
+
+
+def _same_outputs(expected, actual) -> bool:
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(actual, torch.Tensor) or expected.shape != actual.shape:
+            return False
+        scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+        return bool((expected - actual).abs().max() <= CHECK_RELATIVE_TOLERANCE * scale) if expected.numel() else True
+    if isinstance(expected, tuple | list):
+        return (isinstance(actual, tuple | list) and len(expected) == len(actual)
+                and all(_same_outputs(e, a) for e, a in zip(expected, actual)))
+    if isinstance(expected, dict):
+        return (isinstance(actual, dict) and expected.keys() == actual.keys()
+                and all(_same_outputs(expected[k], actual[k]) for k in expected))
+    return True
+
+
+def optimize_for_inference(model: torch.nn.Module, example_inputs, *, channels_last: bool = True,
+                           fold_batch_norm: bool = True, plan_convs: bool = True) -> InferenceModel:
+    """An eval-mode copy of `model` prepared for fast forwards (the module docstring lists the steps); `model`
+    itself is not changed.
+
+    model: any torch.nn.Module (a zoo model, a torch model after groupconv.accelerate(), one's own); parts that
+        torch.fx cannot trace run as they were.
+    example_inputs: a tensor, or a tuple of the forward's positional tensors, of the shapes to expect: the conv
+        backends are chosen for them (other shapes work too, their choice made on first use) and the result is
+        checked against the eval-mode model on them.
+    channels_last, fold_batch_norm, plan_convs: each step can be turned off (to measure what it brings).
+    """
+    inputs = _check_arguments(model, example_inputs, channels_last, fold_batch_norm, plan_convs)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    reference = copy.deepcopy(model).eval()
+    prepared = copy.deepcopy(model).eval().requires_grad_(False)
+    traced = trace(prepared)
+    folded, opaque = 0, set()
+    if traced is not None:
+        prepared, opaque = traced
+        if fold_batch_norm:
+            folded = fold_batch_norms(prepared)
+        if plan_convs:
+            _plan_convs(prepared, opaque)
+    prepared = prepared.to(memory_format=memory_format)
+    result = InferenceModel(prepared, memory_format, traced is not None, folded, sorted(opaque))
+    with torch.inference_mode():
+        expected = reference(*inputs)
+    if traced is not None and not _same_outputs(expected, result(*inputs)):
+        warnings.warn(f"the traced graph of {type(model).__name__} does not compute the model's outputs on "
+                      "example_inputs; it runs as it was", stacklevel=2)
+        return _untraced(model, memory_format)
+    return result
+
+
+def _untraced(model: torch.nn.Module, memory_format: torch.memory_format) -> InferenceModel:
+    """The model as it was, in eval mode, `memory_format` and inference mode."""
+    prepared = copy.deepcopy(model).eval().requires_grad_(False).to(memory_format=memory_format)
+    return InferenceModel(prepared, memory_format, False, 0, ())

@@ -1,0 +1,238 @@
+"""optimize_for_inference against the eval-mode model: zoo models at small sizes, an accelerated torch model, a
+model torch.fx cannot trace, other batch sizes; the folding really removes the batch norms; bad arguments name
+themselves. And `groupconv benchmark inference` at tiny sizes."""
+
+import csv
+
+import pytest
+import torch
+from torch import nn
+
+import groupconv
+import groupconv.nn as gnn
+from groupconv import models
+from groupconv.cli import main
+from groupconv.inference import ConvEpilogue, InferenceModel, PlannedConv, optimize_for_inference
+from groupconv.inference.folding import fold_into_conv
+from groupconv.models.resnext_cifar import CifarResNeXt
+
+# Folding reorders float32 arithmetic: outputs agree to rounding, relative to their magnitude.
+TOLERANCE = dict(rtol=1e-4, atol=1e-4)
+
+
+def with_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
+    """`model` in eval mode with BN statistics and affine parameters far from their initial 0/1, so that a wrong fold
+    shows (initial statistics make BN nearly the identity)."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            for tensor, low, high in ((module.running_mean, -0.5, 0.5), (module.running_var, 0.5, 2.0),
+                                      (module.weight, 0.5, 1.5), (module.bias, -0.3, 0.3)):
+                tensor.data.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+    return model.eval()
+
+
+def assert_same_as_eval(model: nn.Module, optimized: InferenceModel, *inputs: torch.Tensor) -> None:
+    with torch.no_grad():
+        expected = model(*inputs)
+    actual = optimized(*inputs)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual / scale, expected / scale, **TOLERANCE)
+
+
+def batch_norms(module: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+@pytest.mark.parametrize("name, size, folded", [
+    ("shufflenet_g8_wd4", 16, 49), ("mobilenet_wd4", 16, 27), ("resnext29_8x2d", 16, 30),
+    ("shufflenet_v2_x0_5", 16, 56), ("alexnet_g4", 16, 0)])
+def test_zoo_models_match_eval_mode_and_lose_their_batch_norms(name, size, folded):
+    torch.manual_seed(0)
+    if name == "resnext29_8x2d":  # ResNeXt-29 (Xie et al. 2017) at a small width
+        model = with_statistics(CifarResNeXt(cardinality=8, base_width=2, widen_factor=1, num_classes=10))
+    else:
+        options = {"small_input": True} if models.model_entry(name).has_small_input else {}
+        model = with_statistics(models.create_model(name, num_classes=10, **options))
+    x = torch.randn(2, 3, size, size)
+    optimized = optimize_for_inference(model, x)
+    assert optimized.traced and optimized.folded_batch_norms == folded
+    assert batch_norms(optimized) == batch_norms(model) - folded
+    assert_same_as_eval(model, optimized, x)
+
+
+class UserBlock(nn.Module):
+    """A user's residual block in torch's layers: grouped 1x1, shuffle, depthwise 3x3, BN, residual, ReLU."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, channels, 1, groups=groups, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.shuffle = nn.ChannelShuffle(groups)
+        self.depthwise = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=True)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.reduce(x)))
+        return torch.relu(self.bn2(self.depthwise(self.shuffle(y))) + x)
+
+
+def user_model() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         UserBlock(16, 4), UserBlock(16, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+
+
+def test_accelerated_user_model_matches_eval_mode():
+    torch.manual_seed(0)
+    model = with_statistics(groupconv.accelerate(user_model()))
+    x = torch.randn(4, 3, 20, 20)
+    optimized = optimize_for_inference(model, x)
+    assert optimized.folded_batch_norms == 5 and batch_norms(optimized) == 0
+    assert sum(isinstance(m, PlannedConv) for m in optimized.modules()) == 5
+    assert_same_as_eval(model, optimized, x)
+    assert_same_as_eval(model, optimized, torch.randn(1, 3, 24, 24))
+
+
+class ReadTwice(nn.Module):
+    """A conv's output read by its BN and by something else: folding would change the other reader's input."""
+
+    def __init__(self, as_residual: bool):
+        super().__init__()
+        self.conv, self.bn = gnn.Conv2d(4, 4, 3, padding=1), gnn.BatchNormAct2d(4)
+        self.as_residual = as_residual
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y, residual=y) if self.as_residual else self.bn(y) + y
+
+
+@pytest.mark.parametrize("as_residual", [False, True])
+def test_a_batch_norm_whose_conv_output_is_read_twice_stays(as_residual):
+    torch.manual_seed(0)
+    model = with_statistics(ReadTwice(as_residual))
+    x = torch.randn(2, 4, 8, 8)
+    optimized = optimize_for_inference(model, x)
+    assert optimized.folded_batch_norms == 0 and batch_norms(optimized) == 1
+    assert_same_as_eval(model, optimized, x)
+
+
+class DataDependent(nn.Module):
+    """Branches on a tensor's value in its own forward: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = gnn.Conv2d(3, 8, 3, padding=1, groups=1), gnn.BatchNormAct2d(8)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return y * 2 if y.sum() > 0 else y - 1
+
+
+def test_untraceable_parts_run_as_they_were():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    alone = with_statistics(DataDependent())
+    optimized = optimize_for_inference(alone, x)
+    assert not optimized.traced and optimized.folded_batch_norms == 0
+    assert_same_as_eval(alone, optimized, x)
+    assert_same_as_eval(alone, optimized, -x)  # the other branch
+
+    inside = with_statistics(nn.Sequential(gnn.Conv2d(3, 3, 1), gnn.BatchNormAct2d(3), DataDependent()))
+    optimized = optimize_for_inference(inside, x)
+    assert optimized.traced and optimized.opaque_modules == ("2",) and optimized.folded_batch_norms == 1
+    assert_same_as_eval(inside, optimized, x)
+    assert_same_as_eval(inside, optimized, -x)
+
+
+def test_each_step_can_be_turned_off_and_outputs_stay_the_same():
+    torch.manual_seed(0)
+    model = with_statistics(groupconv.accelerate(user_model()))
+    x = torch.randn(2, 3, 16, 16)
+    for option in ("channels_last", "fold_batch_norm", "plan_convs"):
+        optimized = optimize_for_inference(model, x, **{option: False})
+        assert_same_as_eval(model, optimized, x)
+    assert optimize_for_inference(model, x, fold_batch_norm=False).folded_batch_norms == 0
+    unplanned = optimize_for_inference(model, x, plan_convs=False)
+    assert not any(isinstance(m, PlannedConv) for m in unplanned.modules()) and batch_norms(unplanned) == 0
+
+
+class FusedEpilogues(nn.Module):
+    """BatchNormAct2d's residual add, ReLU and concatenation after convs, as ShuffleNet's units use them."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = gnn.Conv2d(4, 4, 3, padding=1), gnn.BatchNormAct2d(4)
+        self.conv2, self.bn2 = gnn.Conv2d(4, 4, 1, groups=2, bias=False), gnn.BatchNormAct2d(4, apply_act=False)
+        self.conv3, self.bn3 = gnn.Conv2d(4, 6, 1, groups=2), gnn.BatchNormAct2d(6)
+
+    def forward(self, x):
+        y = self.bn1(self.conv1(x), x)  # relu(bn(conv(x)) + x)
+        z = self.bn2(self.conv2(y), residual=y)  # bn(conv(y)) + y, no ReLU
+        return self.bn3(self.conv3(z), concat=-z)  # cat(relu(bn(conv(z))), -z)
+
+
+@pytest.mark.parametrize("plan_convs", [True, False])
+def test_folded_batch_norms_keep_their_residual_relu_and_concat(plan_convs):
+    torch.manual_seed(0)
+    model = with_statistics(FusedEpilogues())
+    x = torch.randn(2, 4, 6, 6)
+    optimized = optimize_for_inference(model, x, plan_convs=plan_convs)
+    assert optimized.folded_batch_norms == 3 and batch_norms(optimized) == 0
+    epilogues = sum(isinstance(m, ConvEpilogue) for m in optimized.modules())
+    assert epilogues == (0 if plan_convs else 3)  # (a planned conv runs its epilogue itself)
+    assert_same_as_eval(model, optimized, x)
+    assert_same_as_eval(model, optimized, torch.randn(1, 4, 5, 5))
+
+
+def test_outputs_are_inference_tensors_and_the_model_is_untouched():
+    torch.manual_seed(0)
+    model = with_statistics(groupconv.accelerate(user_model())).train()
+    x = torch.randn(1, 3, 16, 16)
+    optimized = optimize_for_inference(model, x)
+    assert model.training and batch_norms(model) == 5  # optimised a copy
+    assert optimized(x).is_inference()
+
+
+def test_fold_into_conv_equals_conv_then_batch_norm():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 4, 3, groups=2, bias=False)
+    bn = with_statistics(nn.BatchNorm2d(4))
+    x = torch.randn(2, 6, 7, 7)
+    with torch.no_grad():
+        expected = bn(conv(x))
+        fold_into_conv(conv, bn)
+        torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_arguments_name_themselves():
+    model, x = nn.Conv2d(3, 3, 1), torch.randn(1, 3, 4, 4)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        optimize_for_inference(lambda t: t, x)
+    with pytest.raises(TypeError, match="example_inputs must be a tensor"):
+        optimize_for_inference(model, [1, 2])
+    with pytest.raises(TypeError, match="example_inputs must be a tensor"):
+        optimize_for_inference(model, ())
+    with pytest.raises(TypeError, match="channels_last=1 must be a bool"):
+        optimize_for_inference(model, x, channels_last=1)
+
+
+def test_inference_benchmark_prints_each_way_and_writes_csv(tmp_path, capsys):
+    assert main(["benchmark", "inference", "--models", "shufflenet_compact", "--batch-sizes", "1",
+                 "--image-size", "16", "--repeats", "1", "--peak-gflops", "100", "--bandwidth-gbs", "10",
+                 "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    for way in ("groupconv optimized", "groupconv eager", "torch eager CL", "ONNX Runtime"):
+        assert way in printed
+    rows = list(csv.DictReader(open(tmp_path / "inference.csv")))
+    assert {row["way"] for row in rows} >= {"groupconv optimized", "ONNX Runtime"}
+    onnx_runtime = next(row for row in rows if row["way"] == "ONNX Runtime")
+    assert float(onnx_runtime["ratio_to_onnx_runtime"]) == 1.0 and float(onnx_runtime["fraction_of_peak"]) > 0
+
+
+def test_inference_benchmark_rejects_bad_batch_sizes_and_models(capsys):
+    with pytest.raises(SystemExit):
+        main(["benchmark", "inference", "--batch-sizes", "1,x"])
+    assert "--batch-sizes='1,x' must be positive integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["benchmark", "inference", "--models", "shufflenet_g8_w1,vgg16"])  # (commas separate names too)
+    assert "--models: unknown model(s) vgg16;" in capsys.readouterr().err
