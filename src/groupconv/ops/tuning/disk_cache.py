@@ -123,9 +123,11 @@ def save() -> None:
     path = cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename: a crash or a concurrent process never leaves a half-written file.
+        # Write then rename: a crash or a concurrent process never leaves a half-written file. The whole file is
+        # written after each decision, so compact: indenting makes json use its pure-Python encoder, which cost 7.5 s
+        # of the default training run's first epoch (336 decisions).
         with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
-            json.dump(_decisions, f, indent=1, sort_keys=True)
+            f.write(json.dumps(_decisions, sort_keys=True))
         os.replace(f.name, path)
     except OSError as error:
         warn_once(f"cannot write {path} ({error}); decisions are kept for this process only")
