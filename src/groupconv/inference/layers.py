@@ -3,8 +3,6 @@ a folded BatchNormAct2d."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Callable, Optional
 
 import torch
@@ -13,6 +11,7 @@ from torch import Tensor
 from ..nn.base import GroupedConvMixin
 from ..ops.arguments import ConvArguments, check_conv_call_once, memory_format_of
 from ..ops.dispatch import ConvProblem, select_backend
+from ..ops.tuning.timing import median_seconds
 
 # Timed runs of each way to run a conv when its input signature is first seen (the median is kept).
 PLAN_REPEATS = 5
@@ -43,17 +42,6 @@ class ConvEpilogue(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"relu={self.relu}"
-
-
-def _timed(run: Callable[[], object], repeats: int = PLAN_REPEATS) -> float:
-    """The median seconds of `run` (after one warm-up call)."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _onednn_runs(conv: torch.nn.Module, input: Tensor, arguments: ConvArguments) -> bool:
@@ -115,7 +103,8 @@ class PlannedConv(torch.nn.Module):
                 arguments.groups, list(input.shape))
             candidates["onednn prepacked"] = self._onednn(arguments, packed)
         if len(candidates) > 1:
-            seconds = {name: _timed(lambda run=run: self._with_relu(name, run)(input)) for name, run in candidates.items()}
+            seconds = {name: median_seconds(lambda run=run: self._with_relu(name, run)(input), PLAN_REPEATS, warmup=1)
+                       for name, run in candidates.items()}
             chosen = min(seconds, key=seconds.get)
         else:
             chosen = "dispatcher"
