@@ -92,3 +92,17 @@ def _seed_and_automatic_dispatch():
     torch.manual_seed(0)
     ops.dispatch.forget_choices()
     yield
+
+
+@pytest.fixture
+def fused_kernel_on_small_inputs(monkeypatch):
+    """The native batch norm, where it is built, on the tests' small activations too (it leaves those below a size
+    to torch's ops)."""
+    # (imported here: groupconv is imported only after the environment above is set)
+    from groupconv.ops.backends.native import batch_norm as native_batch_norm
+    from groupconv.ops.dispatch import forget_choices
+
+    monkeypatch.setattr(native_batch_norm, "NATIVE_MIN_VALUES", 0)
+    forget_choices()
+    yield
+    forget_choices()

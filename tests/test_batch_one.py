@@ -10,23 +10,13 @@ import torch
 
 from groupconv import ops
 from groupconv.models import create_model, list_models
-from groupconv.ops.backends.native import batch_norm as native_batch_norm
 from groupconv.ops.backends.native import build
-from groupconv.ops.dispatch import forget_choices
 
 from .test_models import FAMILY_REPRESENTATIVES, real_input_shape, small_input_options
 
 needs_native = pytest.mark.skipif(build.unavailable_reason() is not None, reason="native kernels not built")
 MODELS = sorted({*FAMILY_REPRESENTATIVES.values(), "shufflenet_g8_w1"})
 
-
-@pytest.fixture
-def fused_kernel_on_small_inputs(monkeypatch):
-    """The native batch norm on the tests' small activations too (it leaves those below a size to torch's ops)."""
-    monkeypatch.setattr(native_batch_norm, "NATIVE_MIN_VALUES", 0)
-    forget_choices()
-    yield
-    forget_choices()
 
 
 @needs_native

@@ -13,8 +13,6 @@ from torch.func import grad, hessian, jacfwd, jacrev, jvp, vmap
 
 import groupconv
 from groupconv.ops import batch_norm
-from groupconv.ops.backends.native import batch_norm as native_batch_norm
-from groupconv.ops.dispatch import forget_choices
 
 DTYPE = torch.float64
 
@@ -132,14 +130,6 @@ def test_channel_shuffle_transforms_equal_torchs(channels, groups, batch, rank):
     x = torch.randn(batch, channels, *[3] * (rank - 2), dtype=DTYPE)
     check_transforms(lambda x: groupconv.channel_shuffle(x, groups), lambda x: torch_shuffle(x, groups), (x,))
 
-
-@pytest.fixture
-def fused_kernel_on_small_inputs(monkeypatch):
-    """The native batch norm, where it is built, on these small tensors too (it leaves them to torch's ops)."""
-    monkeypatch.setattr(native_batch_norm, "NATIVE_MIN_VALUES", 0)
-    forget_choices()
-    yield
-    forget_choices()
 
 
 @pytest.mark.parametrize("training", [False, True])
