@@ -59,7 +59,7 @@ def subprocess_env() -> dict:
 
 # ---------------------------------------------------------------- help
 
-@pytest.mark.parametrize("command", ["train", "eval", "experiment"])
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "experiment"])
 def test_help_explains_every_option(command, capsys):
     parser = build_parser()
     with pytest.raises(SystemExit) as exit_info:
@@ -74,7 +74,7 @@ def test_help_explains_every_option(command, capsys):
 
 def test_top_level_command_has_the_training_commands():
     choices = build_parser()._subparsers._group_actions[0].choices
-    assert {"train", "eval", "experiment"} <= set(choices)
+    assert {"train", "eval", "predict", "experiment"} <= set(choices)
 
 
 # ---------------------------------------------------------------- a run end to end, replay, eval, load_run

@@ -3,7 +3,7 @@
 One parser, its subcommands grouped by what they drive:
 - library.py:   demo, backends, models
 - benchmark.py: benchmark (the sections of groupconv.benchmarks)
-- train.py:     train, eval, experiment
+- train.py:     train, eval, predict, experiment
 - analysis.py:  analyze, profile, correlate, draw, report
 - export.py:    export (ONNX, TorchScript, ExportedProgram)
 - errors.py:    how a subcommand reports a user's mistake (one line, exit code 2) and Ctrl-C (exit code 130)
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     library.add_commands(commands)  # demo, backends
     benchmark.add_commands(commands)  # benchmark
     library.add_models_command(commands)  # models
-    train.add_commands(commands)  # train, eval, experiment
+    train.add_commands(commands)  # train, eval, predict, experiment
     analysis.add_commands(commands)  # analyze, profile, correlate, draw, report
     export.add_commands(commands)  # export
     return parser

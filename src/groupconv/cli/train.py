@@ -1,4 +1,4 @@
-"""The `groupconv` subcommands of groupconv.train: train, eval and experiment.
+"""The `groupconv` subcommands of groupconv.train: train, eval, predict and experiment.
 
 Every command's function takes the parsed arguments and returns an exit code. A user mistake
 (ConfigError, DatasetError, CheckpointError: all ValueErrors) is printed as
@@ -17,6 +17,7 @@ from ..train import CheckpointError, ConfigError, evaluate_checkpoint, train
 from ..models import model_entry
 from ..train.config import add_config_arguments, load_config_file, recipe_applied, resolve_config
 from ..train.experiment import add_experiment_arguments, run_experiments
+from ..train.prediction import format_predictions, predict_images, write_predictions
 from ..train.run_directory import CONFIG_FILE
 from .errors import EXIT_INTERRUPTED, reported
 
@@ -86,13 +87,21 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_predict(args: argparse.Namespace) -> int:
+    results = predict_images(args.run_dir, args.images, args.which, args.top, args.batch_size)
+    print(format_predictions(results))
+    if args.json:
+        write_predictions(args.json, results)
+    return 0
+
+
 def run_experiment(args: argparse.Namespace) -> int:
     run_experiments(args)
     return 0
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Add train, eval and experiment; each sets `run=` to a function(args) -> exit code."""
+    """Add train, eval, predict and experiment; each sets `run=` to a function(args) -> exit code."""
     training = commands.add_parser(
         "train", help="train a model from the zoo on a dataset (default: a small ShuffleNet on digits)",
         description="Train a model, writing a run directory: config.json, metrics.csv/json, loss.png, "
@@ -127,6 +136,25 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--output", default=None, metavar="DIR",
                           help="where confusion.png and eval.json go (default: eval-<checkpoint>/ beside it)")
     evaluate.set_defaults(run=_reported("eval", run_eval))
+
+    predict = commands.add_parser(
+        "predict", help="classify image files with a trained run's model",
+        description="Classify image files with a trained model: each file is read as the run's training images "
+                    "were (grey or RGB, scaled, resized to the run's input size, normalised with its training "
+                    "statistics) and its most probable classes are printed, one line per image.",
+        epilog="example:\n  groupconv predict runs/shufflenet_compact-digits photos/*.png --top 3 --json out.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_argument("run_dir", metavar="RUN_DIR_OR_CHECKPOINT",
+                         help="a run directory of `groupconv train`, or one of its .safetensors checkpoints")
+    predict.add_argument("images", metavar="IMAGE", nargs="+",
+                         help="image files (png, jpg, bmp, gif, webp), or directories of them")
+    predict.add_argument("--which", choices=("best", "last"), default="best",
+                         help="which checkpoint of a run directory (default: best)")
+    predict.add_argument("--top", type=int, default=3, help="how many classes to print per image (default: 3)")
+    predict.add_argument("--batch-size", type=int, default=64, help="images per forward (default: 64)")
+    predict.add_argument("--json", metavar="FILE", default=None,
+                         help="also write the predictions (every image's top classes and probabilities) as JSON")
+    predict.set_defaults(run=_reported("predict", run_predict))
 
     experiment = commands.add_parser(
         "experiment", help="grouped-convolution claims on embedded data: groups, equal cost, shuffle; mean ± std over seeds",

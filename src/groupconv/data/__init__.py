@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DatasetError, LoadedDataset, check_image_size
+from .base import DatasetError, LoadedDataset, Normalisation, check_image_size
 from .cifar import load_cifar
 from .digits import load_digits
-from .image_folder import load_image_folder
+from .image_folder import IMAGE_SUFFIXES, load_image_folder, read_image
 from .mnist1d import load_mnist1d
 
 DATASETS = {
@@ -57,4 +57,5 @@ def load_dataset(name: str, root: str | Path | None = None, image_size: int | No
     raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
 
 
-__all__ = ["DATASETS", "DEFAULT_IMAGE_SIZE", "DatasetError", "LoadedDataset", "list_datasets", "load_dataset"]
+__all__ = ["DATASETS", "DEFAULT_IMAGE_SIZE", "DatasetError", "IMAGE_SUFFIXES", "LoadedDataset", "Normalisation",
+           "list_datasets", "load_dataset", "read_image"]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .base import DatasetError, LoadedDataset, resize_images
+from .base import DatasetError, LoadedDataset, Normalisation, resize_images
 from .download import download_file
 
 # Per-channel statistics of the CIFAR-10 training set, used by most training recipes.
@@ -144,11 +144,11 @@ def _class_names(source: _BatchSource) -> list[str]:
         return [str(i) for i in range(fmt.num_classes)]  # the names are cosmetic; a missing meta file is fine
 
 
+CIFAR_NORMALISATION = Normalisation(CIFAR_MEAN, CIFAR_STD)
+
+
 def normalise_cifar(images: torch.Tensor, image_size: int | None) -> torch.Tensor:
-    images = resize_images(images.float() / 255.0, image_size)
-    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
-    return (images - mean) / std
+    return CIFAR_NORMALISATION.apply(resize_images(images.float() / 255.0, image_size))
 
 
 def load_cifar(name: str, root: Path, image_size: int | None = None, download: bool = False) -> LoadedDataset:
@@ -159,4 +159,5 @@ def load_cifar(name: str, root: Path, image_size: int | None = None, download: b
     train = TensorDataset(normalise_cifar(train_images, image_size), train_labels)
     test = TensorDataset(normalise_cifar(test_images, image_size), test_labels)
     return LoadedDataset(name, train, test, num_classes=source.fmt.num_classes, in_chans=3,
-                         input_shape=tuple(train.tensors[0].shape[1:]), class_names=_class_names(source))
+                         input_shape=tuple(train.tensors[0].shape[1:]), class_names=_class_names(source),
+                         normalisation=CIFAR_NORMALISATION)

@@ -22,7 +22,8 @@ def load_digits(image_size: int | None = None) -> LoadedDataset:
     train_index, test_index = train_test_split(torch.arange(len(labels)).numpy(), test_size=TEST_FRACTION,
                                                random_state=SPLIT_SEED, stratify=labels.numpy())
     images = resize_images(images, image_size)
-    train_images, test_images = standardise(images[train_index], images[test_index])
+    train_images, test_images, normalisation = standardise(images[train_index], images[test_index])
     return LoadedDataset("digits", TensorDataset(train_images, labels[train_index]),
                          TensorDataset(test_images, labels[test_index]), num_classes=10, in_chans=1,
-                         input_shape=tuple(images.shape[1:]), class_names=[str(d) for d in range(10)])
+                         input_shape=tuple(images.shape[1:]), class_names=[str(d) for d in range(10)],
+                         normalisation=normalisation)

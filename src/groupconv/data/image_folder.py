@@ -26,7 +26,9 @@ def _class_folders(split_dir: Path) -> list[Path]:
     return folders
 
 
-def _read_image(path: Path, mode: str | None) -> np.ndarray:
+def read_image(path: Path, mode: str | None) -> np.ndarray:
+    """The pixels of an image file as uint8 (H, W) for grey (`mode` "L") or (H, W, 3) for "RGB"; mode None keeps
+    a grey file grey and makes anything else RGB."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -44,7 +46,7 @@ def _read_split(split_dir: Path, class_names: list[str], mode: str | None, size:
         folder = split_dir / class_name
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
         for path in files:
-            pixels = _read_image(path, mode)
+            pixels = read_image(path, mode)
             if size is None:
                 size, mode = pixels.shape, "L" if pixels.ndim == 2 else "RGB"
             if pixels.shape != size:
@@ -73,8 +75,9 @@ def load_image_folder(root: Path, image_size: int | None = None) -> LoadedDatase
         raise DatasetError(f"{test_dir} has classes that {train_dir} lacks: {unknown}")
     train_images, train_labels, mode, size = _read_split(train_dir, class_names, None, None)
     test_images, test_labels, _, _ = _read_split(test_dir, class_names, mode, size)
-    train_images, test_images = standardise(resize_images(train_images, image_size),
-                                            resize_images(test_images, image_size))
+    train_images, test_images, normalisation = standardise(resize_images(train_images, image_size),
+                                                           resize_images(test_images, image_size))
     return LoadedDataset(root.name, TensorDataset(train_images, train_labels), TensorDataset(test_images, test_labels),
                          num_classes=len(class_names), in_chans=train_images.shape[1],
-                         input_shape=tuple(train_images.shape[1:]), class_names=class_names)
+                         input_shape=tuple(train_images.shape[1:]), class_names=class_names,
+                         normalisation=normalisation)

@@ -96,7 +96,7 @@ def _unpack(value, tensors: dict[str, torch.Tensor], depth: int = 0):
 
 # The fields of a checkpoint's info that are read back, with their JSON types (when present).
 INFO_TYPES = {"model": str, "num_classes": int, "in_chans": int, "input_shape": list, "dataset": str,
-              "class_names": list, "config": dict}
+              "class_names": list, "config": dict, "normalisation": dict}
 _JSON_NAMES = {str: "string", int: "integer", list: "array", dict: "object"}
 
 

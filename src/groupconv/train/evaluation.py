@@ -53,6 +53,12 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.Module,
     class count, channels and input shape recorded in the checkpoint, then its weights are loaded
     strictly. Nothing in the files can execute code (safetensors and JSON only).
     """
+    model, config, _ = load_run_with_info(run_dir, which)
+    return model, config
+
+
+def load_run_with_info(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.Module, TrainConfig, dict]:
+    """load_run's model and config, and the checkpoint's info (classes, input shape, normalisation, ...)."""
     path = checkpoint_path(run_dir, which)
     model_state, _, info = load_checkpoint(path)
     config = _config_of(path, info)
@@ -62,7 +68,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.Module,
         raise CheckpointError(f"{path} does not record the model's classes and input shape") from None
     model = build_model(config, num_classes, in_chans, input_shape)
     load_model_weights(model, model_state, info, path)
-    return model.eval(), config
+    return model.eval(), config, info
 
 
 def evaluate_checkpoint(path: str | Path, which: str = "best", overrides: dict | None = None,

@@ -211,9 +211,12 @@ def global_totals(totals: Totals, context: Distributed) -> Totals:
 
 
 def checkpoint_info(config: TrainConfig, data: LoadedDataset) -> dict:
-    return {"model": config.model, "num_classes": data.num_classes, "in_chans": data.in_chans,
+    info = {"model": config.model, "num_classes": data.num_classes, "in_chans": data.in_chans,
             "input_shape": list(data.input_shape), "dataset": config.dataset, "class_names": data.class_names,
             "config": dataclasses.asdict(config)}
+    if data.normalisation is not None:  # what `groupconv predict` applies to image files
+        info["normalisation"] = dataclasses.asdict(data.normalisation)
+    return info
 
 
 def config_file_text(config: TrainConfig, data: LoadedDataset) -> str:
