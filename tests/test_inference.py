@@ -184,6 +184,48 @@ def test_folded_batch_norms_keep_their_residual_relu_and_concat(plan_convs):
     assert_same_as_eval(model, optimized, torch.randn(1, 4, 5, 5))
 
 
+# (in channels, out channels, groups, shuffle groups, kernel, stride, padding, dilation, batch, height, width):
+# odd sizes, strides, channel counts off the vector width, batch 1, depthwise, shuffled inputs
+CONV_CASES = [(12, 20, 4, 1, 1, 1, 0, 1, 1, 7, 9), (24, 24, 24, 1, 3, 2, 1, 1, 3, 11, 10),
+              (18, 9, 3, 3, 1, 1, 0, 1, 2, 5, 5), (16, 32, 8, 2, 3, 1, 2, 2, 1, 9, 13),
+              (5, 7, 1, 1, 5, 2, 2, 1, 2, 12, 7), (40, 40, 40, 8, 3, 1, 1, 1, 1, 6, 6)]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("relu, with_residual", [(False, False), (True, False), (False, True), (True, True)])
+def test_every_way_a_planned_conv_can_run_equals_the_reference(case, relu, with_residual):
+    """Each candidate PlannedConv times (whichever wins on this machine) against torch's conv, ReLU and add."""
+    cin, cout, groups, shuffle, k, stride, padding, dilation, n, h, w = case
+    torch.manual_seed(0)
+    conv = gnn.ShuffledGroupedConv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                                     shuffle_groups=shuffle)
+    conv = conv.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    x = torch.randn(n, cin, h, w).contiguous(memory_format=torch.channels_last)
+    shuffled = torch.channel_shuffle(x, shuffle) if shuffle > 1 else x
+    expected = torch.nn.functional.conv2d(shuffled, conv.weight, conv.bias, stride, padding, dilation, groups)
+    residual = torch.randn_like(expected) if with_residual else None
+    expected = expected + residual if with_residual else expected
+    expected = expected.relu() if relu else expected
+    planned = PlannedConv(conv, relu)
+    with torch.inference_mode():
+        candidates = planned.candidates(x, residual)
+        if torch.backends.mkldnn.is_available():
+            assert {"dispatcher", "onednn", "onednn prepacked"} <= set(candidates)
+        for name, run in candidates.items():
+            torch.testing.assert_close(run(x, residual), expected, rtol=1e-4, atol=1e-4, msg=name)
+        torch.testing.assert_close(planned(x, residual), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_residual_onednn_cannot_add_is_added_after_the_conv():
+    conv = gnn.Conv2d(8, 8, 1, groups=2).eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    broadcast = torch.randn(1, 8, 1, 1)  # the plain add broadcasts it; oneDNN's fused add would not
+    planned = PlannedConv(conv, relu=True)
+    with torch.inference_mode():
+        assert set(planned.candidates(x, broadcast)) == {"dispatcher"}
+        torch.testing.assert_close(planned(x, broadcast), (conv(x) + broadcast).relu())
+
+
 def test_outputs_are_inference_tensors_and_the_model_is_untouched():
     torch.manual_seed(0)
     model = with_statistics(groupconv.accelerate(user_model())).train()

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..nn.base import GroupedConvMixin
-from ..ops.arguments import ConvArguments, check_conv_call_once, memory_format_of
+from ..ops.arguments import ConvArguments, check_conv_call_once, memory_format_of, output_size
 from ..ops.dispatch import ConvProblem, select_backend
 from ..ops.tuning.timing import median_seconds
 
@@ -44,6 +44,15 @@ class ConvEpilogue(torch.nn.Module):
         return f"relu={self.relu}"
 
 
+def _onednn_adds(residual: Tensor, input: Tensor, weight: Tensor, arguments: ConvArguments) -> bool:
+    """Whether oneDNN's fused add can take `residual`: of the conv output's shape exactly (the plain add would
+    broadcast), channels_last, of the input's dtype."""
+    spatial = output_size(input.shape[2:], weight.shape[2:], arguments.stride, arguments.padding, arguments.padding,
+                          arguments.dilation)
+    return (residual.shape == (input.shape[0], weight.shape[0], *spatial) and residual.dtype == input.dtype
+            and residual.device == input.device and memory_format_of(residual) == torch.channels_last)
+
+
 def _onednn_runs(conv: torch.nn.Module, input: Tensor, arguments: ConvArguments) -> bool:
     """Whether oneDNN's fused convolution (torch.ops.mkldnn._convolution_pointwise) can run the call: a 2-D
     float32 conv on the CPU in channels_last, torch built with oneDNN."""
@@ -55,85 +64,98 @@ def _onednn_runs(conv: torch.nn.Module, input: Tensor, arguments: ConvArguments)
 class PlannedConv(torch.nn.Module):
     """A groupconv conv layer, with the BatchNormAct2d's epilogue folded after it where there was one (relu, and
     the residual and concat arguments), that chooses how to run once per input signature (shape, dtype, device,
-    strides, threads) and then calls that kernel directly.
+    strides, threads, the residual's shape and strides) and then calls that kernel directly.
 
-    The ways, timed on the first input of each signature and the fastest kept:
+    The ways (candidates), timed on the first input of each signature and the fastest kept:
     - the dispatcher's choice (its backend's kernel called directly), then the epilogue in place;
-    - oneDNN's convolution with the ReLU fused into it (torch.ops.mkldnn._convolution_pointwise, the kernel
-      torch.compile's CPU backend uses), on the weight as it is or reordered once into oneDNN's blocked layout for
-      this input size (prepacked), then the residual add and concat.
+    - oneDNN's convolution (torch.ops.mkldnn._convolution_pointwise, the kernel torch.compile's CPU backend uses)
+      with the ReLU, or the residual add and the ReLU, fused into the kernel's write of the output, on the weight as
+      it is or reordered once into oneDNN's blocked layout for this input size (prepacked); then the concat.
     A plain call pays for groupconv's argument checks, the eager path's tests and the dispatcher's lookups every
     time. A call none of these covers (an unbatched input, 'same' padding with an odd total, a padding mode other
     than zeros, autocast) runs the layer as it was. A backend forced later (ops.use_backend) does not change a
     signature's choice."""
 
-    def __init__(self, conv: GroupedConvMixin, relu: bool = False, adds_residual: bool = False):
+    def __init__(self, conv: GroupedConvMixin, relu: bool = False):
         super().__init__()
         self.conv = conv
         self.relu = relu
-        # oneDNN's ReLU applies to the conv's output, before a residual could be added: fused only without one.
-        self.fuses_relu = relu and not adds_residual
-        # Per input signature: the function running the conv, and whether the ReLU is still to apply after it.
-        self._plans: dict[tuple, tuple[Callable[[Tensor], Tensor], bool]] = {}
+        # Per signature: the function running the conv and its ReLU and residual add, run(input, residual).
+        self._plans: dict[tuple, Callable[[Tensor, Optional[Tensor]], Tensor]] = {}
         self._chosen: dict[tuple, str] = {}
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None, concat: Optional[Tensor] = None) -> Tensor:
-        key = (input.shape, input.stride(), input.dtype, input.device, torch.get_num_threads())
+        key = (input.shape, input.stride(), input.dtype, input.device, torch.get_num_threads(),
+               None if residual is None else (residual.shape, residual.stride(), residual.dtype))
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = self._plan(input, key)
-        run, relu_after = plan
-        return apply_epilogue(run(input), relu_after, residual, concat)
+            plan = self._plans[key] = self._plan(input, residual, key)
+        output = plan(input, residual)
+        return output if concat is None else torch.cat((output, concat), 1)
 
-    def _plan(self, input: Tensor, key: tuple) -> tuple[Callable[[Tensor], Tensor], bool]:
-        conv, spatial_dims = self.conv, len(self.conv.kernel_size)
-        self._chosen[key] = "the layer as it was"
+    def _plan(self, input: Tensor, residual: Optional[Tensor], key: tuple):
+        candidates = self.candidates(input, residual)
+        if len(candidates) > 1:
+            seconds = {name: median_seconds(lambda run=run: run(input, residual), PLAN_REPEATS, warmup=1)
+                       for name, run in candidates.items()}
+            chosen = min(seconds, key=seconds.get)
+        else:
+            (chosen,) = candidates
+        self._chosen[key] = chosen
+        return candidates[chosen]
+
+    def candidates(self, input: Tensor, residual: Optional[Tensor]) -> dict[str, Callable]:
+        """The ways to run this call, by name: each a function (input, residual) -> relu(conv(input) + residual)
+        (ReLU where the layer has one, the residual where given)."""
+        conv, spatial_dims, relu = self.conv, len(self.conv.kernel_size), self.relu
+
+        def as_it_was(x: Tensor, residual: Optional[Tensor]) -> Tensor:
+            return apply_epilogue(conv(x), relu, residual, None)
+
         if (conv.padding_mode != "zeros" or input.dim() != spatial_dims + 2 or input.numel() == 0
                 or torch.is_autocast_enabled(input.device.type)):
-            return conv, self.relu
+            return {"the layer as it was": as_it_was}
         arguments, extra_after = check_conv_call_once(input, conv.weight, conv.bias, conv.stride, conv.padding,
                                                       conv.dilation, conv.groups, conv.shuffle_groups, spatial_dims)
         if any(extra_after):
-            return conv, self.relu
+            return {"the layer as it was": as_it_was}
         candidates = {"dispatcher": self._dispatched(input, arguments)}
-        if _onednn_runs(conv, input, arguments):
+        if _onednn_runs(conv, input, arguments) and (residual is None or _onednn_adds(residual, input, conv.weight, arguments)):
             candidates["onednn"] = self._onednn(arguments, conv.weight)
             packed = torch.ops.mkldnn._reorder_convolution_weight(
                 conv.weight, list(arguments.padding), list(arguments.stride), list(arguments.dilation),
                 arguments.groups, list(input.shape))
             candidates["onednn prepacked"] = self._onednn(arguments, packed)
-        if len(candidates) > 1:
-            seconds = {name: median_seconds(lambda run=run: self._with_relu(name, run)(input), PLAN_REPEATS, warmup=1)
-                       for name, run in candidates.items()}
-            chosen = min(seconds, key=seconds.get)
-        else:
-            chosen = "dispatcher"
-        self._chosen[key] = chosen
-        return candidates[chosen], self.relu and not (self.fuses_relu and chosen != "dispatcher")
+        return candidates
 
-    def _with_relu(self, name: str, run: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-        """The candidate with its ReLU, as timed: the dispatcher's is applied after the kernel (oneDNN's is fused)."""
-        return (lambda x: run(x).relu_()) if self.fuses_relu and name == "dispatcher" else run
-
-    def _dispatched(self, input: Tensor, arguments: ConvArguments) -> Callable[[Tensor], Tensor]:
-        conv = self.conv
+    def _dispatched(self, input: Tensor, arguments: ConvArguments) -> Callable:
+        conv, relu = self.conv, self.relu
         problem = ConvProblem.build("conv_forward", input.shape, conv.weight.shape, arguments, input,
                                     has_bias=conv.bias is not None)
         backend = select_backend(problem, lambda b: b.conv_forward(input, conv.weight, conv.bias, arguments))
         memory_format = memory_format_of(input)
         weight, bias = conv.weight, conv.bias
-        return lambda x: backend.conv_forward(x, weight, bias, arguments).contiguous(memory_format=memory_format)
 
-    def _onednn(self, arguments: ConvArguments, weight: Tensor) -> Callable[[Tensor], Tensor]:
+        def run(x: Tensor, residual: Optional[Tensor]) -> Tensor:
+            output = backend.conv_forward(x, weight, bias, arguments).contiguous(memory_format=memory_format)
+            return apply_epilogue(output, relu, residual, None)
+
+        return run
+
+    def _onednn(self, arguments: ConvArguments, weight: Tensor) -> Callable:
         padding, stride, dilation = list(arguments.padding), list(arguments.stride), list(arguments.dilation)
         groups, shuffle_groups, bias = arguments.groups, arguments.shuffle_groups, self.conv.bias
-        attribute = "relu" if self.fuses_relu else "none"
-        convolution = torch.ops.mkldnn._convolution_pointwise
+        relu = "relu" if self.relu else None
+        pointwise = torch.ops.mkldnn._convolution_pointwise
 
-        def run(x: Tensor) -> Tensor:
+        def run(x: Tensor, residual: Optional[Tensor]) -> Tensor:
             if shuffle_groups > 1:
                 x = torch.channel_shuffle(x, shuffle_groups)
-            return convolution(x, weight, bias, padding, stride, dilation, groups, attribute, [None], "")
+            if residual is None:
+                return pointwise(x, weight, bias, padding, stride, dilation, groups, relu or "none", [None], "")
+            # relu(conv(x) + residual) as the kernel writes its output (oneDNN's binary post-op)
+            return pointwise.binary(x, residual, weight, bias, padding, stride, dilation, groups, "add", None, relu,
+                                    [None], "")
 
         return run
 

@@ -88,18 +88,17 @@ def _plan_convs(graph_module: fx.GraphModule, opaque_modules: set[str]) -> None:
         module = graph_module.get_submodule(node.target)
         if not isinstance(module, GroupedConvMixin) or len(node.args) != 1 or node.kwargs:
             continue
-        relu = adds_residual = False
+        relu = False
         (user,) = node.users if len(node.users) == 1 else (None,)
         if (user is not None and user.op == "call_module" and user.args[0] is node
                 and isinstance(graph_module.get_submodule(user.target), ConvEpilogue)):
             # The epilogue's node becomes the conv's call (it comes after everything both read).
             relu = graph_module.get_submodule(user.target).relu
-            adds_residual = len(user.args) > 1 and user.args[1] is not None
             graph_module.delete_submodule(user.target)
             user.target, user.args = node.target, (node.args[0], *user.args[1:])
             graph_module.graph.erase_node(node)
         parent, _, name = node.target.rpartition(".")
-        setattr(graph_module.get_submodule(parent), name, PlannedConv(module, relu, adds_residual))
+        setattr(graph_module.get_submodule(parent), name, PlannedConv(module, relu))
     graph_module.graph.lint()
     graph_module.recompile()
 
