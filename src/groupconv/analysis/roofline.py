@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops.tuning.timing import median_seconds
+from ..ops.tuning.timing import seconds_of
+from ..ops.tuning.tuner import warm_up
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,15 @@ class MachineCeilings:
         return self.peak_gflops / self.bandwidth_gbs
 
 
-def measure_peak_gflops(size: int = 1024, repeats: int = 5) -> float:
-    """GFLOP/s of a dense size x size float32 matmul (2 * size^3 FLOPs), the best case for the CPU's FPUs."""
+def measure_peak_gflops(size: int = 1024, repeats: int = 7) -> float:
+    """GFLOP/s of a dense size x size float32 matmul (2 * size^3 FLOPs), the best case for the CPU's FPUs: its
+    fastest of `repeats` runs after a warm-up to a steady time. (A cold process's first matmuls run up to several
+    times slower; a ceiling measured on them let whole models reach more than 100% of it.)"""
     a, b = torch.randn(size, size), torch.randn(size, size)
     out = torch.empty(size, size)
-    seconds = median_seconds(lambda: torch.mm(a, b, out=out), repeats=repeats)
-    return 2 * size**3 / seconds / 1e9
+    run = lambda: torch.mm(a, b, out=out)  # noqa: E731
+    warm_up({"matmul": run})
+    return 2 * size**3 / min(seconds_of(run) for _ in range(repeats)) / 1e9
 
 
 def measure_bandwidth_gbs(megabytes: int = 128, repeats: int = 5) -> float:
@@ -71,8 +75,9 @@ def measure_bandwidth_gbs(megabytes: int = 128, repeats: int = 5) -> float:
     """
     source = torch.randn(megabytes * 2**20 // 4)
     destination = torch.empty_like(source)
-    seconds = median_seconds(lambda: destination.copy_(source), repeats=repeats)
-    return 2 * source.nbytes / seconds / 1e9
+    run = lambda: destination.copy_(source)  # noqa: E731
+    warm_up({"copy": run})
+    return 2 * source.nbytes / min(seconds_of(run) for _ in range(repeats)) / 1e9
 
 
 def machine_ceilings(peak_gflops: float | None = None, bandwidth_gbs: float | None = None) -> MachineCeilings:

@@ -262,6 +262,25 @@ def memory_format_of(tensor: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def suggested_memory_format(tensor: torch.Tensor) -> torch.memory_format:
+    """torch's Tensor.suggest_memory_format(): channels_last(_3d) where the strides are ordered as that layout's,
+    size-1 dimensions' strides included (which is_contiguous ignores). torch's conv reads its weight's layout this
+    way: a 1x1 or depthwise weight moved with .to(memory_format=torch.channels_last) is contiguous too, yet counts
+    as channels_last."""
+    dims = tensor.dim()
+    if dims not in (4, 5) or tensor.layout != torch.strided:
+        return torch.contiguous_format
+    sizes, strides = tensor.shape, tensor.stride()
+    if strides[1] == 0:
+        return torch.contiguous_format
+    smallest = 0
+    for d in (1, 3, 2, 0) if dims == 4 else (1, 4, 3, 2, 0):
+        if sizes[d] == 0 or strides[d] < smallest or (d == 0 and smallest == strides[1]):
+            return torch.contiguous_format  # (the last test: ambiguous N111 tensors count as contiguous, as torch's)
+        smallest = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
+    return torch.channels_last if dims == 4 else torch.channels_last_3d
+
+
 # Kernels written for 2-D run a 1-D conv as a 2-D conv of height 1: tensors and shapes gain a unit dimension
 # before the length, and the arguments a neutral one (stride 1, padding 0, dilation 1).
 def arguments_as_2d(args: ConvArguments) -> tuple[list[int], list[int], list[int]]:

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from .custom_ops import convolution, convolution_with_shortcut, shuffle
-from .arguments import IntOrTuple, Padding, check_conv_call_once, check_groups, check_shuffle
+from .arguments import (IntOrTuple, Padding, check_conv_call_once, check_groups, check_shuffle, memory_format_of,
+                        suggested_memory_format)
 from .dispatch import ConvProblem, explain
 
 
@@ -21,6 +22,7 @@ def _prepare(spatial_dims, input, weight, bias, stride, padding, dilation, group
     if unbatched:
         input = input.unsqueeze(0)
     input, weight, bias = _autocast(input, weight, bias)
+    input = _in_the_weights_layout(input, weight)
     args, extra_after = check_conv_call_once(
         input, weight, bias, stride, padding, dilation, groups, shuffle_groups, spatial_dims
     )
@@ -28,6 +30,19 @@ def _prepare(spatial_dims, input, weight, bias, stride, padding, dilation, group
         # torch's rule for 'same' with an even span: the odd element of padding goes after.
         input = F.pad(input, [p for extra in reversed(extra_after) for p in (0, extra)])
     return input, args, unbatched
+
+
+def _in_the_weights_layout(input, weight):
+    """A contiguous input of a conv whose weight is channels_last, converted to channels_last, as torch's own conv
+    does (its output is channels_last then). So a model moved with .to(memory_format=torch.channels_last) runs
+    channels_last throughout on contiguous inputs: the first conv converts, every later layer receives channels_last,
+    and no layer converts back and forth."""
+    if not (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor) and input.dim() == weight.dim()):
+        return input  # (a wrong call, reported by the argument checks)
+    if memory_format_of(input) != torch.contiguous_format or (weight.is_contiguous() and 1 not in weight.shape[1:]):
+        return input  # (the second test: a contiguous weight without size-1 dimensions, no doubt about its layout)
+    weight_format = suggested_memory_format(weight)
+    return input if weight_format == torch.contiguous_format else input.contiguous(memory_format=weight_format)
 
 
 def _autocast(*tensors):
