@@ -14,6 +14,7 @@ from groupconv import models
 from groupconv.cli import main
 from groupconv.inference import ConvEpilogue, InferenceModel, PlannedConv, optimize_for_inference
 from groupconv.inference.folding import fold_into_conv
+from groupconv.ops.backends import native
 from groupconv.models.resnext_cifar import CifarResNeXt
 
 # Folding reorders float32 arithmetic: outputs agree to rounding, relative to their magnitude.
@@ -211,6 +212,8 @@ def test_every_way_a_planned_conv_can_run_equals_the_reference(case, relu, with_
         candidates = planned.candidates(x, residual)
         if torch.backends.mkldnn.is_available():
             assert {"dispatcher", "onednn", "onednn prepacked"} <= set(candidates)
+        if k == 1 and stride == 1 and padding == 0 and native.unavailable_reason() is None:
+            assert "groupconv 1x1 fused" in candidates
         for name, run in candidates.items():
             torch.testing.assert_close(run(x, residual), expected, rtol=1e-4, atol=1e-4, msg=name)
         torch.testing.assert_close(planned(x, residual), expected, rtol=1e-4, atol=1e-4)
@@ -224,6 +227,48 @@ def test_a_residual_onednn_cannot_add_is_added_after_the_conv():
     with torch.inference_mode():
         assert set(planned.candidates(x, broadcast)) == {"dispatcher"}
         torch.testing.assert_close(planned(x, broadcast), (conv(x) + broadcast).relu())
+
+
+def shuffled_depthwise_convs(model: nn.Module) -> int:
+    return sum(isinstance(m, gnn.base.GroupedConvMixin) and m.shuffle_groups > 1 and m.groups == m.in_channels
+               for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["shufflenet_g3_wd4", "shufflenet_g8_wd4"])
+def test_shuffles_move_from_depthwise_convs_to_the_1x1_convs_after_them(name):
+    torch.manual_seed(0)
+    model = with_statistics(models.create_model(name, num_classes=10, small_input=True))
+    x = torch.randn(3, 3, 16, 16)
+    optimized = optimize_for_inference(model, x)
+    units = shuffled_depthwise_convs(model)
+    assert units > 0 and optimized.moved_shuffles == units and shuffled_depthwise_convs(optimized) == 0
+    pointwise_reading_shuffled = [m for m in optimized.modules() if isinstance(m, PlannedConv)
+                                  and m.conv.shuffle_groups > 1 and m.conv.kernel_size == (1, 1)]
+    assert len(pointwise_reading_shuffled) == units
+    assert_same_as_eval(model, optimized, x)
+    assert_same_as_eval(model, optimized, torch.randn(1, 3, 20, 20))
+
+
+class ShuffleReadTwice(nn.Module):
+    """A depthwise conv with an input shuffle whose output is also read by something other than the 1x1 conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.depthwise = gnn.ShuffledGroupedConv2d(8, 8, 3, padding=1, groups=8, shuffle_groups=4)
+        self.pointwise = gnn.Conv2d(8, 8, 1, groups=2)
+
+    def forward(self, x):
+        y = self.depthwise(x)
+        return self.pointwise(y) + y
+
+
+def test_a_shuffle_whose_depthwise_output_is_read_twice_stays():
+    torch.manual_seed(0)
+    model = ShuffleReadTwice().eval()
+    x = torch.randn(2, 8, 6, 6)
+    optimized = optimize_for_inference(model, x)
+    assert optimized.moved_shuffles == 0 and shuffled_depthwise_convs(optimized) == 1
+    assert_same_as_eval(model, optimized, x)
 
 
 def test_outputs_are_inference_tensors_and_the_model_is_untouched():

@@ -666,7 +666,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("to_memory_format", &to_memory_format);
   m.def("batch_norm_forward", &batch_norm_forward);
   m.def("batch_norm_backward", &batch_norm_backward);
-  m.def("pointwise_forward_nhwc", &pointwise_forward_nhwc);
+  m.def("pointwise_forward_nhwc", &pointwise_forward_nhwc, py::arg("input"), py::arg("weight"), py::arg("bias"),
+        py::arg("groups"), py::arg("residual") = py::none(), py::arg("relu") = false, py::arg("shuffle_groups") = 1);
   m.def("pointwise_backward_input_nhwc", &pointwise_backward_input_nhwc, py::arg("grad_output"), py::arg("weight"),
         py::arg("groups"), py::arg("accumulate") = py::none());
   m.def("pointwise_backward_weight_nhwc", &pointwise_backward_weight_nhwc);

@@ -51,6 +51,9 @@ struct Packed {
   std::vector<T> values;
   int64_t groups, a, b, padded;
   std::vector<T> bias;  // per group, `padded` values (B real): empty without a bias
+  // The forward's fused epilogue and input shuffle (an inference-time conv; set after packing):
+  bool relu = false;            // outputs stored as max(0, y)
+  std::vector<int64_t> source;  // where given, input channel g*A + k is read from x's channel source[g*A + k]
   const T* row(int64_t group, int64_t k) const { return values.data() + (group * a + k) * padded; }
 };
 
@@ -139,7 +142,7 @@ inline void block(const T* x, int64_t x_stride, const Packed<T>& k, int64_t g, i
       acc[p][v] = start ? load_first<V>(start + p * y_stride + v * lanes, width - v * lanes) : V{};
     tail[p] = HALF && start ? load_first<H>(start + p * y_stride + VECTORS * lanes, width - VECTORS * lanes) : H{};
   }
-  const T* xg = x + g * k.a;
+  const int64_t* source = k.source.empty() ? nullptr : k.source.data() + g * k.a;
   const T* row = k.row(g, 0) + column0;
   for (int64_t i = 0; i < k.a; ++i, row += k.padded) {
     V columns[SLOTS];
@@ -147,9 +150,10 @@ inline void block(const T* x, int64_t x_stride, const Packed<T>& k, int64_t g, i
     for (int64_t v = 0; v < VECTORS; ++v) columns[v] = load<V>(row + v * lanes);
     H tail_columns{};
     if constexpr (HALF) tail_columns = load<H>(row + VECTORS * lanes);
+    const T* xi = x + (source ? source[i] : g * k.a + i);  // (x's values are broadcast one at a time: any order)
 #pragma GCC unroll 16
     for (int64_t p = 0; p < PIXELS; ++p) {
-      const T value = xg[p * x_stride + i];
+      const T value = xi[p * x_stride];
 #pragma GCC unroll 16
       for (int64_t v = 0; v < VECTORS; ++v) acc[p][v] += value * columns[v];
       if constexpr (HALF) tail[p] += value * tail_columns;
@@ -167,6 +171,14 @@ inline void block(const T* x, int64_t x_stride, const Packed<T>& k, int64_t g, i
       const H b = load<H>(bias_row + VECTORS * lanes);
 #pragma GCC unroll 16
       for (int64_t p = 0; p < PIXELS; ++p) tail[p] += b;
+    }
+  }
+  if (k.relu) {
+#pragma GCC unroll 16
+    for (int64_t p = 0; p < PIXELS; ++p) {
+#pragma GCC unroll 16
+      for (int64_t v = 0; v < VECTORS; ++v) acc[p][v] = acc[p][v] > V{} ? acc[p][v] : V{};
+      if constexpr (HALF) tail[p] = tail[p] > H{} ? tail[p] : H{};
     }
   }
   // The real columns only (the padding would overwrite the next group's). Whole vectors are stored as such, which
@@ -428,14 +440,15 @@ void pointwise_weight_gradient(const T* grad, const T* x, int64_t pixel_count, i
 // block's shortcut gradient, summed into its first conv's input gradient without a pass of its own).
 at::Tensor accumulated_rows(const c10::optional<at::Tensor>& accumulate, at::IntArrayRef sizes) {
   if (!accumulate.has_value() || !accumulate->defined()) return at::Tensor();
-  TORCH_CHECK(accumulate->sizes() == sizes, "pointwise NHWC kernel: accumulate must have the input gradient's shape ",
+  TORCH_CHECK(accumulate->sizes() == sizes, "pointwise NHWC kernel: the tensor added must have the output's shape ",
               sizes, ", got ", accumulate->sizes());
   return accumulate->contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 at::Tensor run(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                int64_t groups, int64_t out_channels, bool transposed,
-               const c10::optional<at::Tensor>& accumulate = c10::nullopt) {
+               const c10::optional<at::Tensor>& accumulate = c10::nullopt, bool relu = false,
+               int64_t shuffle_groups = 1) {
   TORCH_CHECK(input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast),
               "pointwise NHWC kernel: input must be a channels_last 4-D tensor, got strides ", input.strides());
   const at::Tensor w = weight.contiguous();
@@ -446,8 +459,14 @@ at::Tensor run(const at::Tensor& input, const at::Tensor& weight, const c10::opt
   const int64_t pixel_count = input.size(0) * input.size(2) * input.size(3);
   const at::Tensor init = accumulated_rows(accumulate, out.sizes());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "groupconv_pointwise_nhwc", [&] {
-    const Packed<scalar_t> k = pack(w.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr, groups, a,
-                                    out_per_group, transposed);
+    Packed<scalar_t> k = pack(w.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr, groups, a,
+                              out_per_group, transposed);
+    k.relu = relu;
+    if (shuffle_groups > 1) {  // channel_shuffle(x, s)[c] = x[(c % s) * (C / s) + c / s]
+      const int64_t channels = input.size(1), per_group = channels / shuffle_groups;
+      k.source.resize(channels);
+      for (int64_t c = 0; c < channels; ++c) k.source[c] = (c % shuffle_groups) * per_group + c / shuffle_groups;
+    }
     pointwise_nhwc(input.data_ptr<scalar_t>(), pixel_count, k, out.data_ptr<scalar_t>(),
                    init.defined() ? init.data_ptr<scalar_t>() : nullptr);
   });
@@ -457,8 +476,11 @@ at::Tensor run(const at::Tensor& input, const at::Tensor& weight, const c10::opt
 }  // namespace
 
 at::Tensor pointwise_forward_nhwc(const at::Tensor& input, const at::Tensor& weight,
-                                  const c10::optional<at::Tensor>& bias, int64_t groups) {
-  return run(input, weight, bias, groups, weight.size(0), /*transposed=*/true);
+                                  const c10::optional<at::Tensor>& bias, int64_t groups,
+                                  const c10::optional<at::Tensor>& residual, bool relu, int64_t shuffle_groups) {
+  TORCH_CHECK(shuffle_groups >= 1 && input.size(1) % shuffle_groups == 0, "pointwise NHWC kernel: shuffle_groups=",
+              shuffle_groups, " must divide the input's ", input.size(1), " channels");
+  return run(input, weight, bias, groups, weight.size(0), /*transposed=*/true, residual, relu, shuffle_groups);
 }
 
 at::Tensor pointwise_backward_weight_nhwc(const at::Tensor& grad_output, const at::Tensor& input,

@@ -6,8 +6,12 @@
 #include <vector>
 
 // (N, M, H, W) channels_last output of a 1x1, stride-1, unpadded conv with `groups` groups of a channels_last input.
+// With an inference-time epilogue: relu(conv(channel_shuffle(input, shuffle_groups)) + residual), `residual` (of the
+// output's shape) added and the ReLU applied as the output is written, the shuffle made by the reads of the input.
 at::Tensor pointwise_forward_nhwc(const at::Tensor& input, const at::Tensor& weight,
-                                  const c10::optional<at::Tensor>& bias, int64_t groups);
+                                  const c10::optional<at::Tensor>& bias, int64_t groups,
+                                  const c10::optional<at::Tensor>& residual = c10::nullopt, bool relu = false,
+                                  int64_t shuffle_groups = 1);
 
 // The input gradient of that conv, channels_last, from a channels_last output gradient; plus `accumulate` (a tensor
 // of the input's shape) where given, added as the gradient is written.

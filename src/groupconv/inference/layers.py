@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..nn.base import GroupedConvMixin
 from ..ops.arguments import ConvArguments, check_conv_call_once, memory_format_of, output_size
+from ..ops.backends import native
 from ..ops.dispatch import ConvProblem, select_backend
 from ..ops.tuning.timing import median_seconds
 
@@ -44,13 +45,22 @@ class ConvEpilogue(torch.nn.Module):
         return f"relu={self.relu}"
 
 
-def _onednn_adds(residual: Tensor, input: Tensor, weight: Tensor, arguments: ConvArguments) -> bool:
-    """Whether oneDNN's fused add can take `residual`: of the conv output's shape exactly (the plain add would
+def _adds_exactly(residual: Tensor, input: Tensor, weight: Tensor, arguments: ConvArguments) -> bool:
+    """Whether a kernel's fused add can take `residual`: of the conv output's shape exactly (the plain add would
     broadcast), channels_last, of the input's dtype."""
     spatial = output_size(input.shape[2:], weight.shape[2:], arguments.stride, arguments.padding, arguments.padding,
                           arguments.dilation)
     return (residual.shape == (input.shape[0], weight.shape[0], *spatial) and residual.dtype == input.dtype
             and residual.device == input.device and memory_format_of(residual) == torch.channels_last)
+
+
+def _native_pointwise_runs(input: Tensor, weight: Tensor, arguments: ConvArguments) -> bool:
+    """Whether groupconv's 1x1 kernel (csrc/pointwise.cpp) can run the call with its epilogue: a 1x1 conv, stride 1,
+    no padding, on a channels_last float32 or float64 CPU input, the native kernels built."""
+    return (input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64) and input.dim() == 4
+            and memory_format_of(input) == torch.channels_last and tuple(weight.shape[2:]) == (1, 1)
+            and tuple(arguments.stride) == (1, 1) and tuple(arguments.padding) == (0, 0)
+            and native.unavailable_reason() is None)
 
 
 def _onednn_runs(conv: torch.nn.Module, input: Tensor, arguments: ConvArguments) -> bool:
@@ -68,6 +78,8 @@ class PlannedConv(torch.nn.Module):
 
     The ways (candidates), timed on the first input of each signature and the fastest kept:
     - the dispatcher's choice (its backend's kernel called directly), then the epilogue in place;
+    - for a 1x1 conv, groupconv's 1x1 kernel with the epilogue fused: it starts its sums from the residual, applies
+      the ReLU as it writes the output and makes an input shuffle by the order of its reads;
     - oneDNN's convolution (torch.ops.mkldnn._convolution_pointwise, the kernel torch.compile's CPU backend uses)
       with the ReLU, or the residual add and the ReLU, fused into the kernel's write of the output, on the weight as
       it is or reordered once into oneDNN's blocked layout for this input size (prepacked); then the concat.
@@ -120,7 +132,10 @@ class PlannedConv(torch.nn.Module):
         if any(extra_after):
             return {"the layer as it was": as_it_was}
         candidates = {"dispatcher": self._dispatched(input, arguments)}
-        if _onednn_runs(conv, input, arguments) and (residual is None or _onednn_adds(residual, input, conv.weight, arguments)):
+        adds = residual is None or _adds_exactly(residual, input, conv.weight, arguments)
+        if _native_pointwise_runs(input, conv.weight, arguments) and adds:
+            candidates["groupconv 1x1 fused"] = self._native_pointwise(arguments)
+        if _onednn_runs(conv, input, arguments) and adds:
             candidates["onednn"] = self._onednn(arguments, conv.weight)
             packed = torch.ops.mkldnn._reorder_convolution_weight(
                 conv.weight, list(arguments.padding), list(arguments.stride), list(arguments.dilation),
@@ -139,6 +154,16 @@ class PlannedConv(torch.nn.Module):
         def run(x: Tensor, residual: Optional[Tensor]) -> Tensor:
             output = backend.conv_forward(x, weight, bias, arguments).contiguous(memory_format=memory_format)
             return apply_epilogue(output, relu, residual, None)
+
+        return run
+
+    def _native_pointwise(self, arguments: ConvArguments) -> Callable:
+        kernel, weight, bias = native.load().pointwise_forward_nhwc, self.conv.weight, self.conv.bias
+        groups, shuffle_groups, relu = arguments.groups, arguments.shuffle_groups, self.relu
+
+        def run(x: Tensor, residual: Optional[Tensor]) -> Tensor:
+            # relu(conv(shuffle(x)) + residual): the shuffle made by the kernel's reads, the rest by its writes
+            return kernel(x, weight, bias, groups, residual, relu, shuffle_groups)
 
         return run
 

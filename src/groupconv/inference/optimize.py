@@ -4,9 +4,11 @@ The steps, each kept because it measured faster (docs/inference.md has the numbe
 
 1. The model is traced into a torch.fx graph (tracing.py; parts that do not trace run as they were).
 2. Every batch norm that reads a conv's output alone is folded into that conv (folding.py).
-3. Every groupconv conv layer becomes a PlannedConv: the dispatcher's choice for the example input's shapes is made
+3. A channel shuffle read by a depthwise conv moves to the 1x1 conv after it, whose kernel makes it by the order of
+   its reads (shuffles.py).
+4. Every groupconv conv layer becomes a PlannedConv: the dispatcher's choice for the example input's shapes is made
    now, and each call runs the chosen kernel directly.
-4. Weights and activations stay channels_last, the input converted once; forwards run under torch.inference_mode.
+5. Weights and activations stay channels_last, the input converted once; forwards run under torch.inference_mode.
 
 The result is checked against the eval-mode model on the example input; a graph whose output differs (a model whose
 traced graph would not be the same computation) is dropped for the model as it was.
@@ -24,6 +26,7 @@ from torch import fx
 from ..nn.base import GroupedConvMixin
 from .folding import fold_batch_norms
 from .layers import ConvEpilogue, PlannedConv
+from .shuffles import move_shuffles_to_pointwise_reads
 from .tracing import trace
 
 # The check against the eval-mode model: folding reorders float32 arithmetic (rounding only), so the outputs agree
@@ -36,17 +39,18 @@ class InferenceModel(torch.nn.Module):
     within float32 rounding). Its outputs are inference tensors (torch.inference_mode): they carry no autograd
     history and cannot be used in autograd later.
 
-    `folded_batch_norms`: how many BNs were folded into their convs; `traced`: whether the model traced into a
-    graph (else it runs as it was, in the chosen layout and inference mode); `opaque_modules`: the submodules left as
+    `folded_batch_norms`: how many BNs were folded into their convs; `moved_shuffles`: how many channel shuffles
+    moved from a depthwise conv to the 1x1 conv after it; `traced`: whether the model traced into a graph (else it runs as it was, in the chosen layout and inference mode); `opaque_modules`: the submodules left as
     they were because they did not trace."""
 
     def __init__(self, model: torch.nn.Module, memory_format: torch.memory_format, traced: bool,
-                 folded_batch_norms: int, opaque_modules: Sequence[str]):
+                 folded_batch_norms: int, opaque_modules: Sequence[str], moved_shuffles: int = 0):
         super().__init__()
         self.model = model
         self.memory_format = memory_format
         self.traced = traced
         self.folded_batch_norms = folded_batch_norms
+        self.moved_shuffles = moved_shuffles
         self.opaque_modules = tuple(opaque_modules)
 
     def _converted(self, value):
@@ -61,7 +65,7 @@ class InferenceModel(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (f"traced={self.traced}, folded_batch_norms={self.folded_batch_norms}, "
-                f"memory_format={self.memory_format}")
+                f"moved_shuffles={self.moved_shuffles}, memory_format={self.memory_format}")
 
 
 def _check_arguments(model, example_inputs, channels_last, fold_batch_norm, plan_convs) -> tuple:
@@ -135,15 +139,16 @@ def optimize_for_inference(model: torch.nn.Module, example_inputs, *, channels_l
     reference = copy.deepcopy(model).eval()
     prepared = copy.deepcopy(model).eval().requires_grad_(False)
     traced = trace(prepared)
-    folded, opaque = 0, set()
+    folded, moved, opaque = 0, 0, set()
     if traced is not None:
         prepared, opaque = traced
         if fold_batch_norm:
             folded = fold_batch_norms(prepared)
         if plan_convs:
+            moved = move_shuffles_to_pointwise_reads(prepared)
             _plan_convs(prepared, opaque)
     prepared = prepared.to(memory_format=memory_format)
-    result = InferenceModel(prepared, memory_format, traced is not None, folded, sorted(opaque))
+    result = InferenceModel(prepared, memory_format, traced is not None, folded, sorted(opaque), moved)
     with torch.inference_mode():
         expected = reference(*inputs)
     if traced is not None and not _same_outputs(expected, result(*inputs)):
