@@ -215,6 +215,36 @@ def test_channels_last_pointwise_matches_torch(in_channels, out_channels, groups
     assert not ops.get_backend("native").not_supported_reasons(problem)
 
 
+# (in channels, out channels, groups, shuffle groups): half-vector and odd group widths, dense, shuffles that do and do
+# not match the groups
+EPILOGUE_CASES = [(96, 96, 8, 8), (60, 240, 3, 3), (384, 96, 8, 8), (34, 66, 2, 17), (51, 99, 3, 1), (24, 96, 1, 4),
+                  (80, 40, 2, 5), (6, 10, 2, 3)]
+
+
+@pytest.mark.parametrize("in_channels,out_channels,groups,shuffle_groups", EPILOGUE_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("relu, with_residual", [(False, True), (True, False), (True, True)])
+def test_channels_last_pointwise_epilogue_matches_torch(in_channels, out_channels, groups, shuffle_groups, dtype,
+                                                        relu, with_residual):
+    """csrc/pointwise.cpp's inference epilogue: relu(conv(channel_shuffle(x)) + residual), batch 1 and 3."""
+    generator = torch.Generator().manual_seed(in_channels * out_channels + shuffle_groups)
+    for batch in (1, 3):
+        x = torch.randn(batch, in_channels, 5, 7, generator=generator, dtype=dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
+        w = torch.randn(out_channels, in_channels // groups, 1, 1, generator=generator, dtype=dtype)
+        b = torch.randn(out_channels, generator=generator, dtype=dtype)
+        residual = torch.randn(batch, out_channels, 5, 7, generator=generator, dtype=dtype) if with_residual else None
+        expected = F.conv2d(torch.channel_shuffle(x, shuffle_groups) if shuffle_groups > 1 else x, w, b,
+                            groups=groups)
+        expected = expected + residual if with_residual else expected
+        expected = expected.relu() if relu else expected
+        actual = native.load().pointwise_forward_nhwc(x, w, b, groups, residual, relu, shuffle_groups)
+        assert actual.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(actual, expected)
+    with pytest.raises(RuntimeError, match="the tensor added must have the output's shape"):
+        native.load().pointwise_forward_nhwc(x, w, b, groups, torch.zeros(1, out_channels, 1, 1, dtype=dtype))
+
+
 def test_dense_pointwise_runs_on_the_native_kernel_only_where_tuned():
     """A dense channels_last 1x1 is a contender for the tuner, but an untuned dispatch keeps oneDNN's (wide ones run
     2x faster there); a grouped one runs natively untuned."""
