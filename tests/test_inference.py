@@ -13,6 +13,7 @@ import groupconv.nn as gnn
 from groupconv import models
 from groupconv.cli import main
 from groupconv.inference import ConvEpilogue, InferenceModel, PlannedConv, optimize_for_inference
+from groupconv.benchmarks.inference import InferenceResult, summary
 from groupconv.inference.folding import fold_into_conv
 from groupconv.ops.backends import native
 from groupconv.models.resnext_cifar import CifarResNeXt
@@ -314,6 +315,19 @@ def test_inference_benchmark_prints_each_way_and_writes_csv(tmp_path, capsys):
     assert {row["way"] for row in rows} >= {"groupconv optimized", "ONNX Runtime"}
     onnx_runtime = next(row for row in rows if row["way"] == "ONNX Runtime")
     assert float(onnx_runtime["ratio_to_onnx_runtime"]) == 1.0 and float(onnx_runtime["fraction_of_peak"]) > 0
+    assert "groupconv optimized vs ONNX Runtime: speed-up" in printed
+
+
+def test_inference_summary_takes_geometric_means_and_the_grouped_pair():
+    def result(model, batch, optimized, onnx_runtime):
+        return InferenceResult(model, batch, 224, 1, {"groupconv optimized": optimized, "ONNX Runtime": onnx_runtime})
+
+    text = summary([result("shufflenet_g8_w1", 1, 2.0, 4.0), result("shufflenet_g1_w1", 1, 1.0, 0.5),
+                    result("shufflenet_g8_w1", 32, 10.0, 10.0)])
+    assert "vs ONNX Runtime: speed-up 1.00x (geometric mean of 3), slower on 1: shufflenet_g1_w1 batch 1 (0.50x)" in text
+    assert ("1/G at batch 1: shufflenet_g8_w1 time over shufflenet_g1_w1's: groupconv optimized 2.00x, "
+            "ONNX Runtime 8.00x") in text
+    assert "1/G at batch 32" not in text and "OpenVINO" not in text
 
 
 def test_inference_benchmark_rejects_bad_batch_sizes_and_models(capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -21,7 +22,11 @@ from ..inference import optimize_for_inference
 from ..ops.tuning.timing import median_seconds_interleaved
 from .twins import to_torch_layers
 
-INFERENCE_MODELS = ("shufflenet_g8_w1", "shufflenet_g1_w1", "mobilenet_w1")
+INFERENCE_MODELS = ("shufflenet_g8_w1", "shufflenet_g3_w1", "shufflenet_g1_w1", "mobilenet_w1", "resnext29_32x4d")
+OPTIMIZED = "groupconv optimized"
+OPENVINO = "OpenVINO"
+# The 1/G comparison: ShuffleNet 1x with 8 groups against 1 group, about the same multiply-adds (Zhang et al. 2018).
+GROUPED_PAIR = ("shufflenet_g8_w1", "shufflenet_g1_w1")
 BATCH_SIZES = (1, 32)
 REPEATS = 11
 ONNX_RUNTIME = "ONNX Runtime"
@@ -113,7 +118,7 @@ def inference_benchmark(names=INFERENCE_MODELS, batch_sizes=BATCH_SIZES, repeats
             flops = 2 * count_multiply_adds(model, x)
             result = InferenceResult(name, batch, height, flops)
             channels_last = x.contiguous(memory_format=torch.channels_last)
-            ways = {"groupconv optimized": (lambda optimized=optimize_for_inference(model, x): optimized(x)),
+            ways = {OPTIMIZED: (lambda optimized=optimize_for_inference(model, x): optimized(x)),
                     "groupconv eager": _eager(model, x),
                     "groupconv eager CL": _eager(copy.deepcopy(model).to(memory_format=torch.channels_last),
                                                  channels_last),
@@ -127,7 +132,7 @@ def inference_benchmark(names=INFERENCE_MODELS, batch_sizes=BATCH_SIZES, repeats
                 result.notes.append(f"ONNX Runtime and OpenVINO skipped: {error} (pip install groupconv[export])")
                 openvino = None
             if openvino is not None:
-                ways["OpenVINO"] = openvino
+                ways[OPENVINO] = openvino
             elif not result.notes:
                 result.notes.append("OpenVINO skipped: not installed (pip install groupconv[openvino])")
             seconds = median_seconds_interleaved(ways, repeats=repeats, warmup=2)
@@ -136,6 +141,29 @@ def inference_benchmark(names=INFERENCE_MODELS, batch_sizes=BATCH_SIZES, repeats
             if progress:
                 progress(result)
     return results
+
+
+def summary(results: list[InferenceResult]) -> str:
+    """groupconv's optimised model against ONNX Runtime and OpenVINO over every model and batch (geometric mean of
+    the speed-ups, above 1: groupconv faster), and the 1/G comparison: ShuffleNet g=8's time over g=1's at each batch
+    size for every way (1.0: the 8 groups cost nothing more)."""
+    lines = []
+    for rival in (ONNX_RUNTIME, OPENVINO):
+        pairs = [(r.model, r.batch, r.milliseconds[rival] / r.milliseconds[OPTIMIZED]) for r in results
+                 if rival in r.milliseconds and OPTIMIZED in r.milliseconds]
+        if pairs:
+            geometric_mean = math.exp(sum(math.log(speedup) for *_, speedup in pairs) / len(pairs))
+            slower = [f"{model} batch {batch} ({speedup:.2f}x)" for model, batch, speedup in pairs if speedup < 1]
+            lines.append(f"{OPTIMIZED} vs {rival}: speed-up {geometric_mean:.2f}x (geometric mean of {len(pairs)}), "
+                         f"slower on {len(slower)}" + (f": {', '.join(slower)}" if slower else ""))
+    by_key = {(r.model, r.batch): r for r in results}
+    for batch in dict.fromkeys(r.batch for r in results):
+        grouped, dense = (by_key.get((name, batch)) for name in GROUPED_PAIR)
+        if grouped and dense:
+            ratios = ", ".join(f"{who} {grouped.milliseconds[who] / dense.milliseconds[who]:.2f}x"
+                               for who in grouped.milliseconds if who in dense.milliseconds)
+            lines.append(f"1/G at batch {batch}: {GROUPED_PAIR[0]} time over {GROUPED_PAIR[1]}'s: {ratios}")
+    return "\n".join(lines)
 
 
 def format_result(result: InferenceResult, ceilings: MachineCeilings) -> str:

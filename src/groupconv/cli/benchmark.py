@@ -174,6 +174,7 @@ def inference_section(names: list[str], batch_sizes: tuple[int, ...], repeats: i
           f"second as a fraction of the compute ceiling ({ceilings.source})")
     results = inference.inference_benchmark(names, batch_sizes, repeats, image_size,
                                             progress=lambda result: print(inference.format_result(result, ceilings)))
+    print("\n" + inference.summary(results))
     write_csv(out / "inference.csv", [record for result in results for record in result.records(ceilings)])
 
 
