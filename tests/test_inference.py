@@ -272,6 +272,30 @@ def test_a_shuffle_whose_depthwise_output_is_read_twice_stays():
     assert_same_as_eval(model, optimized, x)
 
 
+def test_one_and_two_threads_give_the_same_results_and_the_choice_is_reported():
+    torch.manual_seed(0)
+    model = with_statistics(models.create_model("shufflenet_g3_wd4", num_classes=10, small_input=True))
+    x = torch.randn(2, 3, 16, 16)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        optimized = optimize_for_inference(model, x)
+        on_two = optimized(x)
+        assert list(optimized.threads_chosen.values())[0] in (1, 2)
+        torch.set_num_threads(1)
+        on_one = optimized(x)
+        assert len(optimized.threads_chosen) == 1  # (one thread available: nothing to choose)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        fixed = optimize_for_inference(model, x, choose_threads=False)
+        fixed(x)
+        assert fixed.threads_chosen == {} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(on_one, on_two, rtol=1e-5, atol=1e-5)
+    assert_same_as_eval(model, optimized, x)
+
+
 def test_outputs_are_inference_tensors_and_the_model_is_untouched():
     torch.manual_seed(0)
     model = with_statistics(groupconv.accelerate(user_model())).train()

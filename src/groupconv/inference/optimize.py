@@ -9,6 +9,7 @@ The steps, each kept because it measured faster (docs/inference.md has the numbe
 4. Every groupconv conv layer becomes a PlannedConv: the dispatcher's choice for the example input's shapes is made
    now, and each call runs the chosen kernel directly.
 5. Weights and activations stay channels_last, the input converted once; forwards run under torch.inference_mode.
+6. Each input signature runs on torch's threads or on one, whichever its first forwards measure faster.
 
 The result is checked against the eval-mode model on the example input; a graph whose output differs (a model whose
 traced graph would not be the same computation) is dropped for the model as it was.
@@ -24,6 +25,7 @@ import torch
 from torch import fx
 
 from ..nn.base import GroupedConvMixin
+from ..ops.tuning.timing import median_seconds_interleaved
 from .folding import fold_batch_norms
 from .layers import ConvEpilogue, PlannedConv
 from .shuffles import move_shuffles_to_pointwise_reads
@@ -32,6 +34,9 @@ from .tracing import trace
 # The check against the eval-mode model: folding reorders float32 arithmetic (rounding only), so the outputs agree
 # to a few float32 ulps of their magnitude; a wrong graph differs at the scale of the values themselves.
 CHECK_RELATIVE_TOLERANCE = 1e-3
+# Choosing the thread count of an input signature: timed forwards per count, and how much faster one thread must be.
+THREAD_CHOICE_REPEATS = 5
+THREAD_CHOICE_MARGIN = 0.9
 
 
 class InferenceModel(torch.nn.Module):
@@ -40,11 +45,14 @@ class InferenceModel(torch.nn.Module):
     history and cannot be used in autograd later.
 
     `folded_batch_norms`: how many BNs were folded into their convs; `moved_shuffles`: how many channel shuffles
-    moved from a depthwise conv to the 1x1 conv after it; `traced`: whether the model traced into a graph (else it runs as it was, in the chosen layout and inference mode); `opaque_modules`: the submodules left as
-    they were because they did not trace."""
+    moved from a depthwise conv to the 1x1 conv after it; `traced`: whether the model traced into a graph (else it
+    runs as it was, in the chosen layout and inference mode); `opaque_modules`: the submodules left as they were
+    because they did not trace; `threads_chosen`: per input signature (the tensors' shapes, dtypes and devices and
+    torch's thread count), the threads its forwards run on."""
 
     def __init__(self, model: torch.nn.Module, memory_format: torch.memory_format, traced: bool,
-                 folded_batch_norms: int, opaque_modules: Sequence[str], moved_shuffles: int = 0):
+                 folded_batch_norms: int, opaque_modules: Sequence[str], moved_shuffles: int = 0,
+                 choose_threads: bool = True):
         super().__init__()
         self.model = model
         self.memory_format = memory_format
@@ -52,6 +60,8 @@ class InferenceModel(torch.nn.Module):
         self.folded_batch_norms = folded_batch_norms
         self.moved_shuffles = moved_shuffles
         self.opaque_modules = tuple(opaque_modules)
+        self.choose_threads = choose_threads
+        self.threads_chosen: dict[tuple, int] = {}
 
     def _converted(self, value):
         if isinstance(value, torch.Tensor) and value.dim() == 4 and self.memory_format != torch.contiguous_format:
@@ -59,16 +69,51 @@ class InferenceModel(torch.nn.Module):
         return value
 
     def forward(self, *args, **kwargs):
+        args = [self._converted(a) for a in args]
+        kwargs = {key: self._converted(value) for key, value in kwargs.items()}
+        available = torch.get_num_threads()
         with torch.inference_mode():
-            return self.model(*[self._converted(a) for a in args],
-                              **{key: self._converted(value) for key, value in kwargs.items()})
+            if not self.choose_threads or available == 1:
+                return self.model(*args, **kwargs)
+            key = (*(_signature(value) for value in args), *((k, _signature(v)) for k, v in kwargs.items()), available)
+            threads = self.threads_chosen.get(key)
+            if threads is None:
+                threads = self.threads_chosen[key] = self._fastest_threads(args, kwargs, available)
+            return _on_threads(threads, lambda: self.model(*args, **kwargs))
+
+    def _fastest_threads(self, args, kwargs, available: int) -> int:
+        """All of torch's threads or one: at batch 1 a forward's layers are small (tens of microseconds each), and
+        waking a second thread for each can cost more than it brings. Timed in alternation, after a warm-up that
+        lets each thread count choose its kernels."""
+        runs = {threads: (lambda threads=threads: _on_threads(threads, lambda: self.model(*args, **kwargs)))
+                for threads in (available, 1)}
+        seconds = median_seconds_interleaved(runs, repeats=THREAD_CHOICE_REPEATS, warmup=2)
+        # (more threads kept unless one is clearly faster: timing noise should not halve a large batch's speed)
+        return 1 if seconds[1] < THREAD_CHOICE_MARGIN * seconds[available] else available
 
     def extra_repr(self) -> str:
         return (f"traced={self.traced}, folded_batch_norms={self.folded_batch_norms}, "
-                f"moved_shuffles={self.moved_shuffles}, memory_format={self.memory_format}")
+                f"moved_shuffles={self.moved_shuffles}, memory_format={self.memory_format}, "
+                f"threads_chosen={sorted(set(self.threads_chosen.values()))}")
 
 
-def _check_arguments(model, example_inputs, channels_last, fold_batch_norm, plan_convs) -> tuple:
+def _signature(value) -> tuple | type:
+    return (tuple(value.shape), value.dtype, value.device) if isinstance(value, torch.Tensor) else type(value)
+
+
+def _on_threads(threads: int, run):
+    """run() on `threads` of torch's threads (the count set back after)."""
+    previous = torch.get_num_threads()
+    if threads == previous:
+        return run()
+    torch.set_num_threads(threads)
+    try:
+        return run()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _check_arguments(model, example_inputs, channels_last, fold_batch_norm, plan_convs, choose_threads) -> tuple:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
@@ -77,7 +122,7 @@ def _check_arguments(model, example_inputs, channels_last, fold_batch_norm, plan
         raise TypeError(f"example_inputs must be a tensor or a non-empty tuple of tensors (the model's positional "
                         f"arguments), got {type(example_inputs).__name__}")
     for name, value in (("channels_last", channels_last), ("fold_batch_norm", fold_batch_norm),
-                        ("plan_convs", plan_convs)):
+                        ("plan_convs", plan_convs), ("choose_threads", choose_threads)):
         if not isinstance(value, bool):
             raise TypeError(f"{name}={value!r} must be a bool")
     return tuple(inputs)
@@ -123,7 +168,8 @@ def _same_outputs(expected, actual) -> bool:
 
 
 def optimize_for_inference(model: torch.nn.Module, example_inputs, *, channels_last: bool = True,
-                           fold_batch_norm: bool = True, plan_convs: bool = True) -> InferenceModel:
+                           fold_batch_norm: bool = True, plan_convs: bool = True,
+                           choose_threads: bool = True) -> InferenceModel:
     """An eval-mode copy of `model` prepared for fast forwards (the module docstring lists the steps); `model`
     itself is not changed.
 
@@ -133,8 +179,10 @@ def optimize_for_inference(model: torch.nn.Module, example_inputs, *, channels_l
         backends are chosen for them (other shapes work too, their choice made on first use) and the result is
         checked against the eval-mode model on them.
     channels_last, fold_batch_norm, plan_convs: each step can be turned off (to measure what it brings).
+    choose_threads: on each new input signature, time the forward on torch's threads and on one, and keep the faster
+        (off: always torch's threads).
     """
-    inputs = _check_arguments(model, example_inputs, channels_last, fold_batch_norm, plan_convs)
+    inputs = _check_arguments(model, example_inputs, channels_last, fold_batch_norm, plan_convs, choose_threads)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     reference = copy.deepcopy(model).eval()
     prepared = copy.deepcopy(model).eval().requires_grad_(False)
@@ -148,17 +196,17 @@ def optimize_for_inference(model: torch.nn.Module, example_inputs, *, channels_l
             moved = move_shuffles_to_pointwise_reads(prepared)
             _plan_convs(prepared, opaque)
     prepared = prepared.to(memory_format=memory_format)
-    result = InferenceModel(prepared, memory_format, traced is not None, folded, sorted(opaque), moved)
+    result = InferenceModel(prepared, memory_format, traced is not None, folded, sorted(opaque), moved, choose_threads)
     with torch.inference_mode():
         expected = reference(*inputs)
     if traced is not None and not _same_outputs(expected, result(*inputs)):
         warnings.warn(f"the traced graph of {type(model).__name__} does not compute the model's outputs on "
                       "example_inputs; it runs as it was", stacklevel=2)
-        return _untraced(model, memory_format)
+        return _untraced(model, memory_format, choose_threads)
     return result
 
 
-def _untraced(model: torch.nn.Module, memory_format: torch.memory_format) -> InferenceModel:
+def _untraced(model: torch.nn.Module, memory_format: torch.memory_format, choose_threads: bool) -> InferenceModel:
     """The model as it was, in eval mode, `memory_format` and inference mode."""
     prepared = copy.deepcopy(model).eval().requires_grad_(False).to(memory_format=memory_format)
-    return InferenceModel(prepared, memory_format, False, 0, ())
+    return InferenceModel(prepared, memory_format, False, 0, (), choose_threads=choose_threads)
