@@ -37,7 +37,8 @@ def _reported(command: str, function):
 
 def _add_ceiling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peak-gflops", type=float, default=None, metavar="GFLOPS",
-                        help="compute peak for the roofline, GFLOP/s (default: measured now with a 1024^3 matmul)")
+                        help="compute peak for the roofline, GFLOP/s (default: measured now, the best of 1024^3 and "
+                             "2048^3 matmuls)")
     parser.add_argument("--bandwidth-gbs", type=float, default=None, metavar="GBS",
                         help="memory bandwidth for the roofline, GB/s read + written (default: measured now "
                              "with a 128 MiB copy)")
