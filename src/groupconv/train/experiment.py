@@ -209,9 +209,9 @@ def studies_default(option: str) -> str:
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--studies", default=",".join(DEFAULT_STUDIES),
                         help=f"comma-separated studies to run, of {', '.join(STUDIES)} (default: "
-                             f"{','.join(DEFAULT_STUDIES)}; v1-vs-v2 trains four 0.3M-2M-parameter networks, about "
-                             f"2 to 5 s per epoch per trial on 2 CPU cores; alexnet-groups trains AlexNet, about 25 s "
-                             f"per epoch per trial)")
+                             f"{','.join(DEFAULT_STUDIES)}; v1-vs-v2 trains four 0.24M-1.7M-parameter networks, "
+                             f"about 2 to 7 s per epoch per trial on 2 CPU cores, 25 CPU-minutes at its defaults; "
+                             f"alexnet-groups trains AlexNet, about 25 s per epoch per trial)")
     parser.add_argument("--dataset", default="digits", choices=("digits", "cifar10", "cifar100", "folder"),
                         help="image dataset to train on (default: digits, embedded)")
     parser.add_argument("--data-dir", default=None, help="where cifar10/cifar100/folder data live")
