@@ -624,6 +624,7 @@ def test_zero_init_last_starts_every_residual_block_as_its_shortcut(name, block_
 BAD_OPTIONS = [
     (lambda: ShuffleNetV2(width=0), r"width=0 must be a positive number"),
     (lambda: create_model("regnetx_002", width=-1.0), r"width=-1.0 must be a positive number"),
+    (lambda: create_model("regnetx_002", width=0.1), r"width=0.1 leaves RegNet no channels in its first block"),
     (lambda: create_model("mobilenet_v2_100", width=0), r"got multiple values for keyword argument 'width'"),
     (lambda: RegNet("regnetx_002"), r"parameters='regnetx_002' must be a RegNetParameters"),
     (lambda: ConvNeXt((3, 3), (96, 192, 384)), r"depths=\(3, 3\) and dims=\(96, 192, 384\) must give one depth"),

@@ -13,7 +13,8 @@ which torchvision does not ship, use the paper's (pycls's) parameters with the s
 `width=` scales a design's w_0 and w_a (`RegNetParameters.scaled`): every block's width u_j = w_0 + w_a j scales,
 the stage boundaries (which depend on w_a / w_0 only) stay, and the rounding to multiples of 8 and of the group width
 is the same; width 1 is the design itself. It moves a model along its own design point's width, e.g. to match
-another network's multiply-adds.
+another network's multiply-adds. Narrow enough, two neighbouring stages round to the same width and become one, as
+the same rule does in the paper's designs; narrower still, w_0 rounds to no channels, which is a ValueError.
 
 Checked (tests/test_models_modern.py): parameter counts equal timm's / pycls's for 200MF (2,684,792; 3,162,996) and
 torchvision's published counts for the others; multiply-adds at 224x224 equal the model names' 0.2 / 0.4 / 0.8 /
@@ -49,6 +50,9 @@ class RegNetParameters:
     def scaled(self, width: float) -> RegNetParameters:
         """The design with every block `width` times as wide: w_0 and w_a scaled (w_a / w_0, hence the stages, kept)."""
         width = check_width(width)
+        if round(self.w_0 * width / 8) < 1:  # the first block's width, rounded to a multiple of 8 as in stages()
+            raise ValueError(f"width={width} leaves RegNet no channels in its first block: w_0={self.w_0} x {width} "
+                             f"rounds to 0 (widths are multiples of 8)")
         return self if width == 1.0 else replace(self, w_0=self.w_0 * width, w_a=self.w_a * width)
 
     def stages(self) -> list[tuple[int, int, int]]:

@@ -68,7 +68,7 @@ ALEXNET_DENSE_BLOCKS = 2  # the dense net is measured against the paper's two gr
 # v1-vs-v2: ShuffleNet v1 g = 3 at 0.5x sets the cost; g = 8 at 0.5x is the paper's design at that cost (Table 1).
 V1_REFERENCE, V1_GROUPED = "shufflenet_g3_wd2", "shufflenet_g8_wd2"
 WIDENED = (("v2", "shufflenet_v2_x0_5"), ("regnetx", "regnetx_002"))  # (label, model) matched to V1_REFERENCE
-WIDTH_RANGE = (125, 4000)  # where the width search looks, in thousandths: 0.125x to 4x
+WIDTH_RANGE = (250, 4000)  # where the width search looks, in thousandths: 0.25x to 4x
 
 
 @dataclass(frozen=True)
