@@ -22,7 +22,7 @@ from groupconv.models import create_model, list_models
 from groupconv.models.convnext import ConvNeXt, ConvNeXtBlock
 from groupconv.models.mobilenet_v2 import InvertedResidual as MobileNetV2Block
 from groupconv.models.regnet import DESIGNS, RegNet, RegNetParameters, ResBottleneckBlock
-from groupconv.models.shufflenet_v2 import ShuffleNetV2
+from groupconv.models.shufflenet_v2 import ShuffleNetV2, stage_out_channels
 
 from .conftest import assert_close_scaled
 
@@ -622,7 +622,9 @@ def test_zero_init_last_starts_every_residual_block_as_its_shortcut(name, block_
 
 
 BAD_OPTIONS = [
-    (lambda: ShuffleNetV2(width=0.75), r"width=0.75 is not one of ShuffleNet V2's \(0.5, 1.0, 1.5, 2.0\)"),
+    (lambda: ShuffleNetV2(width=0), r"width=0 must be a positive number"),
+    (lambda: create_model("regnetx_002", width=-1.0), r"width=-1.0 must be a positive number"),
+    (lambda: create_model("regnetx_002", width=0.1), r"width=0.1 leaves RegNet no channels in its first block"),
     (lambda: create_model("mobilenet_v2_100", width=0), r"got multiple values for keyword argument 'width'"),
     (lambda: RegNet("regnetx_002"), r"parameters='regnetx_002' must be a RegNetParameters"),
     (lambda: ConvNeXt((3, 3), (96, 192, 384)), r"depths=\(3, 3\) and dims=\(96, 192, 384\) must give one depth"),
@@ -641,3 +643,48 @@ def test_regnet_design_parameters_are_a_frozen_record():
     assert design == DESIGNS["regnetx_002"]
     with pytest.raises(AttributeError):
         design.depth = 14
+
+
+# ---------------------------------------------------------------- widths between and beyond the named models
+
+
+def meta_state_shapes(name: str, **kwargs) -> dict:
+    with torch.device("meta"):
+        return {key: tuple(value.shape) for key, value in create_model(name, **kwargs).state_dict().items()}
+
+
+@pytest.mark.parametrize("width, name, published", [
+    (0.5, "shufflenet_v2_x0_5", (24, 48, 96, 192, 1024)), (1.0, "shufflenet_v2_x1_0", (24, 116, 232, 464, 1024)),
+    (1.5, "shufflenet_v2_x1_5", (24, 176, 352, 704, 1024)), (2.0, "shufflenet_v2_x2_0", (24, 244, 488, 976, 2048))])
+def test_shufflenet_v2_named_widths_keep_the_papers_channels(width, name, published):
+    assert stage_out_channels(width) == published
+    assert meta_state_shapes("shufflenet_v2_x1_0", width=width) == meta_state_shapes(name)
+
+
+@pytest.mark.parametrize("width", [0.2, 0.75, 1.2, 2.5])
+def test_shufflenet_v2_at_other_widths_scales_1x_in_even_halves(width):
+    channels = stage_out_channels(width)
+    stage2 = channels[1]
+    assert stage2 % 4 == 0 and abs(stage2 - 116 * width) <= 2  # the multiple of 4 nearest to 1x's 116 scaled
+    assert channels == (24, stage2, 2 * stage2, 4 * stage2, 2048 if width >= 2 else 1024)
+    assert meta_state_shapes("shufflenet_v2_x0_5", width=width) == torchvision_shufflenet_v2_shapes(channels)
+    torch.manual_seed(0)
+    model = create_model("shufflenet_v2_x0_5", width=width, num_classes=10, in_chans=1, small_input=True).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("width", [0.5, 0.8, 1.5])
+def test_regnet_width_scales_every_stage_width_and_keeps_the_depths(width):
+    design = DESIGNS["regnetx_002"]  # block widths 24 * 2.49^k for stages k = 0..3, rounded to multiples of 8
+    scaled = design.scaled(width).stages()
+    assert [depth for _, depth, _ in scaled] == [depth for _, depth, _ in design.stages()]
+    assert [stage_width for stage_width, _, _ in scaled] == [8 * round(width * 24 * 2.49 ** k / 8) for k in range(4)]
+    widths, depths, group_widths = zip(*scaled)
+    assert set(group_widths) == {8}
+    assert meta_state_shapes("regnetx_002", width=width) == torchvision_regnet_shapes(widths, depths, 8, None)
+
+
+def test_regnet_at_width_1_is_the_design_itself():
+    assert DESIGNS["regnetx_002"].scaled(1) is DESIGNS["regnetx_002"]
+    assert meta_state_shapes("regnety_004", width=1.0) == meta_state_shapes("regnety_004")

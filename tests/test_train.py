@@ -20,7 +20,6 @@ from groupconv.models.shufflenet import ShuffleUnit
 from groupconv.train import CheckpointError, load_run, resolve_config, train
 from groupconv.train.builders import build_model
 from groupconv.train.checkpoint import load_checkpoint
-from groupconv.train.experiment import model_cost, study_variants
 from groupconv.train.metrics import COLUMNS, TIMING_COLUMNS, read_metrics
 
 from .test_data import write_cifar10, write_image_folder
@@ -339,36 +338,6 @@ def test_two_process_ddp_on_cpu(tiny_folder, tmp_path):
     assert history[-1]["images_per_second"] > 0 and len(list(tmp_path.glob("ddp*"))) == 1
 
 
-# ---------------------------------------------------------------- experiment
-
-def test_experiment_with_small_settings(tiny_folder, tmp_path, capsys):
-    out_dir = tmp_path / "experiment"
-    code, out, err = run_cli(["experiment", "--dataset", "folder", "--data-dir", tiny_folder, "--image-size", "8",
-                              "--epochs", "1", "--seeds", "2", "--studies", "shuffle", "--batch-size", "12",
-                              "--threads", "1", "--output", out_dir], capsys)
-    assert code == 0, err
-    rows = json.loads((out_dir / "summary.json").read_text())
-    assert [r["variant"] for r in rows] == ["g3-shuffle", "g3-noshuffle", "g8-shuffle", "g8-noshuffle"]
-    assert all(r["seeds"] == 2 and 0 <= r["accuracy_mean"] <= 1 for r in rows)
-    assert rows[0]["parameters"] == rows[1]["parameters"] and rows[0]["multiply_adds"] == rows[1]["multiply_adds"]
-    assert (out_dir / "summary.csv").is_file() and (out_dir / "summary.png").stat().st_size > 1000
-    assert "| shuffle | g3-shuffle |" in out and "±" in out
-    code, _, err = run_cli(["experiment", "--output", out_dir, "--studies", "shuffle"], capsys)
-    assert code == 2 and "already exists" in err
-    code, _, err = run_cli(["experiment", "--studies", "width", "--output", tmp_path / "x"], capsys)
-    assert code == 2 and "--studies='width'" in err
-
-
-def test_equal_macs_widens_the_grouped_nets():
-    variants = study_variants("equal-macs", (1, 16, 16))
-    costs = [model_cost(v.model_kwargs, (1, 16, 16), 10) for v in variants]
-    widths = [v.model_kwargs["channels"][0] for v in variants]
-    assert widths == sorted(widths) and widths[-1] > widths[0]
-    assert all(abs(macs - costs[0][1]) / costs[0][1] < 0.15 for _, macs in costs)
-    equal_width = [model_cost(v.model_kwargs, (1, 16, 16), 10) for v in study_variants("groups", (1, 16, 16))]
-    assert [p for p, _ in equal_width] == sorted((p for p, _ in equal_width), reverse=True)
-
-
 @pytest.mark.parametrize("zero_init", [True, False])
 def test_build_model_asks_the_model_to_zero_its_residual_branches(zero_init):
     config = resolve_config({"model": "shufflenet_compact", "zero_init_residual": zero_init})
@@ -376,13 +345,3 @@ def test_build_model_asks_the_model_to_zero_its_residual_branches(zero_init):
     residual = [m for m in model.modules() if isinstance(m, ShuffleUnit) and not m.downsample]
     assert residual
     assert all((torch.count_nonzero(unit.expand_bn3.weight) == 0) == zero_init for unit in residual)
-
-
-def test_alexnet_groups_study_costs_fall_with_the_groups():
-    variants = study_variants("alexnet-groups", (1, 16, 16))
-    assert [v.model for v in variants] == ["alexnet_g1", "alexnet", "alexnet_g4"]
-    costs = [model_cost(v.model_kwargs, (1, 16, 16), 10, v.model) for v in variants]
-    assert [p for p, _ in costs] == sorted((p for p, _ in costs), reverse=True)
-    assert [m for _, m in costs] == sorted((m for _, m in costs), reverse=True)
-    # conv2, conv4 and conv5 lose (1 - 1/G) of their weights; nothing else changes
-    assert costs[0][0] - costs[1][0] == (96 * 256 * 25 + 384 * 384 * 9 + 384 * 256 * 9) // 2

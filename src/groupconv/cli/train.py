@@ -157,11 +157,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict.set_defaults(run=_reported("predict", run_predict))
 
     experiment = commands.add_parser(
-        "experiment", help="grouped-convolution claims on embedded data: groups, equal cost, shuffle; mean ± std over seeds",
-        description="Train families of small ShuffleNets on an embedded dataset with several seeds and print "
-                    "a table of mean ± std (parameters, multiply-adds, accuracy, train time), saved as CSV "
-                    "and PNG. Studies: groups (G = 1/2/4/8 at equal width), equal-macs (G = 1/2/4/8, layers "
-                    "widened so multiply-adds match G=1), shuffle (with and without channel shuffle at G = 3 "
-                    "and 8).")
+        "experiment", help="grouped-convolution claims on embedded data: groups, equal cost, shuffle, ShuffleNet v1 "
+                           "against V2 and RegNetX; mean ± std over seeds",
+        description="Train the variants of each study (a zoo model and its arguments) on a dataset with several "
+                    "seeds and print a table of mean ± std (parameters, multiply-adds, accuracy, train time), saved "
+                    "as CSV and PNG. Studies: groups (compact ShuffleNet, G = 1/2/4/8 at equal width), equal-macs "
+                    "(G = 1/2/4/8, layers widened so multiply-adds match G=1), shuffle (with and without channel "
+                    "shuffle at G = 3 and 8), v1-vs-v2 (ShuffleNet v1 0.5x with g = 3 and 8 against ShuffleNet V2 "
+                    "and RegNetX at the width whose multiply-adds at the data's input size are closest; run only "
+                    "when named), alexnet-groups (AlexNet with 1, 2, 4 filter groups; run only when named).")
     add_experiment_arguments(experiment)
     experiment.set_defaults(run=_reported("experiment", run_experiment))

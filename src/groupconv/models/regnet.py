@@ -10,6 +10,12 @@ from_init_params in float32, widths made divisible by the group width with torch
 Registered names are timm's (regnetx_002 = RegNetX-200MF, ..., regnety_032 = RegNetY-3.2GF); the 200MF models,
 which torchvision does not ship, use the paper's (pycls's) parameters with the same rules.
 
+`width=` scales a design's w_0 and w_a (`RegNetParameters.scaled`): every block's width u_j = w_0 + w_a j scales,
+the stage boundaries (which depend on w_a / w_0 only) stay, and the rounding to multiples of 8 and of the group width
+is the same; width 1 is the design itself. It moves a model along its own design point's width, e.g. to match
+another network's multiply-adds. Narrow enough, two neighbouring stages round to the same width and become one, as
+the same rule does in the paper's designs; narrower still, w_0 rounds to no channels, which is a ValueError.
+
 Checked (tests/test_models_modern.py): parameter counts equal timm's / pycls's for 200MF (2,684,792; 3,162,996) and
 torchvision's published counts for the others; multiply-adds at 224x224 equal the model names' 0.2 / 0.4 / 0.8 /
 1.6 / 3.2 G to torchvision's rounding; the state_dict keys and shapes are torchvision's.
@@ -18,13 +24,13 @@ torchvision's published counts for the others; multiply-adds at 224x224 equal th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from .. import nn as gnn
-from .common import check_classifier_arguments, like_strides, make_divisible, zero_init_last_blocks
+from .common import check_classifier_arguments, check_width, like_strides, make_divisible, zero_init_last_blocks
 from .registry import register_model
 
 STEM_CHANNELS = 32
@@ -35,11 +41,19 @@ class RegNetParameters:
     """The paper's design-space parameters: depth d, initial width w_0, slope w_a, multiplier w_m, group width g."""
 
     depth: int
-    w_0: int
+    w_0: float
     w_a: float
     w_m: float
     group_width: int
     se_ratio: float | None = None
+
+    def scaled(self, width: float) -> RegNetParameters:
+        """The design with every block `width` times as wide: w_0 and w_a scaled (w_a / w_0, hence the stages, kept)."""
+        width = check_width(width)
+        if round(self.w_0 * width / 8) < 1:  # the first block's width, rounded to a multiple of 8 as in stages()
+            raise ValueError(f"width={width} leaves RegNet no channels in its first block: w_0={self.w_0} x {width} "
+                             f"rounds to 0 (widths are multiples of 8)")
+        return self if width == 1.0 else replace(self, w_0=self.w_0 * width, w_a=self.w_a * width)
 
     def stages(self) -> list[tuple[int, int, int]]:
         """(width, depth, group width) of each stage, as torchvision's BlockParams.from_init_params."""
@@ -123,15 +137,17 @@ class RegNet(nn.Module):
 
     small_input=True: for 32x32 inputs, the stem has stride 1, so the four stages take 32 -> 2 instead of 112 -> 7;
     parameters and state_dict are unchanged.
+    width: scale the design's widths (see `RegNetParameters.scaled`); `design` is the scaled one.
     """
 
     def __init__(self, parameters: RegNetParameters, num_classes: int = 1000, in_chans: int = 3,
-                 small_input: bool = False):
+                 small_input: bool = False, width: float = 1.0):
         super().__init__()
         if not isinstance(parameters, RegNetParameters):
             raise TypeError(f"parameters={parameters!r} must be a RegNetParameters")
+        parameters = parameters.scaled(width)
         check_classifier_arguments(num_classes, in_chans)
-        self.design, self.num_classes, self.in_chans = parameters, num_classes, in_chans
+        self.design, self.width, self.num_classes, self.in_chans = parameters, float(width), num_classes, in_chans
 
         self.stem = conv_bn(in_chans, STEM_CHANNELS, 3, stride=1 if small_input else 2)
         self.trunk_output = nn.Sequential()

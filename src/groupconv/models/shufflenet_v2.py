@@ -1,5 +1,5 @@
 """ShuffleNet V2 (Ma, Zhang, Zheng, Sun 2018, "ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture
-Design", arXiv 1807.11164), at the paper's four widths (Table 5: 0.5x, 1x, 1.5x, 2x).
+Design", arXiv 1807.11164), at the paper's four widths (Table 5: 0.5x, 1x, 1.5x, 2x) and any other width.
 
 Module names, order and parameter shapes are torchvision's ShuffleNetV2 (conv1.0/conv1.1, maxpool, stage2..4 of
 InvertedResidual units with branch1.{0..3} and branch2.{0..7} as Sequentials, conv5.0/conv5.1, fc), so a torchvision
@@ -15,6 +15,12 @@ half first, which that fused write cannot do, so there torch.cat builds it. The 
 Checked (tests/test_models_modern.py): parameter counts equal torchvision's published 1,366,792 / 2,278,604 /
 3,503,624 / 7,393,996; multiply-adds at 224x224 equal the paper's 41 / 146 / 299 / 591 M (Table 5, FC included) and
 torchvision's 0.04 / 0.14 / 0.30 / 0.58 GFLOPS; the state_dict keys and shapes are torchvision's.
+
+Other widths (`width=` any positive number, e.g. to match another network's multiply-adds): the paper gives no rule
+(its four widths are not proportional: 0.5x has 48 stage-2 channels, not 58), so `stage_out_channels` scales 1x's
+and rounds stage 2 to a multiple of 4, as every published width is (each unit splits a stage's channels into two
+halves, which stay even), then doubles it per stage as all four do; conv1 keeps its 24 channels and conv5 its 1024
+(2048 from 2x up, as the paper's 2x). The module names and layout are the same at every width.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 from torch import nn
 
 from .. import nn as gnn
-from .common import check_classifier_arguments
+from .common import check_classifier_arguments, check_width
 from .registry import register_model
 
 STAGE_REPEATS = (4, 8, 4)
@@ -34,6 +40,17 @@ STAGE_OUT_CHANNELS = {
     1.5: (24, 176, 352, 704, 1024),
     2.0: (24, 244, 488, 976, 2048),
 }
+STAGE2_CHANNELS_1X = 116
+SPLIT_MULTIPLE = 4  # stage channels are multiples of 4: a unit's two halves stay even
+
+
+def stage_out_channels(width: float) -> tuple[int, int, int, int, int]:
+    """conv1, stage2, stage3, stage4 and conv5 output channels at `width` (see the module docstring)."""
+    width = check_width(width)
+    if width in STAGE_OUT_CHANNELS:
+        return STAGE_OUT_CHANNELS[width]
+    stage2 = max(SPLIT_MULTIPLE, round(STAGE2_CHANNELS_1X * width / SPLIT_MULTIPLE) * SPLIT_MULTIPLE)
+    return (STAGE_OUT_CHANNELS[1.0][0], stage2, 2 * stage2, 4 * stage2, 2048 if width >= 2.0 else 1024)
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
@@ -79,7 +96,7 @@ class InvertedResidual(nn.Module):
 
 
 class ShuffleNetV2(nn.Module):
-    """ShuffleNet V2 at `width` in (0.5, 1.0, 1.5, 2.0).
+    """ShuffleNet V2 at `width`: the paper's channels at 0.5, 1.0, 1.5 and 2.0, `stage_out_channels`' at any other.
 
     small_input=True: for 32x32 inputs, conv1 has stride 1 and the max-pool is an identity (as ShuffleNet v1's
     small-input variant), so stage4 sees 4x4 instead of 7x7; parameters and state_dict are unchanged.
@@ -87,11 +104,9 @@ class ShuffleNetV2(nn.Module):
 
     def __init__(self, width: float = 1.0, num_classes: int = 1000, in_chans: int = 3, small_input: bool = False):
         super().__init__()
-        if width not in STAGE_OUT_CHANNELS:
-            raise ValueError(f"width={width!r} is not one of ShuffleNet V2's {tuple(STAGE_OUT_CHANNELS)}")
+        channels = stage_out_channels(width)
         check_classifier_arguments(num_classes, in_chans)
-        self.width, self.num_classes, self.in_chans = width, num_classes, in_chans
-        channels = STAGE_OUT_CHANNELS[width]
+        self.width, self.num_classes, self.in_chans = float(width), num_classes, in_chans
 
         self.conv1 = nn.Sequential(*conv_bn(in_chans, channels[0], 3, stride=1 if small_input else 2))
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -112,12 +127,13 @@ class ShuffleNetV2(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def _builder(width: float, name: str):
-    def builder(**kwargs) -> ShuffleNetV2:
+def _builder(default_width: float, name: str):
+    def builder(width: float = default_width, **kwargs) -> ShuffleNetV2:
         return ShuffleNetV2(width=width, **kwargs)
 
     builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"ShuffleNet V2 {width:g}x (Ma et al. 2018), torchvision's {name}; options: see ShuffleNetV2."
+    builder.__doc__ = (f"ShuffleNet V2 {default_width:g}x (Ma et al. 2018), torchvision's {name}; width= builds "
+                       f"another width; options: see ShuffleNetV2.")
     return builder
 
 
