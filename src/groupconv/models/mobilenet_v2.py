@@ -26,9 +26,9 @@ from .. import nn as gnn
 from .common import check_classifier_arguments, check_width, like_strides, make_divisible, zero_init_last_blocks
 from .registry import Recipe, register_model
 
-# Sandler et al. 2018, Sec. 6.1: lr 0.045, weight decay 4e-5 (momentum 0.9); the paper's optimizer is RMSProp, torchvision's
-# reference recipe for its MobileNetV2 the same values with SGD. At the library's lr 0.1 the loss on one batch of 16
-# digits climbs from 2.3 to 10 in its first steps (docs/training.md).
+# Sandler et al. 2018, Sec. 6.1: lr 0.045, weight decay 4e-5 (momentum 0.9); the paper's optimizer is RMSProp,
+# torchvision's reference recipe for its MobileNetV2 the same values with SGD. At the library's lr 0.1 the loss on one
+# batch of 16 digits climbed from 2.4 to 10 in its first steps (docs/training.md).
 RECIPE = Recipe({"lr": 0.045, "weight_decay": 4e-5},
                 "Sandler et al. 2018, Sec. 6.1: lr 0.045, weight decay 4e-5, momentum 0.9 (with SGD, as torchvision's "
                 "reference recipe; the paper's optimizer is RMSProp)")
