@@ -22,7 +22,8 @@ import groupconv
 import groupconv.nn as gnn
 from groupconv.analysis import count_multiply_adds, count_parameters
 from groupconv.models import create_model, list_models, model_entry, register_model
-from groupconv.models.resnext_cifar import CifarResNeXt, convert_block_form
+from groupconv.models.resnext import Bottleneck
+from groupconv.models.resnext_cifar import CifarResNeXt, ResNeXtBlock, convert_block_form
 from groupconv.models.common import width_suffix
 from groupconv.models.shufflenet import STAGE_CHANNELS, WIDTHS, ShuffleNet, ShuffleUnit, channel_plan, shufflenet
 
@@ -697,6 +698,25 @@ def test_zero_init_last_starts_every_residual_unit_as_the_identity(name):
     x = torch.randn(2, unit.expand_bn3.num_features, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(unit(x), torch.relu(x))
+
+
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda: create_model("resnext50_32x4d", num_classes=10, small_input=True), id="resnext50_32x4d"),
+    *[pytest.param(lambda form=form: CifarResNeXt(cardinality=4, base_width=4, widen_factor=1, block_form=form),
+                   id=f"resnext29_form_{form}") for form in "abc"]])
+def test_zero_init_last_starts_every_resnext_block_as_its_shortcut(build):
+    torch.manual_seed(0)
+    model = build().eval()
+    model.zero_init_last()
+    blocks = [m for m in model.modules() if isinstance(m, (Bottleneck, ResNeXtBlock))]
+    assert blocks
+    for block in (blocks[0], blocks[-1]):  # the first has a projection shortcut, the last the identity
+        shortcut = block.downsample if isinstance(block, Bottleneck) else block.shortcut
+        channels = next(m for m in block.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
+        x = torch.randn(2, channels, 8, 8)
+        with torch.no_grad():
+            expected = torch.relu(x if shortcut is None else shortcut(x))
+            torch.testing.assert_close(block(x), expected)
 
 
 def test_nin_root_groups_only_conv2_and_conv3():

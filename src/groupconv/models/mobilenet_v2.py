@@ -24,7 +24,14 @@ from torch import nn
 
 from .. import nn as gnn
 from .common import check_classifier_arguments, check_width, like_strides, make_divisible, zero_init_last_blocks
-from .registry import register_model
+from .registry import Recipe, register_model
+
+# Sandler et al. 2018, Sec. 6.1: lr 0.045, weight decay 4e-5 (momentum 0.9); the paper's optimizer is RMSProp,
+# torchvision's reference recipe for its MobileNetV2 the same values with SGD. At the library's lr 0.1 the loss on one
+# batch of 16 digits climbed from 2.4 to 10 in its first steps (docs/training.md).
+RECIPE = Recipe({"lr": 0.045, "weight_decay": 4e-5},
+                "Sandler et al. 2018, Sec. 6.1: lr 0.045, weight decay 4e-5, momentum 0.9 (with SGD, as torchvision's "
+                "reference recipe; the paper's optimizer is RMSProp)")
 
 # Table 2 of the paper: expansion t, output channels c, repeats n, first stride s of each bottleneck sequence.
 INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
@@ -115,19 +122,19 @@ class MobileNetV2(nn.Module):
         return self.classifier(self.features(x).mean((2, 3)))
 
 
-@register_model(small_input=True)
+@register_model(small_input=True, recipe=RECIPE)
 def mobilenet_v2_100(**kwargs) -> MobileNetV2:
     """MobileNet V2 1.0 (torchvision's mobilenet_v2)."""
     return MobileNetV2(width=1.0, **kwargs)
 
 
-@register_model(small_input=True)
+@register_model(small_input=True, recipe=RECIPE)
 def mobilenet_v2_075(**kwargs) -> MobileNetV2:
     """MobileNet V2 0.75 (torchvision's mobilenet_v2(width_mult=0.75))."""
     return MobileNetV2(width=0.75, **kwargs)
 
 
-@register_model(small_input=True)
+@register_model(small_input=True, recipe=RECIPE)
 def mobilenet_v2_050(**kwargs) -> MobileNetV2:
     """MobileNet V2 0.5 (torchvision's mobilenet_v2(width_mult=0.5))."""
     return MobileNetV2(width=0.5, **kwargs)

@@ -39,12 +39,16 @@ INITS = ("caffe", "kaiming")  # see NiN._init_parameters
 # the Gaussian std-0.05 start. On digits it stays at chance (measured in docs/training.md): the final ReLU, on the
 # class maps, goes dead with both the Caffe and He starts at lr 0.1 and 0.01. What the recipe changes: He
 # initialisation with the class maps starting at bias 1 (inside the ReLU's linear range, as AlexNet's biases of 1),
-# and AdamW at lr 1e-3 in place of SGD. Kept: weight decay 1e-4, no label smoothing, the architecture.
-RECIPE = Recipe({"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "label_smoothing": 0.0,
+# and AdamW at lr 4e-3 with the gradient norm clipped to 1 in place of SGD. Kept: weight decay 1e-4, no label
+# smoothing, the architecture. Measured on digits: at AdamW's usual lr 1e-3 the network sits near chance for its
+# first dozen steps (with its two dropouts) and root-8 reached 90.56% in 10 epochs; at 3e-3 without clipping the loss
+# on one batch jumps back up after its first fall (2.06 -> 2.52); at 4e-3 with clipping root-8 reaches 98.89% in 10
+# epochs.
+RECIPE = Recipe({"optimizer": "adamw", "lr": 4e-3, "weight_decay": 1e-4, "label_smoothing": 0.0, "clip_grad": 1.0,
                  "model_kwargs": {"init": "kaiming"}},
                 "Lin et al. 2014's weight decay 1e-4; unlike the paper's SGD at lr 0.1 from a Gaussian start (at "
-                "chance on digits: the class maps' ReLU goes dead), AdamW at lr 1e-3 from He initialisation, the "
-                "class maps starting at bias 1")
+                "chance on digits: the class maps' ReLU goes dead), AdamW at lr 4e-3 with the gradient norm clipped "
+                "to 1 (measured on digits) from He initialisation, the class maps starting at bias 1")
 
 
 class NiN(nn.Module):

@@ -60,8 +60,9 @@ class TrainConfig:
     step_epochs: int = option(30, "step schedule: multiply the lr by --step-gamma every this many epochs")
     step_gamma: float = option(0.1, "step schedule: the factor")
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy loss")
-    zero_init_residual: bool = option(True, "start every residual ShuffleNet unit as the identity: zero scale on the "
-                                            "last BatchNorm of its branch (Goyal et al. 2017; deep ShuffleNets on small "
+    zero_init_residual: bool = option(True, "start every residual block as its shortcut: zero scale on the last "
+                                            "normalisation (or layer scale) of its branch, where the model has "
+                                            "zero_init_last (Goyal et al. 2017; deep ShuffleNets and ResNeXts on small "
                                             "images otherwise blow up in the first epochs)")
     clip_grad: float = option(0.0, "clip the global gradient norm to this value (0: no clipping)")
     augment: str = option("shift", "training augmentation: shift (random translation by up to 1/8 of the size, "
