@@ -29,6 +29,10 @@ OPENVINO = "OpenVINO"
 GROUPED_PAIR = ("shufflenet_g8_w1", "shufflenet_g1_w1")
 BATCH_SIZES = (1, 32)
 REPEATS = 11
+# Idle time before each timed forward: ONNX Runtime's and OpenVINO's worker threads spin for a while after a run,
+# and took the cores from the way timed next (measured: groupconv's optimised ShuffleNet g=8 at batch 1, 10.9 ms
+# alone, 31.7 ms right after OpenVINO's run).
+PAUSE_SECONDS = 0.05
 ONNX_RUNTIME = "ONNX Runtime"
 
 
@@ -135,7 +139,7 @@ def inference_benchmark(names=INFERENCE_MODELS, batch_sizes=BATCH_SIZES, repeats
                 ways[OPENVINO] = openvino
             elif not result.notes:
                 result.notes.append("OpenVINO skipped: not installed (pip install groupconv[openvino])")
-            seconds = median_seconds_interleaved(ways, repeats=repeats, warmup=2)
+            seconds = median_seconds_interleaved(ways, repeats=repeats, warmup=2, pause=PAUSE_SECONDS)
             result.milliseconds = {who: 1e3 * s for who, s in seconds.items()}
             results.append(result)
             if progress:

@@ -31,25 +31,35 @@ def median_seconds(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) 
     return statistics.median(seconds_of(fn) for _ in range(repeats))
 
 
-def median_seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 7, warmup: int = 1
-                               ) -> dict[str, float]:
+def median_seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 7, warmup: int = 1,
+                               pause: float = 0.0) -> dict[str, float]:
     """Median wall time of each fn, timed in alternation: round r times every fn once before round r + 1.
 
     On a shared machine the load changes from second to second; timing the contenders side by side
     lets each see the same load, where timing one after the other can crown whichever ran in a quiet spell.
+    `pause` (seconds): see seconds_interleaved.
     """
-    return {name: statistics.median(values) for name, values in seconds_interleaved(fns, repeats, warmup).items()}
+    return {name: statistics.median(values)
+            for name, values in seconds_interleaved(fns, repeats, warmup, pause).items()}
 
 
-def seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 7, warmup: int = 1
-                        ) -> dict[str, list[float]]:
+def seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 7, warmup: int = 1,
+                        pause: float = 0.0) -> dict[str, list[float]]:
     """Every round's wall time of each fn, timed in alternation (median_seconds_interleaved's runs): entry r of
-    each list comes from round r, so a ratio taken round by round compares runs that saw the same load."""
+    each list comes from round r, so a ratio taken round by round compares runs that saw the same load.
+
+    With a `pause`, each round starts at the next fn (round r at fn r mod n) and the machine idles `pause` seconds,
+    untimed, before each run: runtimes whose worker threads keep spinning after a run (ONNX Runtime's, OpenVINO's)
+    would otherwise take the cores from whichever fn follows them, always the same one."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+    names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(seconds_of(fn))
+    for round_index in range(repeats):
+        order = names[round_index % len(names):] + names[:round_index % len(names)] if pause else names
+        for name in order:
+            if pause:
+                time.sleep(pause)
+            times[name].append(seconds_of(fns[name]))
     return times
