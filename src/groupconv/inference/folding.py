@@ -9,13 +9,12 @@ own output.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import torch
 from torch import fx
 
 from ..nn import BatchNormAct2d
 from .layers import ConvEpilogue
+from .tracing import module_call_counts
 
 
 def _is_foldable_conv(module: torch.nn.Module) -> bool:
@@ -54,7 +53,7 @@ def _argument(node: fx.Node, position: int, name: str):
 def fold_batch_norms(graph_module: fx.GraphModule) -> int:
     """Fold every BN that reads a conv's output alone into that conv, in place; returns how many were folded."""
     modules = dict(graph_module.named_modules())
-    calls = Counter(node.target for node in graph_module.graph.nodes if node.op == "call_module")
+    calls = module_call_counts(graph_module)
     folded = 0
     for node in list(graph_module.graph.nodes):
         if node.op != "call_module" or not _is_foldable_batch_norm(modules[node.target]) or not node.args:

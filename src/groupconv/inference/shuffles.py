@@ -14,6 +14,7 @@ import torch
 from torch import fx
 
 from ..nn.base import GroupedConvMixin
+from .tracing import module_call_counts
 
 
 def _is_depthwise_with_shuffle(module: torch.nn.Module) -> bool:
@@ -46,10 +47,7 @@ def _unshuffle_filters(depthwise: torch.nn.Module) -> None:
 def move_shuffles_to_pointwise_reads(graph_module: fx.GraphModule) -> int:
     """Wherever a depthwise conv with an input shuffle feeds, alone, a plain 1x1 conv: the shuffle moved to the 1x1
     conv's input (in place); returns how many were moved."""
-    calls: dict[str, int] = {}
-    for node in graph_module.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = module_call_counts(graph_module)
     moved = 0
     for node in graph_module.graph.nodes:
         if node.op != "call_module" or calls[node.target] != 1 or len(node.users) != 1:

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import os
 import types
+from collections import Counter
 from typing import Callable
 
 import torch
@@ -114,3 +115,9 @@ def trace(model: torch.nn.Module) -> tuple[fx.GraphModule, set[str]] | None:
         opaque_names = {name for name, module in model.named_modules() if id(module) in opaque_modules}
         return fx.GraphModule(model, graph, class_name=type(model).__name__), opaque_names
     return None
+
+
+def module_call_counts(graph_module: fx.GraphModule) -> Counter:
+    """How many places of the graph call each submodule: a module called at two places shares its weights between
+    them, so a rewrite of those weights for one place would change the other."""
+    return Counter(node.target for node in graph_module.graph.nodes if node.op == "call_module")
