@@ -31,7 +31,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from groupconv.allocator import keep_freed_memory
+from groupconv.ops.allocator import keep_freed_memory
 from groupconv.data import load_dataset
 from groupconv.models import Recipe, create_model, list_models, model_entry, register_model
 from groupconv.train import resolve_config

@@ -7,8 +7,8 @@ lower layer; never one of its own layer or above.
 
 The layers, bottom to top:
 
-    0  ops, data, allocator   the functional ops and their backends; datasets; the process's memory allocator:
-                              none of them needs another groupconv package
+    0  ops, data              the functional ops, their backends and the process's memory allocator setting;
+                              datasets: neither needs another groupconv package
     1  nn, signal             modules on the ops; 1-D/2-D signal convolution on the ops
     2  models                 the model zoo, built from nn
     3  groupconv              the package's own __init__: the public names of ops, nn, models and signal
@@ -34,7 +34,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 ROOT = "groupconv"
 
 LAYERS = {
-    "ops": 0, "data": 0, "allocator": 0,
+    "ops": 0, "data": 0,
     "nn": 1, "signal": 1,
     "models": 2,
     ROOT: 3,

@@ -135,7 +135,7 @@ def test_cache_file_is_named_after_the_kernels_it_measured(tmp_path):
     after = disk_cache.sources_fingerprint(tmp_path)
     (tmp_path / "README").write_text("not a kernel")
     assert before != after == disk_cache.sources_fingerprint(tmp_path)
-    assert ops.cache_path().name.endswith(f"-kernels{disk_cache.kernels_fingerprint()}.json")
+    assert f"-kernels{disk_cache.kernels_fingerprint()}" in ops.cache_path().name
 
 
 def test_threads_meeting_a_new_problem_measure_it_once(tuning):

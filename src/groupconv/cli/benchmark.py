@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .. import models
-from ..allocator import keep_freed_memory
+from ..ops.allocator import keep_freed_memory
 from ..analysis import roofline
 from ..benchmarks import batch_norm, dispatch, hidden_shapes, inference, triton
 from ..benchmarks.layers import LAYER_HEADER, MAX_REPEATS, layer_benchmark, summarise_layers
@@ -214,7 +214,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--peak-gflops", type=float, default=None, help="compute ceiling (default: measured now)")
     bench.add_argument("--bandwidth-gbs", type=float, default=None, help="memory ceiling (default: measured now)")
     bench.add_argument("--keep-memory", action=argparse.BooleanOptionalAction, default=True,
-                       help="keep freed CPU memory for reuse (groupconv.allocator), for groupconv and torch alike; "
+                       help="keep freed CPU memory for reuse (groupconv.ops.allocator), for groupconv and torch alike; "
                             "--no-keep-memory measures glibc's default, a page fault per large tensor (default: on)")
     bench.add_argument("--device", default="cpu", help="models: cpu, or cuda to train and infer on the GPU (default: cpu)")
     bench.add_argument("--dtype", choices=list(triton.DTYPES), default="float32", help="triton: dtype (default: float32)")

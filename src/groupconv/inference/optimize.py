@@ -10,6 +10,8 @@ The steps, each kept because it measured faster (docs/inference.md has the numbe
    now, and each call runs the chosen kernel directly.
 5. Weights and activations stay channels_last, the input converted once; forwards run under torch.inference_mode.
 6. Each input signature runs on torch's threads or on one, whichever its first forwards measure faster.
+7. The process keeps freed memory for the next allocations (groupconv.ops.allocator), as ONNX Runtime's and
+   OpenVINO's arenas do: a forward's large tensors then cost no page faults after the first call.
 
 The result is checked against the eval-mode model on the example input; a graph whose output differs (a model whose
 traced graph would not be the same computation) is dropped for the model as it was.
@@ -25,6 +27,7 @@ import torch
 from torch import fx
 
 from ..nn.base import GroupedConvMixin
+from ..ops.allocator import keep_freed_memory as keep_freed_memory_in_process
 from ..ops.tuning.timing import median_seconds_interleaved
 from .folding import fold_batch_norms
 from .layers import ConvEpilogue, PlannedConv
@@ -113,7 +116,8 @@ def _on_threads(threads: int, run):
         torch.set_num_threads(previous)
 
 
-def _check_arguments(model, example_inputs, channels_last, fold_batch_norm, plan_convs, choose_threads) -> tuple:
+def _check_arguments(model, example_inputs, channels_last, fold_batch_norm, plan_convs, choose_threads,
+                     keep_freed_memory) -> tuple:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
@@ -122,7 +126,8 @@ def _check_arguments(model, example_inputs, channels_last, fold_batch_norm, plan
         raise TypeError(f"example_inputs must be a tensor or a non-empty tuple of tensors (the model's positional "
                         f"arguments), got {type(example_inputs).__name__}")
     for name, value in (("channels_last", channels_last), ("fold_batch_norm", fold_batch_norm),
-                        ("plan_convs", plan_convs), ("choose_threads", choose_threads)):
+                        ("plan_convs", plan_convs), ("choose_threads", choose_threads),
+                        ("keep_freed_memory", keep_freed_memory)):
         if not isinstance(value, bool):
             raise TypeError(f"{name}={value!r} must be a bool")
     return tuple(inputs)
@@ -169,7 +174,7 @@ def _same_outputs(expected, actual) -> bool:
 
 def optimize_for_inference(model: torch.nn.Module, example_inputs, *, channels_last: bool = True,
                            fold_batch_norm: bool = True, plan_convs: bool = True,
-                           choose_threads: bool = True) -> InferenceModel:
+                           choose_threads: bool = True, keep_freed_memory: bool = True) -> InferenceModel:
     """An eval-mode copy of `model` prepared for fast forwards (the module docstring lists the steps); `model`
     itself is not changed.
 
@@ -181,8 +186,14 @@ def optimize_for_inference(model: torch.nn.Module, example_inputs, *, channels_l
     channels_last, fold_batch_norm, plan_convs: each step can be turned off (to measure what it brings).
     choose_threads: on each new input signature, time the forward on torch's threads and on one, and keep the faster
         (off: always torch's threads).
+    keep_freed_memory: keep freed memory in this process for the next allocations (the process's resident memory
+        stays at its peak, as with ONNX Runtime's arena; off, or GROUPCONV_KEEP_FREED_MEMORY=0: malloc's default,
+        which hands large blocks back to the system and pays page faults to take them again).
     """
-    inputs = _check_arguments(model, example_inputs, channels_last, fold_batch_norm, plan_convs, choose_threads)
+    inputs = _check_arguments(model, example_inputs, channels_last, fold_batch_norm, plan_convs, choose_threads,
+                              keep_freed_memory)
+    if keep_freed_memory:
+        keep_freed_memory_in_process()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     reference = copy.deepcopy(model).eval()
     prepared = copy.deepcopy(model).eval().requires_grad_(False)

@@ -78,7 +78,7 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model")
     workers: int = option(0, "DataLoader worker processes (in-memory datasets need none)")
     keep_memory: bool = option(True, "keep freed CPU memory for reuse instead of returning it to the system after "
-                                     "every large tensor (groupconv.allocator: no page faults at every step; the "
+                                     "every large tensor (groupconv.ops.allocator: no page faults at every step; the "
                                      "process keeps its peak footprint)")
     group_parallel: int = option(1, "split every layer's filters over this many processes (AlexNet's model "
                                     "parallelism, Krizhevsky et al. 2012); under torchrun the processes are data "

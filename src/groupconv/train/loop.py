@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from ..allocator import keep_freed_memory
+from ..ops.allocator import keep_freed_memory
 from ..analysis import count_parameters
 from ..data import LoadedDataset, load_dataset
 from ..distributed import explain_parallel

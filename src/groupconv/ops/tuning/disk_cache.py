@@ -28,11 +28,13 @@ from typing import Iterator
 
 import torch
 
+from .. import allocator
 from .. import environment
 
 ENV_CACHE_DIR = "GROUPCONV_CACHE_DIR"
 
 _decisions: dict[str, dict] | None = None  # the disk file's contents, loaded on first use
+_decisions_path: Path | None = None  # the file they were read from
 _this_process: dict[str, dict] = {}  # decisions measured cold: kept in memory, never written
 _warned: set[str] = set()
 
@@ -81,7 +83,9 @@ def cache_path() -> Path:
     # The GPUs too: a decision between Triton and cuDNN measured on one card does not hold on another.
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     machine = hashlib.sha1(f"{platform.machine()}|{_cpu_name()}|{'|'.join(gpus)}".encode()).hexdigest()[:10]
-    return Path(root) / f"tuning-torch{torch.__version__}-{machine}-kernels{kernels_fingerprint()}.json"
+    # Whether freed memory is kept too (groupconv.ops.allocator says why).
+    kept = "-freedmemorykept" if allocator.freed_memory_kept() else ""
+    return Path(root) / f"tuning-torch{torch.__version__}-{machine}-kernels{kernels_fingerprint()}{kept}.json"
 
 
 def problem_key(problem) -> str:
@@ -90,9 +94,10 @@ def problem_key(problem) -> str:
 
 def decisions() -> dict[str, dict]:
     """Every decision on disk, read on first use."""
-    global _decisions
-    if _decisions is None:
-        path = cache_path()
+    global _decisions, _decisions_path
+    path = cache_path()
+    if _decisions is None or path != _decisions_path:
+        _decisions_path = path
         try:
             _decisions = json.loads(path.read_text()) if path.exists() else {}
             if not isinstance(_decisions, dict):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Sequence
 
+from .. import allocator
 from . import disk_cache, memory, observation
 from .disk_cache import warn_once
 from .memory import MEASUREMENT_LOCK
@@ -67,7 +68,7 @@ class Measurement:
     def record(self) -> dict:
         """What the cache entry says about how its decision was measured."""
         return {"warm": self.warm, "warmup_calls": self.warmup_calls, "unsteady": self.unsteady,
-                "falling": self.falling, "timed_runs": self.timed_runs,
+                "falling": self.falling, "timed_runs": self.timed_runs, "freed_memory_kept": allocator.freed_memory_kept(),
                 "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 

@@ -11,24 +11,46 @@ CPU cores). torch has no caching allocator for the CPU.
 keep freed heap memory (M_TRIM_THRESHOLD at its maximum), which is what CUDA's caching allocator
 does on the GPU: the process keeps its peak footprint for reuse, and page faults happen once. It
 is a process-wide setting, so `groupconv train` and `groupconv benchmark` apply it for the whole
-process (every contender of a benchmark runs under it), and a library user opts in by calling it.
+process (every contender of a benchmark runs under it), and so do `groupconv.accelerate()` and
+`groupconv.inference.optimize_for_inference()` unless told not to; a library user may also call it.
+GROUPCONV_KEEP_FREED_MEMORY=0 turns it off for processes that must give memory back.
+
+The tuner's decisions measured with freed memory kept have a cache file of their own: page faults
+weigh on the contenders unequally (torch's depthwise conv allocates twice what groupconv's does), so
+the faster one can change with the setting.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import functools
+
+from . import environment
 
 # mallopt parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 LARGEST_TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int
+ENV_KEEP_FREED_MEMORY = "GROUPCONV_KEEP_FREED_MEMORY"
+
+_kept: bool | None = None  # None: not asked yet
 
 
-@functools.cache
 def keep_freed_memory() -> bool:
-    """Apply the setting once per process; True where it took effect (glibc), False elsewhere (nothing changes)."""
+    """Apply the setting once per process; True where it took effect (glibc), False elsewhere or where
+    GROUPCONV_KEEP_FREED_MEMORY=0 (nothing changes)."""
+    global _kept
+    if _kept is None:
+        _kept = environment.flag(ENV_KEEP_FREED_MEMORY, True) and _apply()
+    return _kept
+
+
+def freed_memory_kept() -> bool:
+    """Whether keep_freed_memory() has taken effect in this process."""
+    return bool(_kept)
+
+
+def _apply() -> bool:
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)
