@@ -182,11 +182,12 @@ def test_per_signature_caches_stay_bounded_over_many_input_sizes(monkeypatch):
 
     from groupconv.ops import arguments
     from groupconv.ops.cache import DEFAULT_MAX_ENTRIES
+    from groupconv.ops.custom_ops import settled_calls
     from groupconv.ops.custom_ops.eager_conv import EagerCall
     from groupconv.ops.dispatch import registry
 
     caches = {"argument checks": arguments._PASSED_CHECKS, "eager calls": EagerCall._calls,
-              "dispatch choices": registry._choices}
+              "dispatch choices": registry._choices, "settled calls": settled_calls._runners}
     for cache in caches.values():
         assert cache.max_entries == DEFAULT_MAX_ENTRIES
         monkeypatch.setattr(cache, "max_entries", 1024)

@@ -2,7 +2,7 @@
 
 groupconv's layers run behind argument checks, the dispatcher and (in eager mode) an autograd
 Function; this measures what that costs on a tiny conv (the dispatch cost the fast kernels
-must stay under), then times a few zoo layer shapes, groupconv and torch in one run.
+must stay under), then times a few zoo layer shapes, groupconv and torch in one run, in alternation.
 
     groupconv benchmark dispatch [--batch 8] [--repeats 7]
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import nn as gnn
-from ..ops.tuning.timing import median_seconds
+from ..ops.tuning.timing import median_seconds_interleaved
 
 # name: (in_channels, out_channels, kernel, groups, spatial size) of zoo layers
 LAYERS = {
@@ -57,8 +57,9 @@ def dispatch_benchmark(batch: int = BATCH, repeats: int = REPEATS) -> None:
 
     ours, theirs = pair(8, 8, 3, 2)
     tiny = torch.randn(1, 8, 8, 8)
-    ours_s = median_seconds(forward_only(ours, tiny), repeats=200, warmup=20)
-    theirs_s = median_seconds(forward_only(theirs, tiny), repeats=200, warmup=20)
+    times = median_seconds_interleaved({"groupconv": forward_only(ours, tiny), "torch": forward_only(theirs, tiny)},
+                                       repeats=200, warmup=20)
+    ours_s, theirs_s = times["groupconv"], times["torch"]
     print(f"\nper-call overhead on a tiny conv (1x8x8x8, g=2): groupconv {ours_s * 1e6:.1f} us, "
           f"torch {theirs_s * 1e6:.1f} us, dispatch cost {(ours_s - theirs_s) * 1e6:+.1f} us")
 
@@ -68,6 +69,7 @@ def dispatch_benchmark(batch: int = BATCH, repeats: int = REPEATS) -> None:
         ours, theirs = pair(cin, cout, kernel, groups)
         x = torch.randn(batch, cin, size, size)
         for label, make in (("f", forward_only), ("fb", forward_backward)):
-            ours_s = median_seconds(make(ours, x), repeats=repeats)
-            theirs_s = median_seconds(make(theirs, x), repeats=repeats)
+            times = median_seconds_interleaved({"groupconv": make(ours, x), "torch": make(theirs, x)},
+                                               repeats=repeats, warmup=2)
+            ours_s, theirs_s = times["groupconv"], times["torch"]
             print(f"{name:40} {label:5} {ours_s * 1e3:12.2f} {theirs_s * 1e3:9.2f} {theirs_s / ours_s:14.2f}x")

@@ -215,7 +215,7 @@ def check_conv_call(
 _PASSED_CHECKS: BoundedCache[tuple[ConvArguments, tuple[int, ...]]] = BoundedCache()
 
 
-def _exact_key(value):
+def exact_key(value):
     """`value` as a cache key that equals another only for the same ints or strings; None where there is none."""
     kind = type(value)
     if kind is int or kind is str:
@@ -236,8 +236,8 @@ def check_conv_call_once(input, weight, bias, stride, padding, dilation, groups,
     key = None
     if not torch.compiler.is_compiling() and isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor) and (
             bias is None or isinstance(bias, torch.Tensor)):
-        arguments = (_exact_key(stride), _exact_key(padding), _exact_key(dilation), _exact_key(groups),
-                     _exact_key(shuffle_groups))
+        arguments = (exact_key(stride), exact_key(padding), exact_key(dilation), exact_key(groups),
+                     exact_key(shuffle_groups))
         if None not in arguments:
             key = (spatial_dims, input.shape, input.dtype, input.device, weight.shape, weight.dtype, weight.device,
                    None if bias is None else (bias.shape, bias.dtype, bias.device), arguments)

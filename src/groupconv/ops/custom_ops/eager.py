@@ -31,7 +31,7 @@ def eager_function(name: str, implementation, setup_context, backward, doc: str)
 
 
 # A Parameter is a plain tensor to torch's dispatch (it disables __torch_function__); other subclasses may not be.
-_PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
+PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
 
 
 def in_functorch_transform() -> bool:
@@ -53,7 +53,7 @@ def runs_eagerly(*tensors: Tensor | None) -> bool:
             and not torch.jit.is_tracing()  # (a traced Function or raw kernel would be recorded as opaque calls)
             and torch._C._functorch.peek_interpreter_stack() is None
             and _get_current_dispatch_mode() is None
-            and all(type(t) in _PLAIN_TENSOR_TYPES for t in tensors if t is not None))
+            and all(type(t) in PLAIN_TENSOR_TYPES for t in tensors if t is not None))
 
 
 def profiled(name: str):

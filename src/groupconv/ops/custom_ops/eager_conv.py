@@ -68,6 +68,10 @@ class EagerCall:
         8-group shuffle: 1.58 ms forward+backward through EagerConv, 1.20 ms this way, 1.07 ms for torch's own
         layer). The answer is kept until the choices are forgotten: right after a large layer's kernels have flushed
         the caches, each Python step of the question costs ~10 us."""
+        return bool(self.settled_on_torch(input, weight))
+
+    def settled_on_torch(self, input: Tensor, weight: Tensor) -> bool | None:
+        """runs_on_torch's answer, None while a choice it depends on is still to be made."""
         if forced_backend() is not None:
             return False
         needs = (input.requires_grad, weight.requires_grad) if torch.is_grad_enabled() else (False, False)
@@ -79,7 +83,7 @@ class EagerCall:
             answer = self._settled_on_torch(*needs, input)
             if answer is not None:
                 self._on_torch[needs] = answer
-        return bool(answer)
+        return answer
 
     def _settled_on_torch(self, input_grad: bool, weight_grad: bool, input: Tensor) -> bool | None:
         """runs_on_torch's answer from the choices made so far; None while one it depends on is still to be made."""
@@ -135,7 +139,7 @@ EagerConv = eager_function(
     32x144x7x7 depthwise layer: 260 us forward against torch's 140), which is most of a small layer's time.""")
 
 
-def _on_torch_ops_only(input: Tensor, weight: Tensor) -> bool:
+def on_torch_ops_only(input: Tensor, weight: Tensor) -> bool:
     """Whether the call runs torch's conv with torch's autograd: inside torch.func transforms (eager.py's
     in_functorch_transform says why), and for operands with no values, whose result torch shapes its own way (no
     input channels: an output with none either) and groupconv's kernels would divide by the empty extent."""
@@ -145,20 +149,24 @@ def _on_torch_ops_only(input: Tensor, weight: Tensor) -> bool:
 def convolution(input: Tensor, weight: Tensor, bias: Optional[Tensor], args: ConvArguments) -> Tensor:
     """conv_forward, with autograd: by torch's own conv where the dispatcher settled on it, else by EagerConv where
     it may run, else by the custom op; inside torch.func transforms and for empty operands by torch's own conv
-    (_on_torch_ops_only)."""
-    if _on_torch_ops_only(input, weight):
+    (on_torch_ops_only)."""
+    if on_torch_ops_only(input, weight):
         return get_backend("aten").conv_forward(input, weight, bias, args)
     if runs_eagerly(input, weight, bias):
         call = EagerCall.of(input, weight, bias, args)
         if call.runs_on_torch(input, weight):
-            out = get_backend("aten").conv_forward(input, weight, bias, args)  # torch's ops: torch's autograd
-            return out.contiguous(memory_format=memory_format_of(input))  # the layout the ops promise (a no-op)
+            return torch_convolution(input, weight, bias, args)
         with profiled("groupconv::conv_forward"):
             return EagerConv.apply(input, weight, bias, call)
     # (int(): under torch.jit.trace, padding worked out from the weight's shape holds traced sizes, which the tracer
     # cannot record as the op's int[] argument)
     return conv_forward(input, weight, bias, list(args.stride), [int(p) for p in args.padding], list(args.dilation),
                         args.groups, args.shuffle_groups)
+
+
+def torch_convolution(input: Tensor, weight: Tensor, bias: Optional[Tensor], args: ConvArguments) -> Tensor:
+    """The conv by torch's ops, with torch's autograd, in the layout groupconv's ops promise (a no-op there)."""
+    return get_backend("aten").conv_forward(input, weight, bias, args).contiguous(memory_format=memory_format_of(input))
 
 
 class EagerConvWithShortcut(torch.autograd.Function):
@@ -188,7 +196,7 @@ def convolution_with_shortcut(input: Tensor, weight: Tensor, bias: Optional[Tens
     """(convolution(input, ...), input): by EagerConvWithShortcut where the call runs eagerly on groupconv's
     kernels; elsewhere (torch's kernels settled on, compile and export, dispatch modes) the input itself, whose two
     gradients autograd sums."""
-    if runs_eagerly(input, weight, bias) and not _on_torch_ops_only(input, weight):
+    if runs_eagerly(input, weight, bias) and not on_torch_ops_only(input, weight):
         call = EagerCall.of(input, weight, bias, args)
         if not call.runs_on_torch(input, weight):
             with profiled("groupconv::conv_forward"):
