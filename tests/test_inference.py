@@ -3,6 +3,7 @@ model torch.fx cannot trace, other batch sizes; the folding really removes the b
 themselves. And `groupconv benchmark inference` at tiny sizes."""
 
 import csv
+import sys
 
 import pytest
 import torch
@@ -361,3 +362,17 @@ def test_inference_benchmark_rejects_bad_batch_sizes_and_models(capsys):
     with pytest.raises(SystemExit):
         main(["benchmark", "inference", "--models", "shufflenet_g8_w1,vgg16"])  # (commas separate names too)
     assert "--models: unknown model(s) vgg16;" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the peak resident memory is read from /proc")
+def test_inference_memory_benchmark_measures_each_way_in_a_process_of_its_own(tmp_path, capsys):
+    assert main(["benchmark", "inference-memory", "--models", "shufflenet_compact", "--batch-sizes", "2",
+                 "--image-size", "16", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "inference_memory.csv")))
+    assert {row["way"] for row in rows} >= {"groupconv optimized", "ONNX Runtime"}
+    for row in rows:  # (each way loads weights and runs forwards: some memory, far from a GiB on this tiny model)
+        assert 0 < float(row["peak_mib"]) < 1024, row
+        assert row["way"] in printed
+    onnx_runtime = next(row for row in rows if row["way"] == "ONNX Runtime")
+    assert float(onnx_runtime["ratio_to_onnx_runtime"]) == 1.0

@@ -70,7 +70,7 @@ def _eager(model: torch.nn.Module, x: torch.Tensor):
     return run
 
 
-def _onnx_file(model: torch.nn.Module, x: torch.Tensor) -> bytes:
+def export_onnx(model: torch.nn.Module, x: torch.Tensor) -> bytes:
     """The model exported by torch.onnx.export's TorchScript-based exporter (static shapes: those of `x`)."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # (the tracer's notes on Python-level checks, which hold for static shapes)
@@ -79,7 +79,7 @@ def _onnx_file(model: torch.nn.Module, x: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def _onnx_runtime(onnx_file: bytes, x: torch.Tensor):
+def run_with_onnx_runtime(onnx_file: bytes, x: torch.Tensor):
     """ONNX Runtime's CPU session on the file: default graph optimisations, torch's thread count."""
     import onnxruntime
 
@@ -90,7 +90,7 @@ def _onnx_runtime(onnx_file: bytes, x: torch.Tensor):
     return lambda: session.run(None, feed)
 
 
-def _openvino(onnx_file: bytes, x: torch.Tensor):
+def run_with_openvino(onnx_file: bytes, x: torch.Tensor):
     """OpenVINO's CPU plugin compiled from the same ONNX file, torch's thread count, float32 arithmetic (on a CPU
     with bfloat16 instructions its default is bfloat16, which would time other arithmetic); None where not
     installed."""
@@ -129,9 +129,9 @@ def inference_benchmark(names=INFERENCE_MODELS, batch_sizes=BATCH_SIZES, repeats
                     "torch eager": _eager(twin, x),
                     "torch eager CL": _eager(copy.deepcopy(twin).to(memory_format=torch.channels_last), channels_last)}
             try:
-                onnx_file = _onnx_file(model, x)
-                ways[ONNX_RUNTIME] = _onnx_runtime(onnx_file, x)
-                openvino = _openvino(onnx_file, x)
+                onnx_file = export_onnx(model, x)
+                ways[ONNX_RUNTIME] = run_with_onnx_runtime(onnx_file, x)
+                openvino = run_with_openvino(onnx_file, x)
             except ImportError as error:
                 result.notes.append(f"ONNX Runtime and OpenVINO skipped: {error} (pip install groupconv[export])")
                 openvino = None

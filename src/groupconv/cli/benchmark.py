@@ -11,7 +11,7 @@ import torch
 from .. import models
 from ..ops.allocator import keep_freed_memory
 from ..analysis import roofline
-from ..benchmarks import batch_norm, dispatch, hidden_shapes, inference, triton
+from ..benchmarks import batch_norm, dispatch, hidden_shapes, inference, inference_memory, triton
 from ..benchmarks.layers import LAYER_HEADER, MAX_REPEATS, layer_benchmark, summarise_layers
 from ..benchmarks.models import MODEL_BENCHMARK_DEFAULTS, MODEL_HEADER, model_benchmark
 from ..benchmarks.results import write_csv
@@ -22,7 +22,7 @@ from ..benchmarks.sweep import group_sweep, plot_sweep
 from ..distributed.benchmark import benchmark_group_parallel, format_benchmark
 
 BENCHMARKS = ["layers", "sweep", "shuffle", "models", "same-flops"]  # run by default, in this order
-NAMED_ONLY = ["dispatch", "batch-norm", "triton", "group-parallel", "inference"]  # run only when named
+NAMED_ONLY = ["dispatch", "batch-norm", "triton", "group-parallel", "inference", "inference-memory"]  # run only when named
 SECTIONS = BENCHMARKS + NAMED_ONLY
 BATCH, REPEATS = 32, 5  # the defaults of the BENCHMARKS sections
 # group-parallel: AlexNet, the model the split comes from (Krizhevsky et al. 2012), on small inputs by default
@@ -148,6 +148,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
         inference_section(args.models or list(inference.INFERENCE_MODELS), batch_sizes,
                           args.repeats or inference.REPEATS, args.image_size,
                           roofline.machine_ceilings(args.peak_gflops, args.bandwidth_gbs), out)
+    if "inference-memory" in what:
+        inference_memory_section(args.models or list(inference.INFERENCE_MODELS), batch_sizes, args.image_size, out)
     return 0
 
 
@@ -178,6 +180,22 @@ def inference_section(names: list[str], batch_sizes: tuple[int, ...], repeats: i
     write_csv(out / "inference.csv", [record for result in results for record in result.records(ceilings)])
 
 
+def inference_memory_section(names: list[str], batch_sizes: tuple[int, ...], image_size: int | None,
+                             out: Path) -> None:
+    """Peak memory of loading and running each model at each batch size, each way in a process of its own: a table
+    per model and batch, inference_memory.csv (one row per model, batch and way)."""
+    print(f"\nInference memory: peak resident memory of loading the model and running {inference_memory.REPEATS} "
+          f"forwards, each way in a process of its own, over that process's memory before; vs ORT = peak over ONNX "
+          f"Runtime's (below 1: less)")
+    results = inference_memory.inference_memory_benchmark(names, batch_sizes, image_size,
+                                                          progress=lambda result: print(
+                                                              inference_memory.format_result(result)))
+    write_csv(out / "inference_memory.csv",
+              [{"model": result.model, "batch": result.batch, "way": who, "peak_mib": round(mib, 1),
+                "ratio_to_onnx_runtime": result.ratio_to_onnx_runtime(who)}
+               for result in results for who, mib in result.peak_mib.items()])
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add benchmark; it sets `run=` to a function(args) -> exit code."""
     bench = commands.add_parser("benchmark", help="time groupconv against torch on the zoo's layers and models")
@@ -193,7 +211,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                        help=f"batch size (default: {BATCH}, dispatch: {dispatch.BATCH}; "
                             f"group-parallel: the global batch, {GROUP_PARALLEL_BATCH})")
     bench.add_argument("--batch-sizes", default=None, metavar="B1,B2",
-                       help="inference: batch sizes, separated by commas (default: "
+                       help="inference, inference-memory: batch sizes, separated by commas (default: "
                             f"{','.join(map(str, inference.BATCH_SIZES))})")
     bench.add_argument("--repeats", type=int, default=None,
                        help=f"timed runs per measurement (layers: at least this many, more for short ones); the median "

@@ -1,0 +1,142 @@
+"""`groupconv benchmark inference-memory`: the peak memory of loading a model and running its eval-mode forwards,
+groupconv.inference.optimize_for_inference's model against ONNX Runtime and OpenVINO on the model's ONNX export.
+
+Each way runs in a process of its own, so that one's high-water mark is not another's: the process imports what the
+way needs and makes the input, then its resident memory is the baseline; it loads the model (groupconv: the zoo
+model built and optimised, as a user's script would; the runtimes: a session compiled from the ONNX file) and runs
+REPEATS forwards. The peak is the process's resident high-water mark (Linux's VmHWM, reset after the imports) over
+the baseline: weights, the runtime's own copies of them, activations and workspaces. Linux only (/proc).
+
+    groupconv benchmark inference-memory [--models ...] [--batch-sizes 1,32]
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import models
+from ..inference import optimize_for_inference
+from .inference import (BATCH_SIZES, INFERENCE_MODELS, ONNX_RUNTIME, OPENVINO, OPTIMIZED, export_onnx,
+                        run_with_onnx_runtime, run_with_openvino)
+
+REPEATS = 3
+# A way's process: importing torch and building and optimising the largest default model take about 10 s.
+PROCESS_TIMEOUT_SECONDS = 600
+
+
+@dataclass
+class MemoryResult:
+    """One model at one batch size: each way's peak resident memory over its process's baseline, in MiB."""
+
+    model: str
+    batch: int
+    peak_mib: dict[str, float]
+    notes: list[str]
+
+    def ratio_to_onnx_runtime(self, who: str) -> float | None:
+        if ONNX_RUNTIME not in self.peak_mib:
+            return None
+        return self.peak_mib[who] / self.peak_mib[ONNX_RUNTIME]
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_high_water_mark() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # (5: reset the peak resident set size to the current one)
+
+
+def measure_here(way: str, model_name: str, batch: int, image_size: int | None, onnx_path: str | None,
+                 threads: int) -> dict:
+    """In this process (a fresh one): `way`'s peak resident memory over the baseline, in KiB (see the module
+    docstring). Returns {"peak_kib", "after_kib"}."""
+    torch.set_num_threads(threads)
+    channels, height, width = models.model_entry(model_name).input_size
+    if image_size is not None:
+        height = width = image_size
+    x = torch.randn(batch, channels, height, width)
+    if way == ONNX_RUNTIME:
+        import onnxruntime  # noqa: F401  (imported before the baseline: what the way needs, not what it holds)
+    elif way == OPENVINO:
+        import openvino as _openvino  # noqa: F401
+    baseline = _status_kib("VmRSS")
+    _reset_high_water_mark()
+    if way == OPTIMIZED:
+        torch.manual_seed(0)
+        optimized = optimize_for_inference(models.create_model(model_name).eval(), x)
+        run = lambda: optimized(x)  # noqa: E731
+    elif way == ONNX_RUNTIME:
+        run = run_with_onnx_runtime(Path(onnx_path).read_bytes(), x)
+    elif way == OPENVINO:
+        run = run_with_openvino(Path(onnx_path).read_bytes(), x)
+    else:
+        raise ValueError(f"way={way!r} is not one of {OPTIMIZED!r}, {ONNX_RUNTIME!r}, {OPENVINO!r}")
+    for _ in range(REPEATS):
+        run()
+    return {"peak_kib": _status_kib("VmHWM") - baseline, "after_kib": _status_kib("VmRSS") - baseline}
+
+
+def _measure_in_process(way: str, model_name: str, batch: int, image_size: int | None, onnx_path: str | None) -> dict:
+    arguments = json.dumps([way, model_name, batch, image_size, onnx_path, torch.get_num_threads()])
+    result = subprocess.run([sys.executable, "-m", "groupconv.benchmarks.inference_memory", arguments],
+                            capture_output=True, text=True, timeout=PROCESS_TIMEOUT_SECONDS)
+    if result.returncode != 0:
+        raise RuntimeError(f"measuring {way} on {model_name} batch {batch} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def inference_memory_benchmark(names=INFERENCE_MODELS, batch_sizes=BATCH_SIZES, image_size: int | None = None,
+                               progress=print) -> list[MemoryResult]:
+    """Every model at every batch size, each way's peak memory measured in a process of its own."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="groupconv-memory-") as directory:
+        for name in names:
+            torch.manual_seed(0)
+            model = models.create_model(name).eval()
+            channels, height, width = models.model_entry(name).input_size
+            if image_size is not None:
+                height = width = image_size
+            for batch in batch_sizes:
+                ways, notes = [OPTIMIZED], []
+                onnx_path = Path(directory) / f"{name}-{batch}.onnx"
+                try:
+                    onnx_path.write_bytes(export_onnx(model, torch.randn(batch, channels, height, width)))
+                    ways.append(ONNX_RUNTIME)
+                except ImportError as error:
+                    notes.append(f"ONNX Runtime and OpenVINO skipped: {error} (pip install groupconv[export])")
+                if ways[-1] == ONNX_RUNTIME and importlib.util.find_spec("openvino") is not None:
+                    ways.append(OPENVINO)
+                elif not notes:
+                    notes.append("OpenVINO skipped: not installed (pip install groupconv[openvino])")
+                peaks = {way: _measure_in_process(way, name, batch, image_size, str(onnx_path))["peak_kib"] / 1024
+                         for way in ways}
+                result = MemoryResult(name, batch, peaks, notes)
+                results.append(result)
+                if progress:
+                    progress(result)
+    return results
+
+
+def format_result(result: MemoryResult) -> str:
+    lines = [f"\n{result.model}, batch {result.batch}", f"  {'way':22} {'peak MiB':>9} {'vs ORT':>7}"]
+    for who, mib in result.peak_mib.items():
+        ratio = result.ratio_to_onnx_runtime(who)
+        lines.append(f"  {who:22} {mib:9.1f} {'' if ratio is None else f'{ratio:6.2f}x':>7}")
+    lines += [f"  ({note})" for note in result.notes]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure_here(*json.loads(sys.argv[1]))))
