@@ -7,6 +7,8 @@ the output), which is exactly the cost the fast backends exist to remove.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +51,16 @@ def along_channels(tensor: torch.Tensor, shuffle: bool, groups: int) -> torch.Te
     channels = tensor.shape[0]
     groups = groups if shuffle else channels // groups
     return tensor.view(groups, channels // groups, *tensor.shape[1:]).transpose(0, 1).reshape(tensor.shape)
+
+
+def bound_conv(args) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None:
+    """torch's conv function bound to `args` (a call's whole forward on torch's kernels), for a call without a fused
+    shuffle; None for one with (AtenBackend.conv_forward materialises the shuffle)."""
+    if args.shuffle_groups > 1:
+        return None
+    conv, stride, padding, dilation, groups = (_FORWARD[args.spatial_dims], args.stride, args.padding,
+                                               args.dilation, args.groups)
+    return lambda input, weight, bias: conv(input, weight, bias, stride, padding, dilation, groups)
 
 
 class AtenBackend(Backend):

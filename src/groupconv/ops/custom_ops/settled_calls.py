@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from ..arguments import ConvArguments, exact_key
+from ..arguments import ConvArguments, exact_key, memory_format_of
+from ..backends.aten import bound_conv
 from ..cache import BoundedCache
 from ..dispatch import choices_generation, forced_backend
 from .eager import PLAIN_TENSOR_TYPES, profiled
@@ -62,7 +63,8 @@ def _state_allows_settled_paths() -> bool:
         _runners.clear()
         _generation = choices_generation()
         return False
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing()
+    # (torch.compile's tracing is told by `signature`; torch.jit.is_tracing's test, without its Python layers)
+    return not (torch._C._get_tracing_state() is not None
                 or torch._C._functorch.peek_interpreter_stack() is not None
                 or _get_current_dispatch_mode() is not None or torch._C._is_any_autocast_enabled()
                 or forced_backend() is not None)
@@ -84,11 +86,15 @@ def settle(key: tuple, input: Tensor, weight: Tensor, bias: Optional[Tensor], ar
     on_torch = call.settled_on_torch(input, weight)
     if on_torch is None:
         return  # (a choice it depends on is still to be made: its first backward, say)
-    _runners.put(key, _on_torch_runner(args) if on_torch else _eager_conv_runner(call))
+    _runners.put(key, _on_torch_runner(args, memory_format_of(input)) if on_torch else _eager_conv_runner(call))
 
 
-def _on_torch_runner(args: ConvArguments) -> Runner:
-    return lambda input, weight, bias: torch_convolution(input, weight, bias, args)
+def _on_torch_runner(args: ConvArguments, memory_format: torch.memory_format) -> Runner:
+    """torch_convolution for this signature, with what it looks up each call looked up once."""
+    conv = bound_conv(args)
+    if conv is None:
+        return lambda input, weight, bias: torch_convolution(input, weight, bias, args)
+    return lambda input, weight, bias: conv(input, weight, bias).contiguous(memory_format=memory_format)
 
 
 def _eager_conv_runner(call: EagerCall) -> Runner:
