@@ -76,3 +76,28 @@ def test_keep_freed_memory_must_be_a_bool(value):
         groupconv.accelerate(model, keep_freed_memory=value)
     with pytest.raises(TypeError, match=f"keep_freed_memory={value!r}"):
         optimize_for_inference(model, torch.randn(1, 4, 8, 8), keep_freed_memory=value)
+
+
+RESIDENT_AFTER_RELEASE = """
+import json, torch
+from pathlib import Path
+from groupconv.ops.allocator import keep_freed_memory, release_free_memory
+def resident_mib():
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+assert keep_freed_memory()
+before = resident_mib()
+x = torch.ones(32, 1024, 1024)  # 128 MiB, touched
+del x
+kept = resident_mib() - before
+released = release_free_memory()
+print(json.dumps({"kept": kept, "released": released, "after": resident_mib() - before}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim and /proc are Linux facts")
+def test_release_free_memory_gives_kept_memory_back():
+    result = json.loads(subprocess.run([sys.executable, "-c", RESIDENT_AFTER_RELEASE], capture_output=True, text=True,
+                                       check=True, timeout=60).stdout)
+    assert result["kept"] > 100  # freed, yet resident: kept for the next allocations
+    assert result["released"] is True and result["after"] < 20

@@ -5,7 +5,10 @@ Each way runs in a process of its own, so that one's high-water mark is not anot
 way needs and makes the input, then its resident memory is the baseline; it loads the model (groupconv: the zoo
 model built and optimised, as a user's script would; the runtimes: a session compiled from the ONNX file) and runs
 REPEATS forwards. The peak is the process's resident high-water mark (Linux's VmHWM, reset after the imports) over
-the baseline: weights, the runtime's own copies of them, activations and workspaces. Linux only (/proc).
+the baseline: weights, the runtime's own copies of them, activations and workspaces. The steady peak is the same
+over the forwards after the first (the high-water mark reset after it): what serving the model holds, without the
+one-time work of loading it (groupconv's timing of each layer's kernels, a runtime's graph compilation). Linux only
+(/proc).
 
     groupconv benchmark inference-memory [--models ...] [--batch-sizes 1,32]
 """
@@ -27,24 +30,28 @@ from ..inference import optimize_for_inference
 from .inference import (BATCH_SIZES, INFERENCE_MODELS, ONNX_RUNTIME, OPENVINO, OPTIMIZED, export_onnx,
                         run_with_onnx_runtime, run_with_openvino)
 
-REPEATS = 3
+REPEATS = 4
 # A way's process: importing torch and building and optimising the largest default model take about 10 s.
 PROCESS_TIMEOUT_SECONDS = 600
 
 
 @dataclass
 class MemoryResult:
-    """One model at one batch size: each way's peak resident memory over its process's baseline, in MiB."""
+    """One model at one batch size: each way's peak resident memory over its process's baseline, loading included
+    and in the steady state, in MiB."""
 
     model: str
     batch: int
     peak_mib: dict[str, float]
+    steady_mib: dict[str, float]
     notes: list[str]
 
-    def ratio_to_onnx_runtime(self, who: str) -> float | None:
+    def ratios_to_onnx_runtime(self, who: str) -> tuple[float, float] | None:
+        """`who`'s peak and steady peak over ONNX Runtime's (below 1: less)."""
         if ONNX_RUNTIME not in self.peak_mib:
             return None
-        return self.peak_mib[who] / self.peak_mib[ONNX_RUNTIME]
+        return (self.peak_mib[who] / self.peak_mib[ONNX_RUNTIME],
+                self.steady_mib[who] / self.steady_mib[ONNX_RUNTIME])
 
 
 def _status_kib(field: str) -> int:
@@ -61,7 +68,8 @@ def _reset_high_water_mark() -> None:
 def measure_here(way: str, model_name: str, batch: int, image_size: int | None, onnx_path: str | None,
                  threads: int) -> dict:
     """In this process (a fresh one): `way`'s peak resident memory over the baseline, in KiB (see the module
-    docstring). Returns {"peak_kib", "after_kib"}."""
+    docstring). Returns {"peak_kib": over loading and every forward, "steady_kib": over the forwards after the
+    first}."""
     torch.set_num_threads(threads)
     channels, height, width = models.model_entry(model_name).input_size
     if image_size is not None:
@@ -83,9 +91,13 @@ def measure_here(way: str, model_name: str, batch: int, image_size: int | None, 
         run = run_with_openvino(Path(onnx_path).read_bytes(), x)
     else:
         raise ValueError(f"way={way!r} is not one of {OPTIMIZED!r}, {ONNX_RUNTIME!r}, {OPENVINO!r}")
-    for _ in range(REPEATS):
+    run()  # (the first forward: groupconv chooses its threads, the runtimes size their arenas)
+    peak = _status_kib("VmHWM")
+    _reset_high_water_mark()
+    for _ in range(REPEATS - 1):
         run()
-    return {"peak_kib": _status_kib("VmHWM") - baseline, "after_kib": _status_kib("VmRSS") - baseline}
+    steady = _status_kib("VmHWM")
+    return {"peak_kib": max(peak, steady) - baseline, "steady_kib": steady - baseline}
 
 
 def _measure_in_process(way: str, model_name: str, batch: int, image_size: int | None, onnx_path: str | None) -> dict:
@@ -120,9 +132,9 @@ def inference_memory_benchmark(names=INFERENCE_MODELS, batch_sizes=BATCH_SIZES, 
                     ways.append(OPENVINO)
                 elif not notes:
                     notes.append("OpenVINO skipped: not installed (pip install groupconv[openvino])")
-                peaks = {way: _measure_in_process(way, name, batch, image_size, str(onnx_path))["peak_kib"] / 1024
-                         for way in ways}
-                result = MemoryResult(name, batch, peaks, notes)
+                measured = {way: _measure_in_process(way, name, batch, image_size, str(onnx_path)) for way in ways}
+                result = MemoryResult(name, batch, {way: m["peak_kib"] / 1024 for way, m in measured.items()},
+                                      {way: m["steady_kib"] / 1024 for way, m in measured.items()}, notes)
                 results.append(result)
                 if progress:
                     progress(result)
@@ -130,10 +142,12 @@ def inference_memory_benchmark(names=INFERENCE_MODELS, batch_sizes=BATCH_SIZES, 
 
 
 def format_result(result: MemoryResult) -> str:
-    lines = [f"\n{result.model}, batch {result.batch}", f"  {'way':22} {'peak MiB':>9} {'vs ORT':>7}"]
+    lines = [f"\n{result.model}, batch {result.batch}",
+             f"  {'way':22} {'peak MiB':>9} {'vs ORT':>7} {'steady MiB':>11} {'vs ORT':>7}"]
     for who, mib in result.peak_mib.items():
-        ratio = result.ratio_to_onnx_runtime(who)
-        lines.append(f"  {who:22} {mib:9.1f} {'' if ratio is None else f'{ratio:6.2f}x':>7}")
+        ratios = result.ratios_to_onnx_runtime(who)
+        peak_ratio, steady_ratio = ("", "") if ratios is None else (f"{ratios[0]:6.2f}x", f"{ratios[1]:6.2f}x")
+        lines.append(f"  {who:22} {mib:9.1f} {peak_ratio:>7} {result.steady_mib[who]:11.1f} {steady_ratio:>7}")
     lines += [f"  ({note})" for note in result.notes]
     return "\n".join(lines)
 

@@ -185,15 +185,18 @@ def inference_memory_section(names: list[str], batch_sizes: tuple[int, ...], ima
     """Peak memory of loading and running each model at each batch size, each way in a process of its own: a table
     per model and batch, inference_memory.csv (one row per model, batch and way)."""
     print(f"\nInference memory: peak resident memory of loading the model and running {inference_memory.REPEATS} "
-          f"forwards, each way in a process of its own, over that process's memory before; vs ORT = peak over ONNX "
-          f"Runtime's (below 1: less)")
+          f"forwards (peak), and of the forwards after the first (steady), each way in a process of its own, over "
+          f"that process's memory before; vs ORT = over ONNX Runtime's (below 1: less)")
     results = inference_memory.inference_memory_benchmark(names, batch_sizes, image_size,
                                                           progress=lambda result: print(
                                                               inference_memory.format_result(result)))
     write_csv(out / "inference_memory.csv",
               [{"model": result.model, "batch": result.batch, "way": who, "peak_mib": round(mib, 1),
-                "ratio_to_onnx_runtime": result.ratio_to_onnx_runtime(who)}
-               for result in results for who, mib in result.peak_mib.items()])
+                "steady_mib": round(result.steady_mib[who], 1),
+                "peak_ratio_to_onnx_runtime": None if ratios is None else round(ratios[0], 4),
+                "steady_ratio_to_onnx_runtime": None if ratios is None else round(ratios[1], 4)}
+               for result in results for who, mib in result.peak_mib.items()
+               for ratios in [result.ratios_to_onnx_runtime(who)]])
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:

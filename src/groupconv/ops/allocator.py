@@ -50,14 +50,32 @@ def freed_memory_kept() -> bool:
     return bool(_kept)
 
 
-def _apply() -> bool:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-        gnu_libc = libc.gnu_get_libc_version  # only glibc has both; musl and macOS ignore or lack mallopt
-    except (OSError, AttributeError, TypeError):
+def release_free_memory() -> bool:
+    """Give the memory malloc holds free back to the system now (glibc's malloc_trim), kept or not: after a one-time
+    burst of allocations (optimize_for_inference's timing of each layer's kernels) whose free blocks the process's
+    later calls would only partly reuse. True where it ran (glibc)."""
+    libc = _glibc()
+    if libc is None:
         return False
-    del gnu_libc
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    libc.malloc_trim(0)
+    return True
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library where it is glibc, else None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.gnu_get_libc_version  # only glibc has it; musl and macOS ignore or lack mallopt and malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+    return libc
+
+
+def _apply() -> bool:
+    libc = _glibc()
+    if libc is None:
+        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, LARGEST_TRIM_THRESHOLD))
