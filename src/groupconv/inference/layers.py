@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..nn.base import GroupedConvMixin
+from ..ops.allocator import release_free_memory
 from ..ops.arguments import ConvArguments, check_conv_call_once, memory_format_of, output_size
 from ..ops.backends import native
 from ..ops.dispatch import ConvProblem, select_backend
@@ -102,6 +103,10 @@ class PlannedConv(torch.nn.Module):
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._plan(input, residual, key)
+            # The timed runs left free blocks of this layer's sizes, which kept freed memory would hold while the
+            # next layers plan with theirs: given back now, the model's first forward holds what one layer's timing
+            # needs, not the sum of all (MobileNet at batch 32: 1.66 GB resident before, when a forward needs 0.47).
+            release_free_memory()
         output = plan(input, residual)
         return output if concat is None else torch.cat((output, concat), 1)
 
