@@ -224,9 +224,11 @@ EPILOGUE_CASES = [(96, 96, 8, 8), (60, 240, 3, 3), (384, 96, 8, 8), (34, 66, 2, 
 @pytest.mark.parametrize("in_channels,out_channels,groups,shuffle_groups", EPILOGUE_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("relu, with_residual", [(False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("packed_once", [False, True])
 def test_channels_last_pointwise_epilogue_matches_torch(in_channels, out_channels, groups, shuffle_groups, dtype,
-                                                        relu, with_residual):
-    """csrc/pointwise.cpp's inference epilogue: relu(conv(channel_shuffle(x)) + residual), batch 1 and 3."""
+                                                        relu, with_residual, packed_once):
+    """csrc/pointwise.cpp's inference epilogue: relu(conv(channel_shuffle(x)) + residual), batch 1 and 3, with the
+    weights packed at each call or once (PointwiseKernel)."""
     generator = torch.Generator().manual_seed(in_channels * out_channels + shuffle_groups)
     for batch in (1, 3):
         x = torch.randn(batch, in_channels, 5, 7, generator=generator, dtype=dtype)
@@ -238,11 +240,36 @@ def test_channels_last_pointwise_epilogue_matches_torch(in_channels, out_channel
                             groups=groups)
         expected = expected + residual if with_residual else expected
         expected = expected.relu() if relu else expected
-        actual = native.load().pointwise_forward_nhwc(x, w, b, groups, residual, relu, shuffle_groups)
+        if packed_once:
+            actual = native.load().PointwiseKernel(w, b, groups, relu, shuffle_groups)(x, residual)
+        else:
+            actual = native.load().pointwise_forward_nhwc(x, w, b, groups, residual, relu, shuffle_groups)
         assert actual.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(actual, expected)
     with pytest.raises(RuntimeError, match="the tensor added must have the output's shape"):
         native.load().pointwise_forward_nhwc(x, w, b, groups, torch.zeros(1, out_channels, 1, 1, dtype=dtype))
+
+
+def test_a_pointwise_kernel_packed_once_refuses_what_it_was_not_packed_for():
+    kernel_class = native.load().PointwiseKernel
+    w = torch.randn(12, 4, 1, 1)
+    kernel = kernel_class(w, None, 3, False, 1)
+    x = torch.randn(2, 12, 3, 3).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(kernel(x), F.conv2d(x, w, groups=3))
+    with pytest.raises(RuntimeError, match="input must have 12 channels, the weight's dtype Float"):
+        kernel(torch.randn(2, 8, 3, 3).contiguous(memory_format=torch.channels_last))
+    with pytest.raises(RuntimeError, match="input must have 12 channels, the weight's dtype Float"):
+        kernel(x.double())
+    with pytest.raises(RuntimeError, match="input must be a channels_last 4-D tensor"):
+        kernel(torch.randn(2, 12, 3, 3))
+    with pytest.raises(RuntimeError, match=r"weight must be a 1x1 conv's \(M, C/groups, 1, 1\)"):
+        kernel_class(torch.randn(12, 4, 3, 3), None, 3, False, 1)
+    with pytest.raises(RuntimeError, match="groups=5 must divide the weight's 12 output channels"):
+        kernel_class(w, None, 5, False, 1)
+    with pytest.raises(RuntimeError, match="shuffle_groups=5 must divide the input's 12 channels"):
+        kernel_class(w, None, 3, False, 5)
+    with pytest.raises(RuntimeError, match="bias must be a vector of the weight's 12 output channels"):
+        kernel_class(w, torch.randn(5), 3, False, 1)
 
 
 def test_dense_pointwise_runs_on_the_native_kernel_only_where_tuned():

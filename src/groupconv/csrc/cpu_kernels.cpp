@@ -668,6 +668,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("batch_norm_backward", &batch_norm_backward);
   m.def("pointwise_forward_nhwc", &pointwise_forward_nhwc, py::arg("input"), py::arg("weight"), py::arg("bias"),
         py::arg("groups"), py::arg("residual") = py::none(), py::arg("relu") = false, py::arg("shuffle_groups") = 1);
+  py::class_<PointwiseKernel>(m, "PointwiseKernel")
+      .def(py::init<const at::Tensor&, const c10::optional<at::Tensor>&, int64_t, bool, int64_t>(), py::arg("weight"),
+           py::arg("bias"), py::arg("groups"), py::arg("relu") = false, py::arg("shuffle_groups") = 1)
+      .def("__call__", &PointwiseKernel::operator(), py::arg("input"), py::arg("residual") = py::none());
   m.def("pointwise_backward_input_nhwc", &pointwise_backward_input_nhwc, py::arg("grad_output"), py::arg("weight"),
         py::arg("groups"), py::arg("accumulate") = py::none());
   m.def("pointwise_backward_weight_nhwc", &pointwise_backward_weight_nhwc);

@@ -279,14 +279,18 @@ bool streams(int64_t pixel_count, int64_t y_stride) {
 template <typename T>
 void pointwise_nhwc(const T* x, int64_t pixel_count, const Packed<T>& k, T* y, const T* init) {
   const int64_t x_stride = k.groups * k.a, y_stride = k.groups * k.b;
-  const int64_t chunks = (pixel_count + FORWARD_CHUNK - 1) / FORWARD_CHUNK;
-  const int64_t work_per_chunk = FORWARD_CHUNK * x_stride * k.b;
+  // A small input (a 7x7 or 14x14 one at batch 1) in blocks rather than chunks: 49 pixels are one chunk, which one
+  // thread would compute alone; 196 are four, three of them on the first of two threads.
+  const int64_t chunk_pixels =
+      pixel_count < 4 * FORWARD_CHUNK * at::get_num_threads() ? PIXEL_BLOCK : FORWARD_CHUNK;
+  const int64_t chunks = (pixel_count + chunk_pixels - 1) / chunk_pixels;
+  const int64_t work_per_chunk = chunk_pixels * x_stride * k.b;
   const bool streaming = streams<T>(pixel_count, y_stride);
   at::parallel_for(0, chunks, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_chunk)),
                    [&](int64_t begin, int64_t end) {
     std::vector<T> buffer(streaming ? PIXEL_BLOCK * y_stride : 0);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
-      const int64_t first = chunk * FORWARD_CHUNK, last = std::min(first + FORWARD_CHUNK, pixel_count);
+      const int64_t first = chunk * chunk_pixels, last = std::min(first + chunk_pixels, pixel_count);
       touch(x + first * x_stride, (last - first) * x_stride);
       if (!streaming) touch(static_cast<const T*>(y + first * y_stride), (last - first) * y_stride);
       if (init) touch(init + first * y_stride, (last - first) * y_stride);
@@ -445,30 +449,50 @@ at::Tensor accumulated_rows(const c10::optional<at::Tensor>& accumulate, at::Int
   return accumulate->contiguous(at::MemoryFormat::ChannelsLast);
 }
 
-at::Tensor run(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-               int64_t groups, int64_t out_channels, bool transposed,
-               const c10::optional<at::Tensor>& accumulate = c10::nullopt, bool relu = false,
-               int64_t shuffle_groups = 1) {
-  TORCH_CHECK(input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "pointwise NHWC kernel: input must be a channels_last 4-D tensor, got strides ", input.strides());
-  const at::Tensor w = weight.contiguous();
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const int64_t a = input.size(1) / groups, out_per_group = out_channels / groups;
+// The forward's packed weights, with the epilogue and the input shuffle (`channels`: the input's).
+template <typename T>
+Packed<T> pack_forward(const at::Tensor& w, const at::Tensor& b, int64_t groups, int64_t a, int64_t out_per_group,
+                       bool transposed, bool relu, int64_t shuffle_groups, int64_t channels) {
+  Packed<T> k = pack(w.data_ptr<T>(), b.defined() ? b.data_ptr<T>() : nullptr, groups, a, out_per_group, transposed);
+  k.relu = relu;
+  if (shuffle_groups > 1) {  // channel_shuffle(x, s)[c] = x[(c % s) * (C / s) + c / s]
+    const int64_t per_group = channels / shuffle_groups;
+    k.source.resize(channels);
+    for (int64_t c = 0; c < channels; ++c) k.source[c] = (c % shuffle_groups) * per_group + c / shuffle_groups;
+  }
+  return k;
+}
+
+// The (N, out_channels, H, W) channels_last output of `input` times the packed weights (plus `accumulate`).
+template <typename T>
+at::Tensor run_packed(const at::Tensor& input, const Packed<T>& k, int64_t out_channels,
+                      const c10::optional<at::Tensor>& accumulate) {
   at::Tensor out = at::empty({input.size(0), out_channels, input.size(2), input.size(3)},
                              input.options().memory_format(at::MemoryFormat::ChannelsLast));
   const int64_t pixel_count = input.size(0) * input.size(2) * input.size(3);
   const at::Tensor init = accumulated_rows(accumulate, out.sizes());
+  pointwise_nhwc(input.data_ptr<T>(), pixel_count, k, out.data_ptr<T>(), init.defined() ? init.data_ptr<T>() : nullptr);
+  return out;
+}
+
+void check_channels_last_input(const at::Tensor& input) {
+  TORCH_CHECK(input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "pointwise NHWC kernel: input must be a channels_last 4-D tensor, got strides ", input.strides());
+}
+
+at::Tensor run(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+               int64_t groups, int64_t out_channels, bool transposed,
+               const c10::optional<at::Tensor>& accumulate = c10::nullopt, bool relu = false,
+               int64_t shuffle_groups = 1) {
+  check_channels_last_input(input);
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const int64_t a = input.size(1) / groups, out_per_group = out_channels / groups;
+  at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "groupconv_pointwise_nhwc", [&] {
-    Packed<scalar_t> k = pack(w.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr, groups, a,
-                              out_per_group, transposed);
-    k.relu = relu;
-    if (shuffle_groups > 1) {  // channel_shuffle(x, s)[c] = x[(c % s) * (C / s) + c / s]
-      const int64_t channels = input.size(1), per_group = channels / shuffle_groups;
-      k.source.resize(channels);
-      for (int64_t c = 0; c < channels; ++c) k.source[c] = (c % shuffle_groups) * per_group + c / shuffle_groups;
-    }
-    pointwise_nhwc(input.data_ptr<scalar_t>(), pixel_count, k, out.data_ptr<scalar_t>(),
-                   init.defined() ? init.data_ptr<scalar_t>() : nullptr);
+    out = run_packed(input, pack_forward<scalar_t>(w, b, groups, a, out_per_group, transposed, relu, shuffle_groups,
+                                                   input.size(1)),
+                     out_channels, accumulate);
   });
   return out;
 }
@@ -524,4 +548,53 @@ std::vector<at::Tensor> pointwise_backward_nhwc(const at::Tensor& grad_output, c
 at::Tensor pointwise_backward_input_nhwc(const at::Tensor& grad_output, const at::Tensor& weight, int64_t groups,
                                          const c10::optional<at::Tensor>& accumulate) {
   return run(grad_output, weight, c10::nullopt, groups, weight.size(1) * groups, /*transposed=*/false, accumulate);
+}
+
+// The packed weights of one conv, for PointwiseKernel: one of the two is filled, by the weight's dtype.
+struct PackedPointwiseWeights {
+  at::ScalarType dtype;
+  int64_t in_channels, out_channels;
+  Packed<float> single;
+  Packed<double> double_;
+};
+
+PointwiseKernel::PointwiseKernel(const at::Tensor& weight, const c10::optional<at::Tensor>& bias, int64_t groups,
+                                 bool relu, int64_t shuffle_groups) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1,
+              "pointwise NHWC kernel: weight must be a 1x1 conv's (M, C/groups, 1, 1), got shape ", weight.sizes());
+  TORCH_CHECK(weight.device().is_cpu(), "pointwise NHWC kernel: weight must be on the CPU, got ", weight.device());
+  TORCH_CHECK(weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble,
+              "pointwise NHWC kernel: weight must be float32 or float64, got ", weight.scalar_type());
+  TORCH_CHECK(groups >= 1 && weight.size(0) % groups == 0, "pointwise NHWC kernel: groups=", groups,
+              " must divide the weight's ", weight.size(0), " output channels");
+  const int64_t a = weight.size(1), in_channels = a * groups;
+  TORCH_CHECK(shuffle_groups >= 1 && in_channels % shuffle_groups == 0, "pointwise NHWC kernel: shuffle_groups=",
+              shuffle_groups, " must divide the input's ", in_channels, " channels");
+  TORCH_CHECK(!bias.has_value() || (bias->dim() == 1 && bias->size(0) == weight.size(0) &&
+                                    bias->scalar_type() == weight.scalar_type()),
+              "pointwise NHWC kernel: bias must be a vector of the weight's ", weight.size(0), " output channels and ",
+              "dtype");
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  auto packed = std::make_shared<PackedPointwiseWeights>();
+  packed->dtype = weight.scalar_type();
+  packed->in_channels = in_channels;
+  packed->out_channels = weight.size(0);
+  const int64_t out_per_group = weight.size(0) / groups;
+  if (packed->dtype == at::kFloat)
+    packed->single = pack_forward<float>(w, b, groups, a, out_per_group, true, relu, shuffle_groups, in_channels);
+  else
+    packed->double_ = pack_forward<double>(w, b, groups, a, out_per_group, true, relu, shuffle_groups, in_channels);
+  packed_ = std::move(packed);
+}
+
+at::Tensor PointwiseKernel::operator()(const at::Tensor& input, const c10::optional<at::Tensor>& residual) const {
+  check_channels_last_input(input);
+  TORCH_CHECK(input.size(1) == packed_->in_channels && input.scalar_type() == packed_->dtype &&
+                  input.device().is_cpu(),
+              "pointwise NHWC kernel: input must have ", packed_->in_channels, " channels, the weight's dtype ",
+              packed_->dtype, " and be on the CPU, got ", input.sizes(), " ", input.scalar_type(), " on ",
+              input.device());
+  if (packed_->dtype == at::kFloat) return run_packed(input, packed_->single, packed_->out_channels, residual);
+  return run_packed(input, packed_->double_, packed_->out_channels, residual);
 }

@@ -3,6 +3,7 @@
 
 #include <torch/extension.h>
 
+#include <memory>
 #include <vector>
 
 // (N, M, H, W) channels_last output of a 1x1, stride-1, unpadded conv with `groups` groups of a channels_last input.
@@ -26,3 +27,17 @@ at::Tensor pointwise_backward_weight_nhwc(const at::Tensor& grad_output, const a
 std::vector<at::Tensor> pointwise_backward_nhwc(const at::Tensor& grad_output, const at::Tensor& input,
                                                const at::Tensor& weight, int64_t groups,
                                                const c10::optional<at::Tensor>& accumulate);
+
+// pointwise_forward_nhwc's forward with its weights packed once, for a conv whose weights do not change (inference):
+// packing costs about what the conv itself does on a small input (a 7x7 one at batch 1). kernel(input, residual)
+// computes relu(conv(channel_shuffle(input, shuffle_groups)) + residual), with relu and the residual as given.
+struct PackedPointwiseWeights;
+class PointwiseKernel {
+ public:
+  PointwiseKernel(const at::Tensor& weight, const c10::optional<at::Tensor>& bias, int64_t groups, bool relu,
+                  int64_t shuffle_groups);
+  at::Tensor operator()(const at::Tensor& input, const c10::optional<at::Tensor>& residual) const;
+
+ private:
+  std::shared_ptr<const PackedPointwiseWeights> packed_;
+};

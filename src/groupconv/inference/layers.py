@@ -80,7 +80,7 @@ class PlannedConv(torch.nn.Module):
     The ways (candidates), timed on the first input of each signature and the fastest kept:
     - the dispatcher's choice (its backend's kernel called directly), then the epilogue in place;
     - for a 1x1 conv, groupconv's 1x1 kernel with the epilogue fused: it starts its sums from the residual, applies
-      the ReLU as it writes the output and makes an input shuffle by the order of its reads;
+      the ReLU as it writes the output and makes an input shuffle by the order of its reads, its weights packed once;
     - oneDNN's convolution (torch.ops.mkldnn._convolution_pointwise, the kernel torch.compile's CPU backend uses)
       with the ReLU, or the residual add and the ReLU, fused into the kernel's write of the output, on the weight as
       it is or reordered once into oneDNN's blocked layout for this input size (prepacked); then the concat.
@@ -163,14 +163,10 @@ class PlannedConv(torch.nn.Module):
         return run
 
     def _native_pointwise(self, arguments: ConvArguments) -> Callable:
-        kernel, weight, bias = native.load().pointwise_forward_nhwc, self.conv.weight, self.conv.bias
-        groups, shuffle_groups, relu = arguments.groups, arguments.shuffle_groups, self.relu
-
-        def run(x: Tensor, residual: Optional[Tensor]) -> Tensor:
-            # relu(conv(shuffle(x)) + residual): the shuffle made by the kernel's reads, the rest by its writes
-            return kernel(x, weight, bias, groups, residual, relu, shuffle_groups)
-
-        return run
+        # relu(conv(shuffle(x)) + residual): the shuffle made by the kernel's reads, the rest by its writes; the
+        # weights packed once here (packing took about as long as the conv of a 7x7 input at batch 1).
+        return native.load().PointwiseKernel(self.conv.weight, self.conv.bias, arguments.groups, self.relu,
+                                             arguments.shuffle_groups)
 
     def _onednn(self, arguments: ConvArguments, weight: Tensor) -> Callable:
         padding, stride, dilation = list(arguments.padding), list(arguments.stride), list(arguments.dilation)
