@@ -22,7 +22,8 @@ from ..benchmarks.sweep import group_sweep, plot_sweep
 from ..distributed.benchmark import benchmark_group_parallel, format_benchmark
 
 BENCHMARKS = ["layers", "sweep", "shuffle", "models", "same-flops"]  # run by default, in this order
-NAMED_ONLY = ["dispatch", "batch-norm", "triton", "group-parallel", "inference", "inference-memory"]  # run only when named
+# run only when named
+NAMED_ONLY = ["dispatch", "batch-norm", "triton", "group-parallel", "inference", "inference-memory"]
 SECTIONS = BENCHMARKS + NAMED_ONLY
 BATCH, REPEATS = 32, 5  # the defaults of the BENCHMARKS sections
 # group-parallel: AlexNet, the model the split comes from (Krizhevsky et al. 2012), on small inputs by default

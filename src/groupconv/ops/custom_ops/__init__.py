@@ -3,9 +3,10 @@ and the eager path that runs the same implementations without torch.library's pe
 
 conv.py (the convolution ops and their gradient formula), double_backward.py (the backward ops' derivatives),
 shuffle.py (the channel shuffle), batch_norm.py (the fused batch norm), local_response_norm.py (AlexNet's
-normalisation), eager.py and eager_conv.py (plain eager calls), settled_calls.py (an eager call signature whose path is decided,
-run from one lookup), outputs.py (an op's output contract), onnx.py and
-onnx_script.py (the ops in standard ONNX, for both of torch's ONNX exporters). Importing this package registers every op, and its ONNX translations, with torch.
+normalisation), eager.py and eager_conv.py (plain eager calls), settled_calls.py (an eager call signature whose
+path is decided, run after one lookup), outputs.py (an op's output contract), onnx.py and onnx_script.py (the ops in
+standard ONNX, for both of torch's ONNX exporters). Importing this package registers every op, and its ONNX
+translations, with torch.
 """
 
 from . import double_backward
@@ -24,6 +25,6 @@ __all__ = [
     "EagerBatchNorm", "EagerCall", "EagerConv", "EagerConvWithShortcut", "EagerShuffle", "batch_norm_backward",
     "batch_norm_forward", "channel_shuffle", "conv_backward", "conv_backward_input", "conv_backward_weight",
     "conv_forward", "convolution", "convolution_with_shortcut", "double_backward", "eager_function",
-    "fused_batch_norm", "local_response_norm", "onnx_translation_table", "profiled", "run_channel_shuffle", "runs_eagerly", "settled_calls",
-    "shuffle",
+    "fused_batch_norm", "local_response_norm", "onnx_translation_table", "profiled", "run_channel_shuffle",
+    "runs_eagerly", "settled_calls", "shuffle",
 ]

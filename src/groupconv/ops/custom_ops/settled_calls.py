@@ -10,9 +10,9 @@ choices (a new backend, tuning switched) forgets them all.
 
 The signature is everything the slow path's outcome depends on: the operands' types, shapes, strides (the layout),
 dtypes and devices, the arguments (ints and strings only, exactly: a bool or a float never finds an int's path),
-which operands need gradients, and torch's thread count. Calls the slow
-path changes the input of (an unbatched input, an even 'same' padding, a contiguous input of a channels_last
-weight) are never settled: they run the slow path each time.
+which operands need gradients, and torch's thread count. Calls whose input the slow path changes (an unbatched
+input, an even 'same' padding, a contiguous input of a channels_last weight) are never settled: they run the slow
+path each time.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ _runners: BoundedCache[Runner] = BoundedCache()
 _generation = choices_generation()
 
 
-def signature(spatial_dims: int, input, weight, bias, stride, padding, dilation, groups, shuffle_groups) -> tuple | None:
+def signature(spatial_dims: int, input, weight, bias, stride, padding, dilation, groups,
+              shuffle_groups) -> tuple | None:
     """The call's settled-path key, or None for a call that is never settled (inside torch.compile's tracing, operands
     that are not plain tensors)."""
     if torch.compiler.is_compiling():
