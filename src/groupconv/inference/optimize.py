@@ -45,7 +45,8 @@ THREAD_CHOICE_MARGIN = 0.9
 class InferenceModel(torch.nn.Module):
     """An eval-mode model prepared by optimize_for_inference. Call it like the model (same arguments, same outputs
     within float32 rounding). Its outputs are inference tensors (torch.inference_mode): they carry no autograd
-    history and cannot be used in autograd later.
+    history and cannot be used in autograd later. Its kernels read weights packed when each input signature was
+    first seen: to change the weights, change the model and optimise it again.
 
     `folded_batch_norms`: how many BNs were folded into their convs; `moved_shuffles`: how many channel shuffles
     moved from a depthwise conv to the 1x1 conv after it; `traced`: whether the model traced into a graph (else it
