@@ -13,7 +13,7 @@ from ..ops.allocator import release_free_memory
 from ..ops.arguments import ConvArguments, check_conv_call_once, memory_format_of, output_size
 from ..ops.backends import native
 from ..ops.dispatch import ConvProblem, select_backend
-from ..ops.tuning.timing import median_seconds
+from ..ops.tuning.timing import median_seconds_interleaved
 
 # Timed runs of each way to run a conv when its input signature is first seen (the median is kept).
 PLAN_REPEATS = 5
@@ -113,8 +113,10 @@ class PlannedConv(torch.nn.Module):
     def _plan(self, input: Tensor, residual: Optional[Tensor], key: tuple):
         candidates = self.candidates(input, residual)
         if len(candidates) > 1:
-            seconds = {name: median_seconds(lambda run=run: run(input, residual), PLAN_REPEATS, warmup=1)
-                       for name, run in candidates.items()}
+            # (in alternation: a busy moment then slows every candidate alike instead of crowning whichever ran
+            # before it)
+            seconds = median_seconds_interleaved({name: (lambda run=run: run(input, residual))
+                                                  for name, run in candidates.items()}, PLAN_REPEATS, warmup=1)
             chosen = min(seconds, key=seconds.get)
         else:
             (chosen,) = candidates
