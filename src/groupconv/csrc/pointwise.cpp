@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <variant>
 #include <vector>
 
 namespace {
@@ -550,12 +551,10 @@ at::Tensor pointwise_backward_input_nhwc(const at::Tensor& grad_output, const at
   return run(grad_output, weight, c10::nullopt, groups, weight.size(1) * groups, /*transposed=*/false, accumulate);
 }
 
-// The packed weights of one conv, for PointwiseKernel: one of the two is filled, by the weight's dtype.
+// The packed weights of one conv, for PointwiseKernel, in the weight's dtype.
 struct PackedPointwiseWeights {
-  at::ScalarType dtype;
   int64_t in_channels, out_channels;
-  Packed<float> single;
-  Packed<double> double_;
+  std::variant<Packed<float>, Packed<double>> packed;
 };
 
 PointwiseKernel::PointwiseKernel(const at::Tensor& weight, const c10::optional<at::Tensor>& bias, int64_t groups,
@@ -576,25 +575,23 @@ PointwiseKernel::PointwiseKernel(const at::Tensor& weight, const c10::optional<a
               "dtype");
   const at::Tensor w = weight.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const int64_t out_per_group = weight.size(0) / groups;
   auto packed = std::make_shared<PackedPointwiseWeights>();
-  packed->dtype = weight.scalar_type();
   packed->in_channels = in_channels;
   packed->out_channels = weight.size(0);
-  const int64_t out_per_group = weight.size(0) / groups;
-  if (packed->dtype == at::kFloat)
-    packed->single = pack_forward<float>(w, b, groups, a, out_per_group, true, relu, shuffle_groups, in_channels);
-  else
-    packed->double_ = pack_forward<double>(w, b, groups, a, out_per_group, true, relu, shuffle_groups, in_channels);
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "groupconv_pointwise_pack", [&] {
+    packed->packed = pack_forward<scalar_t>(w, b, groups, a, out_per_group, /*transposed=*/true, relu,
+                                            shuffle_groups, in_channels);
+  });
   packed_ = std::move(packed);
 }
 
 at::Tensor PointwiseKernel::operator()(const at::Tensor& input, const c10::optional<at::Tensor>& residual) const {
   check_channels_last_input(input);
-  TORCH_CHECK(input.size(1) == packed_->in_channels && input.scalar_type() == packed_->dtype &&
-                  input.device().is_cpu(),
+  const at::ScalarType dtype = std::holds_alternative<Packed<float>>(packed_->packed) ? at::kFloat : at::kDouble;
+  TORCH_CHECK(input.size(1) == packed_->in_channels && input.scalar_type() == dtype && input.device().is_cpu(),
               "pointwise NHWC kernel: input must have ", packed_->in_channels, " channels, the weight's dtype ",
-              packed_->dtype, " and be on the CPU, got ", input.sizes(), " ", input.scalar_type(), " on ",
-              input.device());
-  if (packed_->dtype == at::kFloat) return run_packed(input, packed_->single, packed_->out_channels, residual);
-  return run_packed(input, packed_->double_, packed_->out_channels, residual);
+              dtype, " and be on the CPU, got ", input.sizes(), " ", input.scalar_type(), " on ", input.device());
+  return std::visit([&](const auto& k) { return run_packed(input, k, packed_->out_channels, residual); },
+                    packed_->packed);
 }
