@@ -53,6 +53,17 @@ class MemoryResult:
         return (self.peak_mib[who] / self.peak_mib[ONNX_RUNTIME],
                 self.steady_mib[who] / self.steady_mib[ONNX_RUNTIME])
 
+    def records(self) -> list[dict]:
+        """One CSV row per way."""
+        rows = []
+        for who, mib in self.peak_mib.items():
+            ratios = self.ratios_to_onnx_runtime(who)
+            rows.append({"model": self.model, "batch": self.batch, "way": who, "peak_mib": round(mib, 1),
+                         "steady_mib": round(self.steady_mib[who], 1),
+                         "peak_ratio_to_onnx_runtime": None if ratios is None else round(ratios[0], 4),
+                         "steady_ratio_to_onnx_runtime": None if ratios is None else round(ratios[1], 4)})
+        return rows
+
 
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -191,13 +191,7 @@ def inference_memory_section(names: list[str], batch_sizes: tuple[int, ...], ima
     results = inference_memory.inference_memory_benchmark(names, batch_sizes, image_size,
                                                           progress=lambda result: print(
                                                               inference_memory.format_result(result)))
-    write_csv(out / "inference_memory.csv",
-              [{"model": result.model, "batch": result.batch, "way": who, "peak_mib": round(mib, 1),
-                "steady_mib": round(result.steady_mib[who], 1),
-                "peak_ratio_to_onnx_runtime": None if ratios is None else round(ratios[0], 4),
-                "steady_ratio_to_onnx_runtime": None if ratios is None else round(ratios[1], 4)}
-               for result in results for who, mib in result.peak_mib.items()
-               for ratios in [result.ratios_to_onnx_runtime(who)]])
+    write_csv(out / "inference_memory.csv", [record for result in results for record in result.records()])
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
