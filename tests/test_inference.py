@@ -376,3 +376,13 @@ def test_inference_memory_benchmark_measures_each_way_in_a_process_of_its_own(tm
         assert row["way"] in printed
     onnx_runtime = next(row for row in rows if row["way"] == "ONNX Runtime")
     assert float(onnx_runtime["peak_ratio_to_onnx_runtime"]) == float(onnx_runtime["steady_ratio_to_onnx_runtime"]) == 1
+
+
+def test_a_way_process_reports_its_childs_error_and_times_forwards_there():
+    from groupconv.benchmarks.inference_ways import WayProcess
+
+    with pytest.raises(RuntimeError, match="way='no such way' is not one of"):
+        WayProcess("no such way", "shufflenet_compact", 1, 16, None)
+    with WayProcess("torch eager", "shufflenet_compact", 1, 16, None, warmup=0) as way:
+        seconds = [way() for _ in range(3)]
+    assert all(0 < s < 10 for s in seconds), seconds

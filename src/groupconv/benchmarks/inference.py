@@ -1,39 +1,37 @@
-"""`groupconv benchmark inference`: eval-mode forward times of a zoo model run six ways, timed in alternation in one
-run: groupconv.inference.optimize_for_inference's model, groupconv's eager model (NCHW and channels_last), the same
-model from plain torch.nn layers (twins.py; NCHW and channels_last), ONNX Runtime on the model's ONNX export, and
-OpenVINO on the same file where it is installed. Each time is printed with its ratio to ONNX Runtime's and the
-fraction of the machine's compute ceiling (measured matmul peak) the model's FLOPs reach in it.
+"""`groupconv benchmark inference`: eval-mode forward times of a zoo model run up to seven ways, timed in
+alternation in one run: groupconv.inference.optimize_for_inference's model, groupconv's eager model (NCHW and
+channels_last), the same model from plain torch.nn layers (twins.py; NCHW and channels_last), ONNX Runtime on the
+model's ONNX export, and OpenVINO on the same file where it is installed. Each way runs in a process of its own
+(inference_ways.py says why). Each time is printed with its ratio to ONNX Runtime's and the fraction of the machine's
+compute ceiling (measured matmul peak) the model's FLOPs reach in it.
 """
 
 from __future__ import annotations
 
-import copy
-import io
+import contextlib
+import importlib.util
 import math
-import warnings
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from .. import models
 from ..analysis.cost import count_multiply_adds
 from ..analysis.roofline import MachineCeilings
-from ..inference import optimize_for_inference
 from ..ops.tuning.timing import median_seconds_interleaved
-from .twins import to_torch_layers
+from .inference_ways import (EAGER_WAYS, ONNX_RUNTIME, OPENVINO, OPTIMIZED, WayProcess, export_onnx, model_input,
+                             zoo_model)
 
 INFERENCE_MODELS = ("shufflenet_g8_w1", "shufflenet_g3_w1", "shufflenet_g1_w1", "mobilenet_w1", "resnext29_32x4d")
-OPTIMIZED = "groupconv optimized"
-OPENVINO = "OpenVINO"
 # The 1/G comparison: ShuffleNet 1x with 8 groups against 1 group, about the same multiply-adds (Zhang et al. 2018).
 GROUPED_PAIR = ("shufflenet_g8_w1", "shufflenet_g1_w1")
 BATCH_SIZES = (1, 32)
 REPEATS = 11
 # Idle time before each timed forward: ONNX Runtime's and OpenVINO's worker threads spin for a while after a run,
 # and took the cores from the way timed next (measured: groupconv's optimised ShuffleNet g=8 at batch 1, 10.9 ms
-# alone, 31.7 ms right after OpenVINO's run).
+# alone, 31.7 ms right after OpenVINO's run). Processes of their own do not change that: the cores are shared.
 PAUSE_SECONDS = 0.05
-ONNX_RUNTIME = "ONNX Runtime"
 
 
 @dataclass
@@ -63,87 +61,40 @@ class InferenceResult:
                 for who, ms in self.milliseconds.items()]
 
 
-def _eager(model: torch.nn.Module, x: torch.Tensor):
-    def run():
-        with torch.no_grad():
-            model(x)
-    return run
-
-
-def export_onnx(model: torch.nn.Module, x: torch.Tensor) -> bytes:
-    """The model exported by torch.onnx.export's TorchScript-based exporter (static shapes: those of `x`)."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # (the tracer's notes on Python-level checks, which hold for static shapes)
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["input"], output_names=["output"])
-    return buffer.getvalue()
-
-
-def run_with_onnx_runtime(onnx_file: bytes, x: torch.Tensor):
-    """ONNX Runtime's CPU session on the file: default graph optimisations, torch's thread count."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
-    feed = {"input": x.numpy()}
-    return lambda: session.run(None, feed)
-
-
-def run_with_openvino(onnx_file: bytes, x: torch.Tensor):
-    """OpenVINO's CPU plugin compiled from the same ONNX file, torch's thread count, float32 arithmetic (on a CPU
-    with bfloat16 instructions its default is bfloat16, which would time other arithmetic); None where not
-    installed."""
-    try:
-        import openvino
-    except ImportError:
-        return None
-    core = openvino.Core()
-    compiled = core.compile_model(core.read_model(onnx_file), "CPU",
-                                  {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    array = x.numpy()
-    return lambda: request.infer([array])
+def runtime_ways() -> tuple[list[str], list[str]]:
+    """The runtimes installed (ONNX Runtime, OpenVINO), and a note for each one skipped."""
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        return [], ["ONNX Runtime and OpenVINO skipped: not installed (pip install groupconv[export])"]
+    if importlib.util.find_spec("openvino") is None:
+        return [ONNX_RUNTIME], ["OpenVINO skipped: not installed (pip install groupconv[openvino])"]
+    return [ONNX_RUNTIME, OPENVINO], []
 
 
 def inference_benchmark(names=INFERENCE_MODELS, batch_sizes=BATCH_SIZES, repeats: int = REPEATS,
                         image_size: int | None = None, progress=print) -> list[InferenceResult]:
-    """Every model at every batch size, its ways of running timed in alternation (median of `repeats`)."""
+    """Every model at every batch size, its ways of running (each in a process of its own, loaded one after the
+    other) timed in alternation (median of `repeats`)."""
     results = []
-    for name in names:
-        torch.manual_seed(0)
-        model = models.create_model(name).eval()
-        twin = to_torch_layers(model).eval()
-        channels, height, width = models.model_entry(name).input_size
-        if image_size is not None:
-            height = width = image_size
-        for batch in batch_sizes:
-            x = torch.randn(batch, channels, height, width)
-            flops = 2 * count_multiply_adds(model, x)
-            result = InferenceResult(name, batch, height, flops)
-            channels_last = x.contiguous(memory_format=torch.channels_last)
-            ways = {OPTIMIZED: (lambda optimized=optimize_for_inference(model, x): optimized(x)),
-                    "groupconv eager": _eager(model, x),
-                    "groupconv eager CL": _eager(copy.deepcopy(model).to(memory_format=torch.channels_last),
-                                                 channels_last),
-                    "torch eager": _eager(twin, x),
-                    "torch eager CL": _eager(copy.deepcopy(twin).to(memory_format=torch.channels_last), channels_last)}
-            try:
-                onnx_file = export_onnx(model, x)
-                ways[ONNX_RUNTIME] = run_with_onnx_runtime(onnx_file, x)
-                openvino = run_with_openvino(onnx_file, x)
-            except ImportError as error:
-                result.notes.append(f"ONNX Runtime and OpenVINO skipped: {error} (pip install groupconv[export])")
-                openvino = None
-            if openvino is not None:
-                ways[OPENVINO] = openvino
-            elif not result.notes:
-                result.notes.append("OpenVINO skipped: not installed (pip install groupconv[openvino])")
-            seconds = median_seconds_interleaved(ways, repeats=repeats, warmup=2, pause=PAUSE_SECONDS)
-            result.milliseconds = {who: 1e3 * s for who, s in seconds.items()}
-            results.append(result)
-            if progress:
-                progress(result)
+    runtimes, notes = runtime_ways()
+    with tempfile.TemporaryDirectory(prefix="groupconv-inference-") as directory:
+        for name in names:
+            model = zoo_model(name)
+            for batch in batch_sizes:
+                x = model_input(name, batch, image_size)
+                result = InferenceResult(name, batch, x.shape[-1], 2 * count_multiply_adds(model, x),
+                                         notes=list(notes))
+                onnx_path = Path(directory) / f"{name}-{batch}.onnx"
+                if runtimes:
+                    onnx_path.write_bytes(export_onnx(model, x))
+                with contextlib.ExitStack() as processes:
+                    ways = {way: processes.enter_context(WayProcess(way, name, batch, image_size, str(onnx_path)))
+                            for way in (OPTIMIZED, *EAGER_WAYS, *runtimes)}
+                    seconds = median_seconds_interleaved(ways, repeats=repeats, warmup=1, pause=PAUSE_SECONDS,
+                                                         measure=lambda way: way())
+                result.milliseconds = {who: 1e3 * s for who, s in seconds.items()}
+                results.append(result)
+                if progress:
+                    progress(result)
     return results
 
 

@@ -15,7 +15,6 @@ one-time work of loading it (groupconv's timing of each layer's kernels, a runti
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -25,10 +24,8 @@ from pathlib import Path
 
 import torch
 
-from .. import models
-from ..inference import optimize_for_inference
-from .inference import (BATCH_SIZES, INFERENCE_MODELS, ONNX_RUNTIME, OPENVINO, OPTIMIZED, export_onnx,
-                        run_with_onnx_runtime, run_with_openvino)
+from .inference import BATCH_SIZES, INFERENCE_MODELS, runtime_ways
+from .inference_ways import ONNX_RUNTIME, OPENVINO, OPTIMIZED, export_onnx, load_way, model_input, zoo_model
 
 REPEATS = 4
 # A way's process: importing torch and building and optimising the largest default model take about 10 s.
@@ -82,26 +79,14 @@ def measure_here(way: str, model_name: str, batch: int, image_size: int | None, 
     docstring). Returns {"peak_kib": over loading and every forward, "steady_kib": over the forwards after the
     first}."""
     torch.set_num_threads(threads)
-    channels, height, width = models.model_entry(model_name).input_size
-    if image_size is not None:
-        height = width = image_size
-    x = torch.randn(batch, channels, height, width)
+    x = model_input(model_name, batch, image_size)
     if way == ONNX_RUNTIME:
         import onnxruntime  # noqa: F401  (imported before the baseline: what the way needs, not what it holds)
     elif way == OPENVINO:
         import openvino as _openvino  # noqa: F401
     baseline = _status_kib("VmRSS")
     _reset_high_water_mark()
-    if way == OPTIMIZED:
-        torch.manual_seed(0)
-        optimized = optimize_for_inference(models.create_model(model_name).eval(), x)
-        run = lambda: optimized(x)  # noqa: E731
-    elif way == ONNX_RUNTIME:
-        run = run_with_onnx_runtime(Path(onnx_path).read_bytes(), x)
-    elif way == OPENVINO:
-        run = run_with_openvino(Path(onnx_path).read_bytes(), x)
-    else:
-        raise ValueError(f"way={way!r} is not one of {OPTIMIZED!r}, {ONNX_RUNTIME!r}, {OPENVINO!r}")
+    run = load_way(way, model_name, x, onnx_path)
     run()  # (the first forward: groupconv chooses its threads, the runtimes size their arenas)
     peak = _status_kib("VmHWM")
     _reset_high_water_mark()
@@ -124,28 +109,18 @@ def inference_memory_benchmark(names=INFERENCE_MODELS, batch_sizes=BATCH_SIZES, 
                                progress=print) -> list[MemoryResult]:
     """Every model at every batch size, each way's peak memory measured in a process of its own."""
     results = []
+    runtimes, notes = runtime_ways()
     with tempfile.TemporaryDirectory(prefix="groupconv-memory-") as directory:
         for name in names:
-            torch.manual_seed(0)
-            model = models.create_model(name).eval()
-            channels, height, width = models.model_entry(name).input_size
-            if image_size is not None:
-                height = width = image_size
+            model = zoo_model(name)
             for batch in batch_sizes:
-                ways, notes = [OPTIMIZED], []
+                ways = [OPTIMIZED, *runtimes]
                 onnx_path = Path(directory) / f"{name}-{batch}.onnx"
-                try:
-                    onnx_path.write_bytes(export_onnx(model, torch.randn(batch, channels, height, width)))
-                    ways.append(ONNX_RUNTIME)
-                except ImportError as error:
-                    notes.append(f"ONNX Runtime and OpenVINO skipped: {error} (pip install groupconv[export])")
-                if ways[-1] == ONNX_RUNTIME and importlib.util.find_spec("openvino") is not None:
-                    ways.append(OPENVINO)
-                elif not notes:
-                    notes.append("OpenVINO skipped: not installed (pip install groupconv[openvino])")
+                if runtimes:
+                    onnx_path.write_bytes(export_onnx(model, model_input(name, batch, image_size)))
                 measured = {way: _measure_in_process(way, name, batch, image_size, str(onnx_path)) for way in ways}
                 result = MemoryResult(name, batch, {way: m["peak_kib"] / 1024 for way, m in measured.items()},
-                                      {way: m["steady_kib"] / 1024 for way, m in measured.items()}, notes)
+                                      {way: m["steady_kib"] / 1024 for way, m in measured.items()}, list(notes))
                 results.append(result)
                 if progress:
                     progress(result)

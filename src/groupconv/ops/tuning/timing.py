@@ -32,25 +32,30 @@ def median_seconds(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) 
 
 
 def median_seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 7, warmup: int = 1,
-                               pause: float = 0.0) -> dict[str, float]:
+                               pause: float = 0.0, measure: Callable[[Callable[[], object]], float] = seconds_of
+                               ) -> dict[str, float]:
     """Median wall time of each fn, timed in alternation: round r times every fn once before round r + 1.
 
     On a shared machine the load changes from second to second; timing the contenders side by side
     lets each see the same load, where timing one after the other can crown whichever ran in a quiet spell.
-    `pause` (seconds): see seconds_interleaved.
+    `pause` (seconds) and `measure`: see seconds_interleaved.
     """
     return {name: statistics.median(values)
-            for name, values in seconds_interleaved(fns, repeats, warmup, pause).items()}
+            for name, values in seconds_interleaved(fns, repeats, warmup, pause, measure).items()}
 
 
 def seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 7, warmup: int = 1,
-                        pause: float = 0.0) -> dict[str, list[float]]:
+                        pause: float = 0.0, measure: Callable[[Callable[[], object]], float] = seconds_of
+                        ) -> dict[str, list[float]]:
     """Every round's wall time of each fn, timed in alternation (median_seconds_interleaved's runs): entry r of
     each list comes from round r, so a ratio taken round by round compares runs that saw the same load.
 
     With a `pause`, each round starts at the next fn (round r at fn r mod n) and the machine idles `pause` seconds,
     untimed, before each run: runtimes whose worker threads keep spinning after a run (ONNX Runtime's, OpenVINO's)
-    would otherwise take the cores from whichever fn follows them, always the same one."""
+    would otherwise take the cores from whichever fn follows them, always the same one.
+
+    `measure(fn)` gives one run's seconds: by default fn's wall time here; fns that time themselves elsewhere (a
+    forward in another process) return their seconds, measured with `measure=lambda fn: fn()`."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -61,5 +66,5 @@ def seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 
         for name in order:
             if pause:
                 time.sleep(pause)
-            times[name].append(seconds_of(fns[name]))
+            times[name].append(measure(fns[name]))
     return times
