@@ -164,7 +164,7 @@ def test_capabilities_are_declared_once_and_checked_by_the_base_class():
 
 
 def test_environment_flags_share_one_parser(monkeypatch):
-    from groupconv.ops import environment
+    from groupconv import environment
 
     for value, expected in (("", True), ("0", False), (" Off ", False), ("yes", True)):
         monkeypatch.setenv("GROUPCONV_TUNE", value)

@@ -7,6 +7,7 @@ lower layer; never one of its own layer or above.
 
 The layers, bottom to top:
 
+   -1  environment            the process's environment variables (no torch: `import groupconv` reads it first)
     0  ops, data              the functional ops, their backends and the process's memory allocator setting;
                               datasets: neither needs another groupconv package
     1  nn, signal             modules on the ops; 1-D/2-D signal convolution on the ops
@@ -34,6 +35,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 ROOT = "groupconv"
 
 LAYERS = {
+    "environment": -1,
     "ops": 0, "data": 0,
     "nn": 1, "signal": 1,
     "models": 2,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .. import models
+from .. import environment, models
 from ..ops.allocator import keep_freed_memory
 from ..analysis import roofline
 from ..benchmarks import batch_norm, dispatch, hidden_shapes, inference, inference_memory, triton
@@ -174,7 +174,8 @@ def inference_section(names: list[str], batch_sizes: tuple[int, ...], repeats: i
     batch, inference.csv (one row per model, batch and way)."""
     print(f"\nInference: eval-mode forwards, {torch.get_num_threads()} threads, median of {repeats} runs in "
           f"alternation; vs ORT = time over ONNX Runtime's (below 1: faster); of peak = the model's FLOPs per "
-          f"second as a fraction of the compute ceiling ({ceilings.source})")
+          f"second as a fraction of the compute ceiling ({ceilings.source}); each way in a process of its own; "
+          f"OpenMP: {environment.openmp_wait}")
     results = inference.inference_benchmark(names, batch_sizes, repeats, image_size,
                                             progress=lambda result: print(inference.format_result(result, ceilings)))
     print("\n" + inference.summary(results))

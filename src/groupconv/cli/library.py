@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from .. import models
+from .. import environment, models
 from .. import nn as gnn
 from .. import ops
 from ..analysis import count_multiply_adds, count_parameters, layer_connectivity, median_seconds, render_connectivity
@@ -75,6 +75,7 @@ def run_backends(args: argparse.Namespace) -> int:
     for name in ops.list_backends():
         mark = " (forced)" if name == forced else ""
         print(f"{name}{mark}: {ops.get_backend(name).description}")
+    print(f"\nOpenMP's waiting workers: {environment.openmp_wait}")
     return 0
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-from . import environment
+from .. import environment
 
 # mallopt parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1

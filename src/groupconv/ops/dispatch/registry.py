@@ -12,7 +12,7 @@ import contextlib
 import contextvars
 from typing import Iterator
 
-from .. import environment
+from ... import environment
 from ..cache import BoundedCache
 from .backend import Backend
 from .problems import Problem

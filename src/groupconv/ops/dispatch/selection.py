@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, Iterator, Sequence
 
-from .. import environment
+from ... import environment
 from ..tuning import disk_cache, observation, tuner
 from .backend import Backend
 from .problems import Problem

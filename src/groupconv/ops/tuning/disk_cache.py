@@ -29,7 +29,7 @@ from typing import Iterator
 import torch
 
 from .. import allocator
-from .. import environment
+from ... import environment
 
 ENV_CACHE_DIR = "GROUPCONV_CACHE_DIR"
 

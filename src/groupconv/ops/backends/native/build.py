@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ... import environment
+from .... import environment
 
 ENV_NATIVE = "GROUPCONV_NATIVE"
 ENV_BUILD_TIMEOUT = "GROUPCONV_NATIVE_BUILD_TIMEOUT"

@@ -25,7 +25,7 @@ import torch
 
 from ...arguments import (ConvArguments, arguments_as_2d, lift_shape_to_2d, lift_to_2d, memory_format_of,
                          output_size)
-from ... import environment
+from .... import environment
 from ...dispatch import CONV_OPS, Backend, ConvProblem, Problem
 
 ENV_INTERPRET = "TRITON_INTERPRET"
