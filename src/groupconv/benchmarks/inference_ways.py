@@ -131,8 +131,8 @@ def load_way(way: str, model_name: str, x: torch.Tensor, onnx_path: str | None =
 class WayProcess:
     """One way of running a model, loaded in a child process that times its forwards when asked.
 
-    Calling it times one forward in the child and returns its seconds (measured there: the pipe's round trip is not
-    counted). The child's errors come back as a RuntimeError with its last output; every wait is bounded."""
+    Calling it times one forward in the child, right after an untimed one (_serve says why), and returns its seconds
+    (measured there: the pipe's round trip is not counted). The child's errors come back as a RuntimeError with its last output; every wait is bounded."""
 
     def __init__(self, way: str, model_name: str, batch: int, image_size: int | None, onnx_path: str | None,
                  warmup: int = 2):
@@ -192,8 +192,14 @@ class WayProcess:
 
 def _serve(way: str, model_name: str, batch: int, image_size: int | None, onnx_path: str | None, threads: int,
            warmup: int) -> None:
-    """The child's side of WayProcess: load the way, warm it up, then answer each `time` line with one forward's
-    seconds, until the input ends."""
+    """The child's side of WayProcess: load the way, warm it up, then answer each `time` line with the seconds of a
+    forward run right after an untimed one, until the input ends.
+
+    Why the untimed forward: the benchmark idles between timed runs (inference.py's pause), and a worker thread
+    that idled more than a few milliseconds has gone to sleep; on a virtual machine its core is then halted, and waking
+    it took about 4 ms here, more than a whole forward at batch 1 (a 0.2 ms conv on 2 threads took 4.3 ms after 5 ms
+    of idle). Thread pools that spin longer hide it, those that spin less pay it: the timed forward measures every way
+    warm, as a loop of requests runs it."""
     torch.set_num_threads(threads)
     run = load_way(way, model_name, model_input(model_name, batch, image_size), onnx_path)
     for _ in range(warmup):
@@ -201,6 +207,7 @@ def _serve(way: str, model_name: str, batch: int, image_size: int | None, onnx_p
     print("ready", flush=True)
     for line in sys.stdin:
         if line.strip() == "time":
+            run()
             print(f"seconds {seconds_of(run)!r}", flush=True)
 
 
