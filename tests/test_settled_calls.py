@@ -59,6 +59,29 @@ def test_a_settled_call_equals_torchs_conv_forward_and_backward(priority_order, 
     assert out.grad_fn.name() == spec["grad_fn"]
 
 
+@pytest.mark.native
+@pytest.mark.parametrize("no_gradient", ["no_grad", "operands without requires_grad"])
+def test_a_settled_call_without_gradients_runs_the_forward_alone(priority_order, no_gradient):
+    arguments = dict(stride=(2, 1), padding=1, groups=12)
+    for seed in range(3):
+        x, w, b = operands(seed, (3, 12, 9, 7), (12, 1, 3, 3), no_gradient == "no_grad", channels_last=True)
+        with torch.set_grad_enabled(no_gradient != "no_grad"):
+            out = groupconv.conv2d(x, w, b, **arguments)
+        expected = torch.nn.functional.conv2d(x.detach(), w.detach(), b.detach(), **arguments)
+        torch.testing.assert_close(out, expected)
+        assert out.stride() == expected.stride() and out.grad_fn is None and not out.requires_grad
+    with torch.set_grad_enabled(no_gradient != "no_grad"):
+        assert settled_runner(x, w, b, **arguments).__qualname__.startswith("_forward_runner")
+    # The same shapes with gradients wanted have a signature of their own, and get their gradients.
+    x, w, b = operands(5, (3, 12, 9, 7), (12, 1, 3, 3), True, channels_last=True)
+    out = groupconv.conv2d(x, w, b, **arguments)
+    assert out.grad_fn is not None
+    grads = torch.autograd.grad(out.sum(), [x, w, b])
+    expected = torch.autograd.grad(torch.nn.functional.conv2d(x, w, b, **arguments).sum(), [x, w, b])
+    for grad, expected_grad in zip(grads, expected, strict=True):
+        torch.testing.assert_close(grad, expected_grad)
+
+
 def test_a_bad_argument_never_finds_a_good_calls_path(priority_order):
     x, w, b = operands(0, (2, 8, 9, 7), (8, 4, 3, 3), False)
     for _ in range(2):

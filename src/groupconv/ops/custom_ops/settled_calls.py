@@ -87,7 +87,13 @@ def settle(key: tuple, input: Tensor, weight: Tensor, bias: Optional[Tensor], ar
     on_torch = call.settled_on_torch(input, weight)
     if on_torch is None:
         return  # (a choice it depends on is still to be made: its first backward, say)
-    _runners.put(key, _on_torch_runner(args, memory_format_of(input)) if on_torch else _eager_conv_runner(call))
+    if on_torch:
+        runner = _on_torch_runner(args, memory_format_of(input))
+    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias)):
+        runner = _eager_conv_runner(call)
+    else:
+        runner = _forward_runner(call)
+    _runners.put(key, runner)
 
 
 def _on_torch_runner(args: ConvArguments, memory_format: torch.memory_format) -> Runner:
@@ -96,6 +102,16 @@ def _on_torch_runner(args: ConvArguments, memory_format: torch.memory_format) ->
     if conv is None:
         return lambda input, weight, bias: torch_convolution(input, weight, bias, args)
     return lambda input, weight, bias: conv(input, weight, bias).contiguous(memory_format=memory_format)
+
+
+def _forward_runner(call: EagerCall) -> Runner:
+    """The forward alone, for a signature whose operands need no gradient (the signature says so): no autograd
+    Function around it, whose apply cost about 5.6 us a call (a 1x16x6x6 depthwise conv: 13.9 us through
+    EagerConv, 8.3 us without)."""
+    def run(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        with profiled("groupconv::conv_forward"):
+            return call.forward(input, weight, bias)
+    return run
 
 
 def _eager_conv_runner(call: EagerCall) -> Runner:
