@@ -32,7 +32,7 @@ def median_seconds(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) 
 
 
 def median_seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 7, warmup: int = 1,
-                               pause: float = 0.0, measure: Callable[[Callable[[], object]], float] = seconds_of
+                               pause: float = 0.0, measure: Callable[[Callable[[], object]], float] | None = None
                                ) -> dict[str, float]:
     """Median wall time of each fn, timed in alternation: round r times every fn once before round r + 1.
 
@@ -45,7 +45,7 @@ def median_seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats:
 
 
 def seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 7, warmup: int = 1,
-                        pause: float = 0.0, measure: Callable[[Callable[[], object]], float] = seconds_of
+                        pause: float = 0.0, measure: Callable[[Callable[[], object]], float] | None = None
                         ) -> dict[str, list[float]]:
     """Every round's wall time of each fn, timed in alternation (median_seconds_interleaved's runs): entry r of
     each list comes from round r, so a ratio taken round by round compares runs that saw the same load.
@@ -54,8 +54,10 @@ def seconds_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 
     untimed, before each run: runtimes whose worker threads keep spinning after a run (ONNX Runtime's, OpenVINO's)
     would otherwise take the cores from whichever fn follows them, always the same one.
 
-    `measure(fn)` gives one run's seconds: by default fn's wall time here; fns that time themselves elsewhere (a
-    forward in another process) return their seconds, measured with `measure=lambda fn: fn()`."""
+    `measure(fn)` gives one run's seconds: by default (None) seconds_of, fn's wall time here; fns that time
+    themselves elsewhere (a forward in another process) return their seconds, measured with
+    `measure=lambda fn: fn()`."""
+    measure = measure or seconds_of
     for fn in fns.values():
         for _ in range(warmup):
             fn()
