@@ -1,6 +1,7 @@
 """`import groupconv` lets OpenMP's workers spin between parallel regions, unless told otherwise (environment.py)."""
 
 import os
+import warnings
 import subprocess
 import sys
 
@@ -46,3 +47,27 @@ def test_it_can_be_turned_off_and_a_misspelt_switch_is_an_error(unset):
     unset.setenv(environment.ENV_OPENMP_SPIN, "sometimes")
     with pytest.raises(ValueError, match="GROUPCONV_OPENMP_SPIN='sometimes' must be one of"):
         environment.spin_openmp_workers()
+
+
+def test_optimize_for_inference_warns_once_where_torch_came_first(monkeypatch):
+    import torch
+
+    from groupconv.inference import optimize, optimize_for_inference
+
+    monkeypatch.setattr(environment, "openmp_loaded_first", True)
+    monkeypatch.setattr(optimize, "_warned_of_sleeping_workers", False)
+    model, x = torch.nn.Conv2d(3, 4, 1), torch.randn(1, 3, 4, 4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # (one thread: nothing to wake, nothing said)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            optimize_for_inference(model, x, keep_freed_memory=False)
+        torch.set_num_threads(2)
+        with pytest.warns(UserWarning, match="torch was imported before groupconv.*GOMP_SPINCOUNT=100000"):
+            optimize_for_inference(model, x, keep_freed_memory=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            optimize_for_inference(model, x, keep_freed_memory=False)
+    finally:
+        torch.set_num_threads(threads)

@@ -79,6 +79,7 @@ OPENMP_WAIT_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 OPENMP_SPIN_COUNT = 100_000
 
 openmp_wait = "not set by groupconv"  # what spin_openmp_workers did, for reports
+openmp_loaded_first = False  # whether torch (and OpenMP) came before groupconv, leaving OpenMP's short default spin
 
 
 def spin_openmp_workers() -> str:
@@ -86,13 +87,14 @@ def spin_openmp_workers() -> str:
     already says how they wait (GOMP_SPINCOUNT, OMP_WAIT_POLICY), GROUPCONV_OPENMP_SPIN=0, or torch (hence OpenMP,
     which reads its environment once, as it loads) was imported first. `import groupconv` calls it before importing
     torch. Returns what it did, also kept in `openmp_wait`."""
-    global openmp_wait
+    global openmp_wait, openmp_loaded_first
     own = [f"{name}={os.environ[name]}" for name in OPENMP_WAIT_VARIABLES if text(name)]
     if not flag(ENV_OPENMP_SPIN, True):
         openmp_wait = f"OpenMP's default ({ENV_OPENMP_SPIN}=0)"
     elif own:
         openmp_wait = f"as the environment says ({', '.join(own)})"
     elif "torch" in sys.modules:
+        openmp_loaded_first = True
         openmp_wait = (f"OpenMP's default (torch was imported before groupconv: import groupconv first, or set "
                        f"GOMP_SPINCOUNT={OPENMP_SPIN_COUNT} in the environment)")
     else:

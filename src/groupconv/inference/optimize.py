@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 from torch import fx
 
+from .. import environment
 from ..nn.base import GroupedConvMixin
 from ..ops.allocator import keep_freed_memory as keep_freed_memory_in_process, release_free_memory
 from ..ops.tuning.timing import median_seconds_interleaved
@@ -194,6 +195,7 @@ def optimize_for_inference(model: torch.nn.Module, example_inputs, *, channels_l
     """
     inputs = _check_arguments(model, example_inputs, channels_last, fold_batch_norm, plan_convs, choose_threads,
                               keep_freed_memory)
+    _warn_if_workers_sleep()
     if keep_freed_memory:
         keep_freed_memory_in_process()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -220,6 +222,21 @@ def optimize_for_inference(model: torch.nn.Module, example_inputs, *, channels_l
     # good (ShuffleNet 1x g=8 at batch 32: 560 MB resident after this, where a forward needs 300).
     release_free_memory()
     return result
+
+
+_warned_of_sleeping_workers = False
+
+
+def _warn_if_workers_sleep() -> None:
+    """Once per process: where torch was imported before groupconv, OpenMP keeps its short spin, and at small batches
+    a second thread costs more than it brings (environment.py says why)."""
+    global _warned_of_sleeping_workers
+    if environment.openmp_loaded_first and torch.get_num_threads() > 1 and not _warned_of_sleeping_workers:
+        _warned_of_sleeping_workers = True
+        warnings.warn("torch was imported before groupconv, so OpenMP's worker threads sleep between layers and wake "
+                      "late: small batches run up to 1.5x slower on several threads (ShuffleNet 1x at batch 1). "
+                      f"Import groupconv first, or set GOMP_SPINCOUNT={environment.OPENMP_SPIN_COUNT} in the "
+                      "environment (docs/inference.md, OpenMP's waiting workers)", stacklevel=3)
 
 
 def _untraced(model: torch.nn.Module, memory_format: torch.memory_format, choose_threads: bool) -> InferenceModel:
