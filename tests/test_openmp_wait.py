@@ -26,6 +26,7 @@ def unset(monkeypatch):
     for name in (*environment.OPENMP_WAIT_VARIABLES, environment.ENV_OPENMP_SPIN):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(environment, "openmp_wait", environment.openmp_wait)
+    monkeypatch.setattr(environment, "openmp_loaded_first", environment.openmp_loaded_first)
     return monkeypatch
 
 

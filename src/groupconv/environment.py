@@ -67,7 +67,8 @@ def seconds(name: str, default: float) -> float:
 
 
 # OpenMP's worker threads, between two parallel regions (each kernel call is one), spin a while and then sleep; waking
-# a sleeping one takes tens of microseconds on a virtual machine, and every kernel waits for its slowest thread. The
+# a sleeping one takes tens of microseconds on a virtual machine (milliseconds after a longer idle: docs/inference.md),
+# and every kernel waits for its slowest thread. The
 # spin of torch's OpenMP (GNU libgomp) is short by default, shorter than the Python between two layers, so at batch 1,
 # where a layer takes 20-200 us, a second thread brought nothing: ShuffleNet 1x g=3 at batch 1, optimised, took
 # 6.1-6.9 ms a forward on 2 threads (as on 1), and 4.2-4.3 ms with a spin of 20,000 to 300,000 (measured on 2 cores;

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import select
 import subprocess
 import sys
@@ -141,7 +142,8 @@ class WayProcess:
         arguments = json.dumps([way, model_name, batch, image_size, onnx_path, torch.get_num_threads(), warmup])
         self._process = subprocess.Popen([sys.executable, "-m", "groupconv.benchmarks.inference_ways", arguments],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errors,
-                                         text=True, bufsize=1)
+                                         bufsize=0)
+        self._unread = b""  # what the child wrote past the last line read (os.read has no line buffer to hide it)
         try:
             self._answer("ready", LOAD_TIMEOUT_SECONDS)
         except BaseException:
@@ -149,24 +151,27 @@ class WayProcess:
             raise
 
     def __call__(self) -> float:
-        self._process.stdin.write("time\n")
-        self._process.stdin.flush()
+        self._process.stdin.write(b"time\n")
         return float(self._answer("seconds", RUN_TIMEOUT_SECONDS))
 
     def _answer(self, word: str, timeout: float) -> str:
         """The rest of the child's next line starting with `word` (other output is skipped)."""
         deadline = time.monotonic() + timeout
         while True:
+            while b"\n" in self._unread:
+                line, self._unread = self._unread.split(b"\n", 1)
+                text = line.decode(errors="replace").strip()
+                if text == word or text.startswith(word + " "):
+                    return text[len(word):].strip()
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self._process.stdout], [], [], left)[0]:
                 raise RuntimeError(f"{self.way}: no answer from its process in {timeout:.0f} s{self._last_errors()}")
-            line = self._process.stdout.readline()
-            if not line:
+            data = os.read(self._process.stdout.fileno(), 65536)
+            if not data:
                 self._process.wait(timeout=10)
                 raise RuntimeError(f"{self.way}: its process ended (exit code {self._process.returncode})"
                                    f"{self._last_errors()}")
-            if line.startswith(word + " ") or line.strip() == word:
-                return line[len(word):].strip()
+            self._unread += data
 
     def _last_errors(self) -> str:
         self._errors.seek(0)
