@@ -1,4 +1,5 @@
-"""`import groupconv` lets OpenMP's workers spin between parallel regions, unless told otherwise (environment.py)."""
+"""`import groupconv` lets OpenMP's workers spin between parallel regions, unless told otherwise; and how
+environment.py reads variables (environment.py)."""
 
 import os
 import warnings
@@ -72,3 +73,15 @@ def test_optimize_for_inference_warns_once_where_torch_came_first(monkeypatch):
             optimize_for_inference(model, x, keep_freed_memory=False)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("mapping", ["os.environ", "a plain mapping"])
+def test_variables_are_read_as_they_are_now(monkeypatch, mapping):
+    if mapping == "a plain mapping":  # (another Python's environ without CPython's inner dict: read with .get)
+        monkeypatch.setattr(os, "environ", {})
+    monkeypatch.delenv("GROUPCONV_TUNE", raising=False)
+    assert environment.text("GROUPCONV_TUNE") is None and environment.flag("GROUPCONV_TUNE", True) is True
+    monkeypatch.setenv("GROUPCONV_TUNE", " Off ")
+    assert environment.text("GROUPCONV_TUNE") == "Off" and environment.flag("GROUPCONV_TUNE", True) is False
+    monkeypatch.setenv("GROUPCONV_TUNE", "")
+    assert environment.text("GROUPCONV_TUNE") is None
