@@ -9,7 +9,6 @@ compute ceiling (measured matmul peak) the model's FLOPs reach in it.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from ..analysis.cost import count_multiply_adds
 from ..analysis.roofline import MachineCeilings
 from ..ops.tuning.timing import median_seconds_interleaved
 from .inference_ways import (EAGER_WAYS, ONNX_RUNTIME, OPENVINO, OPTIMIZED, WayProcess, export_onnx, model_input,
-                             zoo_model)
+                             runtime_ways, zoo_model)
 
 INFERENCE_MODELS = ("shufflenet_g8_w1", "shufflenet_g3_w1", "shufflenet_g1_w1", "mobilenet_w1", "resnext29_32x4d")
 # The 1/G comparison: ShuffleNet 1x with 8 groups against 1 group, about the same multiply-adds (Zhang et al. 2018).
@@ -59,15 +58,6 @@ class InferenceResult:
                  "milliseconds": round(ms, 4), "ratio_to_onnx_runtime": self.ratio_to_onnx_runtime(who),
                  "fraction_of_peak": round(self.fraction_of_peak(who, ceilings), 4)}
                 for who, ms in self.milliseconds.items()]
-
-
-def runtime_ways() -> tuple[list[str], list[str]]:
-    """The runtimes installed (ONNX Runtime, OpenVINO), and a note for each one skipped."""
-    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
-        return [], ["ONNX Runtime and OpenVINO skipped: not installed (pip install groupconv[export])"]
-    if importlib.util.find_spec("openvino") is None:
-        return [ONNX_RUNTIME], ["OpenVINO skipped: not installed (pip install groupconv[openvino])"]
-    return [ONNX_RUNTIME, OPENVINO], []
 
 
 def inference_benchmark(names=INFERENCE_MODELS, batch_sizes=BATCH_SIZES, repeats: int = REPEATS,

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from .inference import BATCH_SIZES, INFERENCE_MODELS, runtime_ways
-from .inference_ways import ONNX_RUNTIME, OPENVINO, OPTIMIZED, export_onnx, load_way, model_input, zoo_model
+from .inference import BATCH_SIZES, INFERENCE_MODELS
+from .inference_ways import (ONNX_RUNTIME, OPENVINO, OPTIMIZED, export_onnx, load_way, model_input, runtime_ways,
+                             zoo_model)
 
 REPEATS = 4
 # A way's process: importing torch and building and optimising the largest default model take about 10 s.

@@ -11,6 +11,7 @@ one process, groupconv's optimised ShuffleNet 1x g=3 at batch 1 took 8-17 ms a f
 from __future__ import annotations
 
 import copy
+import importlib.util
 import io
 import json
 import os
@@ -45,6 +46,15 @@ RUNTIMES = (ONNX_RUNTIME, OPENVINO)  # the ways that read the model's ONNX file
 # of the slowest way at batch 32, under a second.
 LOAD_TIMEOUT_SECONDS = 600
 RUN_TIMEOUT_SECONDS = 120
+
+
+def runtime_ways() -> tuple[list[str], list[str]]:
+    """The runtimes installed (ONNX Runtime, OpenVINO), and a note for each one skipped."""
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        return [], ["ONNX Runtime and OpenVINO skipped: not installed (pip install groupconv[export])"]
+    if importlib.util.find_spec("openvino") is None:
+        return [ONNX_RUNTIME], ["OpenVINO skipped: not installed (pip install groupconv[openvino])"]
+    return [ONNX_RUNTIME, OPENVINO], []
 
 
 def model_input(model_name: str, batch: int, image_size: int | None) -> torch.Tensor:
