@@ -175,22 +175,26 @@ def test_environment_flags_share_one_parser(monkeypatch):
 
 
 def test_per_signature_caches_stay_bounded_over_many_input_sizes(monkeypatch):
-    """10,000 distinct input sizes: the argument checks, the eager calls and the dispatch choices each keep at most
-    their bound of entries, and the memory they hold stops growing once they are full. (The bound is lowered to
-    1,024 here so that the caches are full, and their tables at their final size, early in the run.)"""
+    """10,000 distinct input sizes: the argument checks, the eager calls, the dispatch choices and the settled calls
+    each keep at most their bound of entries, and the memory they hold stops growing once they are full. (The bound
+    is lowered to 1,024 here so that the caches are full, and their tables at their final size, early in the run.)"""
     import tracemalloc
 
     from groupconv.ops import arguments
+    from groupconv.ops.backends import native
     from groupconv.ops.cache import DEFAULT_MAX_ENTRIES
-    from groupconv.ops.custom_ops import settled_calls
     from groupconv.ops.custom_ops.eager_conv import EagerCall
     from groupconv.ops.dispatch import registry
 
     caches = {"argument checks": arguments._PASSED_CHECKS, "eager calls": EagerCall._calls,
-              "dispatch choices": registry._choices, "settled calls": settled_calls._runners}
+              "dispatch choices": registry._choices}
     for cache in caches.values():
         assert cache.max_entries == DEFAULT_MAX_ENTRIES
         monkeypatch.setattr(cache, "max_entries", 1024)
+    settled = native.load()  # the settled calls' table, in the compiled library (None without it)
+    if settled is not None:
+        assert settled.settled_conv_capacity() == DEFAULT_MAX_ENTRIES
+        settled.set_settled_conv_capacity(1024)
     w = torch.randn(2, 1, 1, 1)
 
     def run(widths):
@@ -205,6 +209,11 @@ def test_per_signature_caches_stay_bounded_over_many_input_sizes(monkeypatch):
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
+        if settled is not None:
+            count = settled.settled_conv_count()
+            settled.set_settled_conv_capacity(DEFAULT_MAX_ENTRIES)
+    if settled is not None:
+        assert count == 1024, "settled calls"
     for name, cache in caches.items():
         assert len(cache) == 1024, name
     # (7,000 more signatures in unbounded caches would hold several MB)

@@ -20,6 +20,7 @@
 #include "memory_tracking.h"
 #include "narrow_nhwc.h"
 #include "pointwise.h"
+#include "settled_calls.h"
 
 #include <algorithm>
 #include <cstring>
@@ -658,7 +659,7 @@ at::Tensor to_memory_format(const at::Tensor& input, bool channels_last) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "groupconv's native CPU kernels: narrow-group and depthwise convolution with a fused channel shuffle; "
             "channel shuffle; batch normalisation fused with a residual add and ReLU; pointwise and narrow-group "
-            "convolution in channels_last";
+            "convolution in channels_last; settled conv calls";
   m.def("conv_forward", &forward);
   m.def("conv_backward_input", &backward_input);
   m.def("conv_backward_weight", &backward_weight);
@@ -682,4 +683,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("narrow_backward_weight_nhwc", &narrow_backward_weight_nhwc);
   m.def("start_memory_tracking", &start_memory_tracking);
   m.def("stop_memory_tracking", &stop_memory_tracking);
+  m.def("run_settled_conv", &run_settled_conv);
+  m.def("settle_conv_on_torch", &settle_conv_on_torch);
+  m.def("settle_conv_on_runner", &settle_conv_on_runner);
+  m.def("settled_conv_path", &settled_conv_path);
+  m.def("forget_settled_convs", &forget_settled_convs);
+  m.def("settled_conv_count", &settled_conv_count);
+  m.def("set_settled_conv_capacity", &set_settled_conv_capacity);
+  m.def("settled_conv_capacity", &settled_conv_capacity);
 }

@@ -59,17 +59,17 @@ def _autocast(*tensors):
 
 def _conv(spatial_dims, input, weight, bias, stride, padding, dilation, groups, shuffle_groups):
     # A signature whose path is settled skips the checks and the dispatcher's questions (settled_calls.py).
-    key = settled_calls.signature(spatial_dims, input, weight, bias, stride, padding, dilation, groups, shuffle_groups)
-    if key is not None:
-        out = settled_calls.run_settled(key, input, weight, bias)
-        if out is not None:
-            return out
+    out = settled_calls.run_settled(spatial_dims, input, weight, bias, stride, padding, dilation, groups,
+                                    shuffle_groups)
+    if out is not None:
+        return out
     prepared, args, unbatched = _prepare(
         spatial_dims, input, weight, bias, stride, padding, dilation, groups, shuffle_groups
     )
     out = convolution(prepared, weight, bias, args)
-    if key is not None and prepared is input:
-        settled_calls.settle(key, input, weight, bias, args)
+    if prepared is input:
+        settled_calls.settle(spatial_dims, input, weight, bias, stride, padding, dilation, groups, shuffle_groups,
+                             args)
     return out.squeeze(0) if unbatched else out
 
 
