@@ -242,9 +242,15 @@ def test_contenders_are_timed_in_alternation():
     from groupconv.ops.tuning.timing import median_seconds_interleaved, seconds_interleaved
 
     order = []
-    seconds = median_seconds_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
-                                         repeats=2, warmup=1)
-    assert order == ["a", "b", "a", "b", "a", "b"] and set(seconds) == {"a", "b"}
+    names = "abcd"
+    seconds = median_seconds_interleaved({name: lambda name=name: order.append(name) for name in names},
+                                         repeats=40, warmup=1)
+    assert order[:4] == list(names) and set(seconds) == set(names)  # (the warm-up runs)
+    rounds = [order[i:i + 4] for i in range(4, len(order), 4)]
+    assert len(rounds) == 40 and all(sorted(r) == list(names) for r in rounds)  # every fn once a round
+    # The orders change from round to round: each fn follows each other one.
+    followed = {(before, after) for before, after in zip(order[4:], order[5:])}
+    assert followed >= {(a, b) for a in names for b in names if a != b}
     rounds = seconds_interleaved({"a": lambda: time.sleep(0.002), "b": lambda: None}, repeats=3, warmup=0)
     assert [len(rounds["a"]), len(rounds["b"])] == [3, 3] and min(rounds["a"]) > max(rounds["b"])
 
