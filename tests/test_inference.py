@@ -191,7 +191,9 @@ def test_folded_batch_norms_keep_their_residual_relu_and_concat(plan_convs):
 # odd sizes, strides, channel counts off the vector width, batch 1, depthwise, shuffled inputs
 CONV_CASES = [(12, 20, 4, 1, 1, 1, 0, 1, 1, 7, 9), (24, 24, 24, 1, 3, 2, 1, 1, 3, 11, 10),
               (18, 9, 3, 3, 1, 1, 0, 1, 2, 5, 5), (16, 32, 8, 2, 3, 1, 2, 2, 1, 9, 13),
-              (5, 7, 1, 1, 5, 2, 2, 1, 2, 12, 7), (40, 40, 40, 8, 3, 1, 1, 1, 1, 6, 6)]
+              (5, 7, 1, 1, 5, 2, 2, 1, 2, 12, 7), (40, 40, 40, 8, 3, 1, 1, 1, 1, 6, 6),
+              (32, 32, 32, 1, 3, 2, 1, 1, 1, 7, 9), (72, 72, 72, 1, 3, 1, 1, 1, 2, 6, 5),
+              (36, 36, 36, 1, 3, 2, 1, 1, 1, 9, 8), (64, 64, 16, 1, 3, 1, 1, 1, 1, 5, 7)]
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
@@ -216,6 +218,9 @@ def test_every_way_a_planned_conv_can_run_equals_the_reference(case, relu, with_
             assert {"dispatcher", "onednn", "onednn prepacked"} <= set(candidates)
         if k == 1 and stride == 1 and padding == 0 and native.unavailable_reason() is None:
             assert "groupconv 1x1 fused" in candidates
+        if (k == 3 and shuffle == 1 and dilation == 1 and cin == cout and cin // groups in (1, 4)
+                and (groups == cin or cin % 16 == 0) and native.unavailable_reason() is None):
+            assert "groupconv depthwise" in candidates
         for name, run in candidates.items():
             torch.testing.assert_close(run(x, residual), expected, rtol=1e-4, atol=1e-4, msg=name)
         torch.testing.assert_close(planned(x, residual), expected, rtol=1e-4, atol=1e-4)

@@ -355,10 +355,30 @@ def test_channels_last_narrow_groups_match_torch(channels, per_group, kernel_hei
     b = torch.randn(channels, generator=generator, dtype=dtype) if with_bias else None
     problem = ops.conv_problem(x, w, b, stride, padding, groups=groups)
     assert problem.layout == "channels_last" and not ops.get_backend("native").not_supported_reasons(problem)
-    assert native._runs_narrow("conv_forward", x, w.shape, problem.arguments)  # this kernel, not another
+    assert native.runs_narrow("conv_forward", x, w.shape, problem.arguments)  # this kernel, not another
     grad_output = torch.randn(F.conv2d(x, w, b, stride, padding, 1, groups).shape, generator=generator, dtype=dtype)
     check_native_channels_last_against_torch(x, w, b, grad_output, stride, padding, groups=groups,
                                              input_gradient=stride in ((1, 1), (2, 2)))  # else aten's serves it
+
+
+@pytest.mark.parametrize("channels, stride, size", [(36, (1, 1), (9, 10)), (72, (2, 2), (11, 8)), (60, (2, 1), (6, 13)),
+                                                    (120, (1, 1), (7, 7)), (4, (2, 2), (5, 9)), (24, (1, 2), (8, 17))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_channels_last_depthwise_forward_takes_any_channel_count(channels, stride, size, dtype, with_bias):
+    """The channels after the last whole vector of a depthwise conv (ShuffleNet g=1's 36 and 72) in narrow_nhwc.cpp's
+    forward; its gradients go to the other kernels, which take any count."""
+    generator = torch.Generator().manual_seed(channels)
+    x = torch.randn(3, channels, *size, generator=generator, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(channels, 1, 3, 3, generator=generator, dtype=dtype)
+    b = torch.randn(channels, generator=generator, dtype=dtype) if with_bias else None
+    args = ops.conv_problem(x, w, b, stride, 1, groups=channels).arguments
+    assert native.runs_narrow("conv_forward", x, w.shape, args)
+    lanes = native.VECTOR_BYTES // dtype.itemsize
+    assert native.runs_narrow("conv_backward_weight", x, w.shape, args) == (channels % lanes == 0)
+    grad_output = torch.randn(F.conv2d(x, w, b, stride, 1, 1, channels).shape, generator=generator, dtype=dtype)
+    check_native_channels_last_against_torch(x, w, b, grad_output, stride, 1, groups=channels,
+                                             input_gradient=stride in ((1, 1), (2, 2)))
 
 
 @pytest.mark.parametrize("channels, shuffle_groups, stride, size", [(96, 8, (1, 1), (9, 10)), (48, 3, (2, 2), (11, 8)),
@@ -372,7 +392,7 @@ def test_channels_last_depthwise_reading_through_a_shuffle_matches_torch(channel
     w = torch.randn(channels, 1, 3, 3, generator=generator, dtype=dtype)
     b = torch.randn(channels, generator=generator, dtype=dtype)
     args = ops.conv_problem(x, w, b, stride, 1, groups=channels, shuffle_groups=shuffle_groups).arguments
-    assert native._runs_narrow("conv_forward", x, w.shape, args)  # this kernel, not cpu_kernels.cpp's
+    assert native.runs_narrow("conv_forward", x, w.shape, args)  # this kernel, not cpu_kernels.cpp's
     grad_output = torch.randn(F.conv2d(x, w, b, stride, 1, 1, channels).shape, generator=generator, dtype=dtype)
     check_native_channels_last_against_torch(x, w, b, grad_output, stride, 1, groups=channels,
                                              input_gradient=stride in ((1, 1), (2, 2)), shuffle_groups=shuffle_groups)

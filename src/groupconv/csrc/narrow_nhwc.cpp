@@ -142,8 +142,36 @@ inline void forward_columns(const T* x, const T* packed, const T* bias, T* y, co
   for (int64_t p = 0; p < P; ++p) store(out + p * s.c, acc[p]);
 }
 
+// A depthwise conv's channels after its last whole block of L (ShuffleNet g=1's 36 and 72, g=3's 60 and 120), for
+// one output row: per output pixel, a loop over those channels (contiguous in the input, the output and the filters
+// `tail_filters`, laid out [ky][kx][channel]) that the compiler vectorises.
+template <typename T, int64_t SW>
+void depthwise_tail(const T* x, const T* tail_filters, const T* bias, T* y, const Shape& s, int64_t n, int64_t oy,
+                    int64_t first) {
+  const int64_t tail = s.c - first;
+  T acc[Vector<T>::size];
+  for (int64_t ox = 0; ox < s.ow; ++ox) {
+    for (int64_t o = 0; o < tail; ++o) acc[o] = bias ? bias[first + o] : T(0);
+    for (int64_t ky = 0; ky < s.kh; ++ky) {
+      const int64_t iy = oy * s.sh - s.ph + ky;
+      if (iy < 0 || iy >= s.ih) continue;
+      for (int64_t kx = 0; kx < KW; ++kx) {
+        const int64_t ix = ox * SW - s.pw + kx;
+        if (ix < 0 || ix >= s.iw) continue;
+        const T* in = x + ((n * s.ih + iy) * s.iw + ix) * s.c + first;
+        const T* w = tail_filters + (ky * KW + kx) * tail;
+        for (int64_t o = 0; o < tail; ++o) acc[o] += in[o] * w[o];
+      }
+    }
+    T* out = y + ((n * s.oh + oy) * s.ow + ox) * s.c + first;
+    for (int64_t o = 0; o < tail; ++o) out[o] = acc[o];
+  }
+}
+
+// `tail_filters`: a depthwise conv's filters for the channels after the last whole block (depthwise_tail), or null
+// where the channels come in whole blocks.
 template <typename T, int64_t CPG, int64_t SW>
-void forward(const T* x, const T* packed, const T* bias, T* y, const Shape& s) {
+void forward(const T* x, const T* packed, const T* bias, T* y, const Shape& s, const T* tail_filters) {
   constexpr int64_t L = Vector<T>::size;
   const auto passes = std::make_index_sequence<CPG / ROTATIONS_PER_PASS<CPG>>{};
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, s.ow * s.c * CPG * s.kh * KW));
@@ -160,6 +188,7 @@ void forward(const T* x, const T* packed, const T* bias, T* y, const Shape& s) {
         for (; ox + 4 <= s.ow; ox += 4) forward_columns<T, CPG, SW, 4>(x, packed, bias, y, s, n, oy, cb, ox, passes);
         for (; ox < s.ow; ++ox) forward_columns<T, CPG, SW, 1>(x, packed, bias, y, s, n, oy, cb, ox, passes);
       }
+      if (tail_filters) depthwise_tail<T, SW>(x, tail_filters, bias, y, s, n, oy, s.c / L * L);
     }
   });
 }
@@ -346,12 +375,33 @@ Shape shape_of(at::IntArrayRef input, at::IntArrayRef output, int64_t kh, int64_
   return Shape{input[0], input[1], input[2], input[3], output[2], output[3], kh, sh, padding[0], padding[1]};
 }
 
+// Channels in whole blocks of a vector's lanes, which every kernel here reads: but for a depthwise forward, whose
+// last channels depthwise_tail computes.
+template <typename T>
+void check_whole_blocks(int64_t channels, bool depthwise_forward) {
+  TORCH_CHECK(depthwise_forward || channels % Vector<T>::size == 0, "narrow NHWC kernel: ", channels,
+              " channels are not a multiple of ", Vector<T>::size, " (a depthwise forward only may have a remainder)");
+}
+
 template <typename T>
 void run_forward(const at::Tensor& x, const std::vector<T>& packed, const T* bias, at::Tensor& y, const Shape& s,
-                 int64_t cpg, int64_t sw) {
+                 int64_t cpg, int64_t sw, const std::vector<T>& tail_filters = {}) {
+  check_whole_blocks<T>(s.c, cpg == 1 && !tail_filters.empty());
+  const T* tail = tail_filters.empty() ? nullptr : tail_filters.data();
   with_shape<T>(cpg, sw, [&]<int64_t CPG, int64_t SW>() {
-    forward<T, CPG, SW>(x.data_ptr<T>(), packed.data(), bias, y.data_ptr<T>(), s);
+    forward<T, CPG, SW>(x.data_ptr<T>(), packed.data(), bias, y.data_ptr<T>(), s, tail);
   });
+}
+
+// A depthwise conv's filters (C, 1, kh, KW) for its channels after the last whole block, [ky][kx][channel] (empty
+// where the channels come in whole blocks).
+template <typename T>
+std::vector<T> depthwise_tail_filters(const T* w, int64_t c, int64_t kh) {
+  const int64_t first = c / Vector<T>::size * Vector<T>::size, taps = kh * KW;
+  std::vector<T> filters((c - first) * taps);
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t o = first; o < c; ++o) filters[t * (c - first) + (o - first)] = w[o * taps + t];
+  return filters;
 }
 
 }  // namespace
@@ -368,8 +418,10 @@ at::Tensor narrow_forward_nhwc(const at::Tensor& input, const at::Tensor& weight
   const Shape s = shape_of(input.sizes(), out.sizes(), kh, stride[0], padding);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "groupconv_narrow_forward_nhwc", [&] {
     const auto packed = pack(w.data_ptr<scalar_t>(), s.c, w.size(1), kh, /*adjoint=*/false);
+    const auto tail = w.size(1) == 1 ? depthwise_tail_filters(w.data_ptr<scalar_t>(), s.c, kh)
+                                     : std::vector<scalar_t>();
     run_forward<scalar_t>(input, packed, b.defined() ? b.data_ptr<scalar_t>() : nullptr, out, s, w.size(1),
-                          stride[1]);
+                          stride[1], tail);
   });
   return out;
 }
@@ -389,6 +441,7 @@ at::Tensor narrow_backward_input_nhwc(const at::Tensor& grad_output, const at::T
     const auto packed = pack(w.data_ptr<scalar_t>(), w.size(0), cpg, kh, /*adjoint=*/true);
     if (stride[0] == 2) {
       const Shape s = shape_of(grad_in.sizes(), grad.sizes(), kh, 2, padding);
+      check_whole_blocks<scalar_t>(s.c, false);
       with_shape<scalar_t>(cpg, 1, [&]<int64_t CPG, int64_t>() {
         stride_2_input_gradient<scalar_t, CPG>(grad.data_ptr<scalar_t>(), packed.data(),
                                                grad_in.data_ptr<scalar_t>(), s,
@@ -413,6 +466,7 @@ at::Tensor narrow_backward_weight_nhwc(const at::Tensor& grad_output, const at::
   check_operands(input, grad_w, "input");
   const Shape s = shape_of(input.sizes(), grad.sizes(), weight_shape[2], stride[0], padding);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "groupconv_narrow_backward_weight_nhwc", [&] {
+    check_whole_blocks<scalar_t>(s.c, false);
     with_shape<scalar_t>(weight_shape[1], stride[1], [&]<int64_t CPG, int64_t SW>() {
       weight_gradient<scalar_t, CPG, SW>(grad.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(),
                                          grad_w.data_ptr<scalar_t>(), s,

@@ -12,6 +12,7 @@ from ..nn.base import GroupedConvMixin
 from ..ops.allocator import release_free_memory
 from ..ops.arguments import ConvArguments, check_conv_call_once, memory_format_of, output_size
 from ..ops.backends import native
+from ..ops.backends.native.backend import runs_narrow
 from ..ops.dispatch import ConvProblem, select_backend
 from ..ops.tuning.timing import median_seconds_interleaved
 
@@ -62,6 +63,14 @@ def _native_pointwise_runs(input: Tensor, weight: Tensor, arguments: ConvArgumen
             and memory_format_of(input) == torch.channels_last and tuple(weight.shape[2:]) == (1, 1)
             and tuple(arguments.stride) == (1, 1) and tuple(arguments.padding) == (0, 0)
             and native.unavailable_reason() is None)
+
+
+def _native_narrow_runs(input: Tensor, weight: Tensor, arguments: ConvArguments) -> bool:
+    """Whether groupconv's channels_last depthwise and narrow-group kernel (csrc/narrow_nhwc.cpp) runs the call as
+    it is: a float CPU input within the kernel's limits, no fused shuffle, the native kernels built."""
+    return (input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64) and input.dim() == 4
+            and arguments.shuffle_groups == 1 and native.unavailable_reason() is None
+            and runs_narrow("conv_forward", input, weight.shape, arguments))
 
 
 def _onednn_runs(conv: torch.nn.Module, input: Tensor, arguments: ConvArguments) -> bool:
@@ -142,6 +151,8 @@ class PlannedConv(torch.nn.Module):
         adds = residual is None or _adds_exactly(residual, input, conv.weight, arguments)
         if _native_pointwise_runs(input, conv.weight, arguments) and adds:
             candidates["groupconv 1x1 fused"] = self._native_pointwise(arguments)
+        if _native_narrow_runs(input, conv.weight, arguments):
+            candidates["groupconv depthwise"] = self._native_narrow(arguments)
         if _onednn_runs(conv, input, arguments) and adds:
             candidates["onednn"] = self._onednn(arguments, conv.weight)
             packed = torch.ops.mkldnn._reorder_convolution_weight(
@@ -169,6 +180,19 @@ class PlannedConv(torch.nn.Module):
         # weights packed once here (packing took about as long as the conv of a 7x7 input at batch 1).
         return native.load().PointwiseKernel(self.conv.weight, self.conv.bias, arguments.groups, self.relu,
                                              arguments.shuffle_groups)
+
+    def _native_narrow(self, arguments: ConvArguments) -> Callable:
+        # The kernel called directly: the dispatcher keeps torch's kernels for these small layers unless groupconv's
+        # win by 30 us (a call through groupconv's eager path costs that much more Python), and oneDNN's convolution
+        # pays 30-40 us a call whatever its size (ShuffleNet's 7x7 and 14x14 depthwise convs at batch 1: 33-35 us
+        # against 10 us here).
+        kernel, weight, bias, relu = native.load().narrow_forward_nhwc, self.conv.weight, self.conv.bias, self.relu
+        stride, padding = list(arguments.stride), list(arguments.padding)
+
+        def run(x: Tensor, residual: Optional[Tensor]) -> Tensor:
+            return apply_epilogue(kernel(x, weight, bias, stride, padding), relu, residual, None)
+
+        return run
 
     def _onednn(self, arguments: ConvArguments, weight: Tensor) -> Callable:
         padding, stride, dilation = list(arguments.padding), list(arguments.stride), list(arguments.dilation)

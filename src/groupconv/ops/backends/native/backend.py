@@ -76,8 +76,8 @@ def _narrow_refusals(op: str, channels: int, weight_shape: tuple[int, ...], args
         reasons.append(f"{out_channels} output channels for {channels} input channels (as many as the input only)")
     if in_per_group > lanes or in_per_group & (in_per_group - 1):
         reasons.append(f"{in_per_group} channels per group (a power of two up to {lanes})")
-    if lanes and channels % lanes:
-        reasons.append(f"{channels} channels (a multiple of {lanes})")
+    if lanes and channels % lanes and not (op == "conv_forward" and in_per_group == 1):
+        reasons.append(f"{channels} channels (a multiple of {lanes}; any count for a depthwise forward)")
     if args.spatial_dims == 2 and args.stride[1] not in (1, 2):
         reasons.append(f"stride {args.stride} (width stride 1 or 2)")
     if any(d != 1 for d in args.dilation):
@@ -93,7 +93,7 @@ def _narrow_refusals(op: str, channels: int, weight_shape: tuple[int, ...], args
     return tuple(reasons)
 
 
-def _runs_narrow(op: str, tensor: torch.Tensor, weight_shape, args) -> bool:
+def runs_narrow(op: str, tensor: torch.Tensor, weight_shape, args) -> bool:
     """Whether csrc/narrow_nhwc.cpp runs this call of the backend: channels_last and within its limits. (Depthwise
     convs it cannot run go to cpu_kernels.cpp's channels_last kernel, which fuses a shuffle.)"""
     return (memory_format_of(tensor) == torch.channels_last
@@ -178,7 +178,7 @@ class NativeBackend(Backend):
     def conv_forward(self, input, weight, bias, args):
         if _is_pointwise(weight.shape, args) and memory_format_of(input) == torch.channels_last:
             return load().pointwise_forward_nhwc(input, weight, bias, args.groups)
-        if _runs_narrow("conv_forward", input, weight.shape, args):
+        if runs_narrow("conv_forward", input, weight.shape, args):
             s = args.shuffle_groups  # a depthwise conv: the shuffle paid on the output (aten.py says why that holds)
             if s > 1:
                 weight, bias = along_channels(weight, False, s), bias if bias is None else along_channels(bias, False, s)
@@ -192,7 +192,7 @@ class NativeBackend(Backend):
         if _is_pointwise(weight.shape, args) and memory_format_of(grad_output) == torch.channels_last:
             return load().pointwise_backward_input_nhwc(grad_output, weight, args.groups)
         # (the input's channel count where the weight's output count would be: the kernel needs them equal)
-        if _runs_narrow("conv_backward_input", grad_output, (input_shape[1], *weight.shape[1:]), args):
+        if runs_narrow("conv_backward_input", grad_output, (input_shape[1], *weight.shape[1:]), args):
             if args.shuffle_groups > 1:
                 return self._shuffled_depthwise_gradients(grad_output, None, weight, input_shape, weight.shape, args)[0]
             return load().narrow_backward_input_nhwc(grad_output, weight, list(input_shape), args.stride,
@@ -216,14 +216,14 @@ class NativeBackend(Backend):
     def conv_backward(self, grad_output, input, weight, args):
         if _is_pointwise(weight.shape, args) and memory_format_of(input) == torch.channels_last:
             return tuple(load().pointwise_backward_nhwc(grad_output, input, weight, args.groups))
-        if args.shuffle_groups > 1 and _runs_narrow("conv_backward", grad_output, weight.shape, args):
+        if args.shuffle_groups > 1 and runs_narrow("conv_backward", grad_output, weight.shape, args):
             return self._shuffled_depthwise_gradients(grad_output, input, weight, input.shape, weight.shape, args)
         return super().conv_backward(grad_output, input, weight, args)
 
     def conv_backward_weight(self, grad_output, input, weight_shape, args):
         if _is_pointwise(weight_shape, args) and memory_format_of(input) == torch.channels_last:
             return load().pointwise_backward_weight_nhwc(grad_output, input, list(weight_shape), args.groups)
-        if _runs_narrow("conv_backward_weight", input, weight_shape, args):
+        if runs_narrow("conv_backward_weight", input, weight_shape, args):
             if args.shuffle_groups > 1:
                 return self._shuffled_depthwise_gradients(grad_output, input, None, input.shape, weight_shape, args)[1]
             return load().narrow_backward_weight_nhwc(grad_output, input, list(weight_shape), args.stride,
