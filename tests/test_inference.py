@@ -13,7 +13,9 @@ import groupconv
 import groupconv.nn as gnn
 from groupconv import models
 from groupconv.cli import main
-from groupconv.inference import ConvEpilogue, InferenceModel, PlannedConv, optimize_for_inference
+from groupconv.inference import (ConvEpilogue, InferenceModel, PlannedConv, PlannedLinear, PlannedMaxPool,
+                                 optimize_for_inference)
+from groupconv.inference.layers import LINEAR_MAX_BATCH
 from groupconv.benchmarks.inference import InferenceResult, summary
 from groupconv.inference.folding import fold_into_conv
 from groupconv.ops.backends import native
@@ -224,6 +226,33 @@ def test_every_way_a_planned_conv_can_run_equals_the_reference(case, relu, with_
         for name, run in candidates.items():
             torch.testing.assert_close(run(x, residual), expected, rtol=1e-4, atol=1e-4, msg=name)
         torch.testing.assert_close(planned(x, residual), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (torch.nn.MaxPool2d(3, 2, 1), (1, 24, 15, 14)), (torch.nn.MaxPool2d((3, 2), (2, 1), ceil_mode=True), (3, 40, 9, 8)),
+    (torch.nn.MaxPool2d(2), (2, 5, 7, 7)), (torch.nn.Linear(37, 11), (1, 37)), (torch.nn.Linear(16, 1000), (4, 16)),
+    (torch.nn.Linear(8, 3, bias=False), (12, 8))])
+def test_every_way_a_planned_pool_or_linear_can_run_equals_torchs(layer, shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    planned = PlannedMaxPool(layer) if isinstance(layer, torch.nn.MaxPool2d) else PlannedLinear(layer)
+    with torch.inference_mode():
+        expected = layer(x)
+        ways = planned.candidates(x)
+        # groupconv's linear kernel only for a small batch
+        assert ("groupconv" in ways) == (native.unavailable_reason() is None and shape[0] <= LINEAR_MAX_BATCH)
+        for name, run in ways.items():
+            torch.testing.assert_close(run(x), expected, rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(planned(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_optimized_models_plan_their_pools_and_classifier():
+    model = with_statistics(models.create_model("shufflenet_g3_wd4", num_classes=10))
+    optimized = optimize_for_inference(model, torch.randn(1, 3, 64, 64))
+    planned = [type(m).__name__ for m in optimized.modules() if isinstance(m, PlannedMaxPool | PlannedLinear)]
+    assert sorted(planned) == ["PlannedLinear", "PlannedMaxPool"]
 
 
 def test_a_residual_onednn_cannot_add_is_added_after_the_conv():

@@ -491,3 +491,50 @@ def test_via_channels_last_applies_only_where_the_conversion_changes_the_layout(
                                                                 w.bfloat16(), padding=1, groups=4))  # no kernels
     assert not ViaChannelsLast.applies(ops.conv_problem(torch.randn(2, 8, 5), torch.randn(8, 2, 3),
                                                                 groups=4))  # 1-D
+
+
+# (channels, kernel, stride, padding, ceil_mode, size): whole vectors, a half vector, a remainder, windows cut by the
+# padding and by the input's edge, uneven kernels and strides.
+MAX_POOL_CASES = [(24, 3, 2, 1, False, (112, 112)), (64, 3, 2, 1, False, (9, 10)), (37, 2, 2, 0, False, (7, 9)),
+                  (8, 3, 1, 1, False, (5, 6)), (1, (3, 2), (2, 1), (1, 0), False, (6, 7)),
+                  (40, 3, 2, 0, True, (10, 13)), (17, 5, 3, 2, True, (11, 8))]
+
+
+@pytest.mark.parametrize("channels, kernel, stride, padding, ceil_mode, size", MAX_POOL_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_channels_last_max_pooling_matches_torch(channels, kernel, stride, padding, ceil_mode, size, dtype, batch):
+    generator = torch.Generator().manual_seed(channels + batch)
+    x = torch.randn(batch, channels, *size, generator=generator, dtype=dtype).contiguous(
+        memory_format=torch.channels_last)
+    pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
+    out = native.load().max_pool2d_nhwc(x, pair(kernel), pair(stride), pair(padding), ceil_mode)
+    expected = F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_channels_last_max_pooling_propagates_nans_and_refuses_other_layouts():
+    x = torch.randn(1, 24, 6, 6).contiguous(memory_format=torch.channels_last)
+    x[0, 3, 2, 2] = float("nan")
+    x[0, 20, 0, 0] = float("nan")
+    out = native.load().max_pool2d_nhwc(x, [3, 3], [2, 2], [1, 1], False)
+    torch.testing.assert_close(out, F.max_pool2d(x, 3, 2, 1), equal_nan=True, rtol=0, atol=0)
+    assert out[0, 3, 1, 1].isnan() and out[0, 20, 0, 0].isnan() and not out[0, 4].isnan().any()
+    with pytest.raises(RuntimeError, match="input must be a channels_last 4-D tensor"):
+        native.load().max_pool2d_nhwc(x.contiguous(), [3, 3], [2, 2], [1, 1], False)
+    with pytest.raises(RuntimeError, match="padding .* must be between 0 and half the kernel size"):
+        native.load().max_pool2d_nhwc(x, [3, 3], [2, 2], [2, 2], False)
+
+
+@pytest.mark.parametrize("batch, in_features, out_features", [(1, 576, 1000), (3, 17, 7), (8, 64, 5), (2, 5, 130)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_small_batch_linear_matches_torch(batch, in_features, out_features, dtype, with_bias):
+    generator = torch.Generator().manual_seed(in_features + out_features)
+    x = torch.randn(in_features, batch, generator=generator, dtype=dtype).t()  # (a transposed input: copied first)
+    w = torch.randn(out_features, in_features, generator=generator, dtype=dtype)
+    b = torch.randn(out_features, generator=generator, dtype=dtype) if with_bias else None
+    tolerance = {torch.float32: 1e-4, torch.float64: 1e-12}[dtype]
+    torch.testing.assert_close(native.load().linear_small_batch(x, w, b), F.linear(x, w, b), rtol=tolerance,
+                               atol=tolerance)

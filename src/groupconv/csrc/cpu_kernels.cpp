@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 
 #include "batch_norm.h"
+#include "inference_ops.h"
 #include "layout.h"
 #include "memory_tracking.h"
 #include "narrow_nhwc.h"
@@ -659,7 +660,8 @@ at::Tensor to_memory_format(const at::Tensor& input, bool channels_last) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "groupconv's native CPU kernels: narrow-group and depthwise convolution with a fused channel shuffle; "
             "channel shuffle; batch normalisation fused with a residual add and ReLU; pointwise and narrow-group "
-            "convolution in channels_last; settled conv calls";
+            "convolution in channels_last; max pooling and a small-batch linear layer for inference; settled conv "
+            "calls";
   m.def("conv_forward", &forward);
   m.def("conv_backward_input", &backward_input);
   m.def("conv_backward_weight", &backward_weight);
@@ -683,6 +685,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("narrow_backward_weight_nhwc", &narrow_backward_weight_nhwc);
   m.def("start_memory_tracking", &start_memory_tracking);
   m.def("stop_memory_tracking", &stop_memory_tracking);
+  m.def("max_pool2d_nhwc", &max_pool2d_nhwc);
+  m.def("linear_small_batch", &linear_small_batch);
   m.def("run_settled_conv", &run_settled_conv);
   m.def("settle_conv_on_torch", &settle_conv_on_torch);
   m.def("settle_conv_on_runner", &settle_conv_on_runner);

@@ -1,5 +1,5 @@
-"""The layers an optimised model runs: a conv whose backend was chosen once per input signature, and what is left of
-a folded BatchNormAct2d."""
+"""The layers an optimised model runs: a conv whose backend was chosen once per input signature, what is left of a
+folded BatchNormAct2d, and max pooling and linear layers that run groupconv's kernels where those measure faster."""
 
 from __future__ import annotations
 
@@ -16,8 +16,21 @@ from ..ops.backends.native.backend import runs_narrow
 from ..ops.dispatch import ConvProblem, select_backend
 from ..ops.tuning.timing import median_seconds_interleaved
 
-# Timed runs of each way to run a conv when its input signature is first seen (the median is kept).
+# Timed runs of each way to run a layer when its input signature is first seen (the median is kept).
 PLAN_REPEATS = 5
+# The largest batch groupconv's linear kernel is offered for: one pass over the weights serves the whole batch, which
+# wins at a classifier's batch 1 to 4 and loses to a matrix product's blocking at batch 32.
+LINEAR_MAX_BATCH = 8
+
+
+def fastest_way(ways: dict[str, Callable], *inputs) -> str:
+    """The name of the way (a function of `inputs`) that runs them fastest, or of the only one."""
+    if len(ways) == 1:
+        return next(iter(ways))
+    # (in alternation: a busy moment then slows every way alike instead of crowning whichever ran before it)
+    seconds = median_seconds_interleaved({name: (lambda run=run: run(*inputs)) for name, run in ways.items()},
+                                         PLAN_REPEATS, warmup=1)
+    return min(seconds, key=seconds.get)
 
 
 def apply_epilogue(x: Tensor, relu: bool, residual: Optional[Tensor], concat: Optional[Tensor]) -> Tensor:
@@ -121,15 +134,7 @@ class PlannedConv(torch.nn.Module):
 
     def _plan(self, input: Tensor, residual: Optional[Tensor], key: tuple):
         candidates = self.candidates(input, residual)
-        if len(candidates) > 1:
-            # (in alternation: a busy moment then slows every candidate alike instead of crowning whichever ran
-            # before it)
-            seconds = median_seconds_interleaved({name: (lambda run=run: run(input, residual))
-                                                  for name, run in candidates.items()}, PLAN_REPEATS, warmup=1)
-            chosen = min(seconds, key=seconds.get)
-        else:
-            (chosen,) = candidates
-        self._chosen[key] = chosen
+        chosen = self._chosen[key] = fastest_way(candidates, input, residual)
         return candidates[chosen]
 
     def candidates(self, input: Tensor, residual: Optional[Tensor]) -> dict[str, Callable]:
@@ -214,3 +219,82 @@ class PlannedConv(torch.nn.Module):
     def extra_repr(self) -> str:
         chosen = sorted(set(self._chosen.values()))
         return f"relu={self.relu}, chosen: {', '.join(chosen) or 'none yet'}"
+
+
+class PlannedLayer(torch.nn.Module):
+    """A layer of one tensor input that runs, per input signature (shape, strides, dtype, device, threads), the
+    fastest of its ways (`candidates`), timed on the first input of the signature."""
+
+    def __init__(self):
+        super().__init__()
+        self._plans: dict[tuple, Callable[[Tensor], Tensor]] = {}
+        self._chosen: dict[tuple, str] = {}
+
+    def forward(self, input: Tensor) -> Tensor:
+        key = (input.shape, input.stride(), input.dtype, input.device, torch.get_num_threads())
+        plan = self._plans.get(key)
+        if plan is None:
+            ways = self.candidates(input)
+            chosen = self._chosen[key] = fastest_way(ways, input)
+            plan = self._plans[key] = ways[chosen]
+            release_free_memory()  # (what the timed runs left free: PlannedConv.forward says why)
+        return plan(input)
+
+    def candidates(self, input: Tensor) -> dict[str, Callable[[Tensor], Tensor]]:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"chosen: {', '.join(sorted(set(self._chosen.values()))) or 'none yet'}"
+
+
+class PlannedMaxPool(PlannedLayer):
+    """A torch.nn.MaxPool2d that runs the faster of torch's pooling and groupconv's channels_last one
+    (csrc/inference_ops.cpp: no indices computed, the channels of each output pixel in vector registers; ShuffleNet's
+    first pool at batch 1, 24 channels at 112x112: 68 us against 149)."""
+
+    def __init__(self, pool: torch.nn.MaxPool2d):
+        super().__init__()
+        self.pool = pool
+
+    def candidates(self, input: Tensor) -> dict[str, Callable[[Tensor], Tensor]]:
+        ways: dict[str, Callable[[Tensor], Tensor]] = {"torch": self.pool}
+        pool = self.pool
+        kernel_size, stride, padding = (_pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size),
+                                        _pair(pool.padding))
+        if (_native_floats(input) and input.dim() == 4 and memory_format_of(input) == torch.channels_last
+                and _pair(pool.dilation) == [1, 1] and not pool.return_indices
+                and all(0 <= 2 * p <= k for p, k in zip(padding, kernel_size))):
+            kernel, ceil_mode = native.load().max_pool2d_nhwc, pool.ceil_mode
+            ways["groupconv"] = lambda x: kernel(x, kernel_size, stride, padding, ceil_mode)
+        return ways
+
+
+class PlannedLinear(PlannedLayer):
+    """A torch.nn.Linear that runs the faster of torch's and, for a small batch, groupconv's kernel
+    (csrc/inference_ops.cpp): a classifier at batch 1 reads its weights from memory at each forward, which torch's
+    matrix-vector product does on one thread (ShuffleNet 1x g=1's 576 x 1000 classifier: 59 us against 171, the
+    caches flushed before each)."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.linear = linear
+
+    def candidates(self, input: Tensor) -> dict[str, Callable[[Tensor], Tensor]]:
+        ways: dict[str, Callable[[Tensor], Tensor]] = {"torch": self.linear}
+        weight, bias = self.linear.weight, self.linear.bias
+        if (_native_floats(input) and input.dim() == 2 and input.shape[0] <= LINEAR_MAX_BATCH
+                and weight.dtype == input.dtype and weight.device == input.device
+                and (bias is None or bias.dtype == input.dtype)):
+            kernel = native.load().linear_small_batch
+            ways["groupconv"] = lambda x: kernel(x, weight, bias)
+        return ways
+
+
+def _native_floats(input: Tensor) -> bool:
+    """A float32 or float64 CPU tensor, the native kernels built."""
+    return (input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64)
+            and native.unavailable_reason() is None)
+
+
+def _pair(value) -> list[int]:
+    return [value, value] if isinstance(value, int) else list(value)

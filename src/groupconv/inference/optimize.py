@@ -7,7 +7,8 @@ The steps, each kept because it measured faster (docs/inference.md has the numbe
 3. A channel shuffle read by a depthwise conv moves to the 1x1 conv after it, whose kernel makes it by the order of
    its reads (shuffles.py).
 4. Every groupconv conv layer becomes a PlannedConv: the dispatcher's choice for the example input's shapes is made
-   now, and each call runs the chosen kernel directly.
+   now, and each call runs the chosen kernel directly. Max pooling and linear layers (torch.nn.MaxPool2d and
+   torch.nn.Linear) likewise run the faster of torch's kernel and groupconv's (PlannedMaxPool, PlannedLinear).
 5. Weights and activations stay channels_last, the input converted once; forwards run under torch.inference_mode.
 6. Each input signature runs on torch's threads or on one, whichever its first forwards measure faster.
 7. The process keeps freed memory for the next allocations (groupconv.ops.allocator), as ONNX Runtime's and
@@ -31,7 +32,7 @@ from ..nn.base import GroupedConvMixin
 from ..ops.allocator import keep_freed_memory as keep_freed_memory_in_process, release_free_memory
 from ..ops.tuning.timing import median_seconds_interleaved
 from .folding import fold_batch_norms
-from .layers import ConvEpilogue, PlannedConv
+from .layers import ConvEpilogue, PlannedConv, PlannedLinear, PlannedMaxPool
 from .shuffles import move_shuffles_to_pointwise_reads
 from .tracing import trace
 
@@ -160,6 +161,24 @@ def _plan_convs(graph_module: fx.GraphModule, opaque_modules: set[str]) -> None:
     graph_module.recompile()
 
 
+# The layers whose forward PlannedMaxPool and PlannedLinear take over: these classes exactly (a subclass may change
+# what its forward does).
+_PLANNED_LAYERS = {torch.nn.MaxPool2d: PlannedMaxPool, torch.nn.Linear: PlannedLinear}
+
+
+def _plan_pools_and_linears(graph_module: fx.GraphModule, opaque_modules: set[str]) -> None:
+    """Every torch.nn.MaxPool2d and torch.nn.Linear the graph calls becomes a PlannedMaxPool or PlannedLinear (in
+    place)."""
+    for node in graph_module.graph.nodes:
+        if node.op != "call_module" or node.target in opaque_modules or len(node.args) != 1 or node.kwargs:
+            continue
+        module = graph_module.get_submodule(node.target)
+        planned = _PLANNED_LAYERS.get(type(module))
+        if planned is not None:
+            parent, _, name = node.target.rpartition(".")
+            setattr(graph_module.get_submodule(parent), name, planned(module))
+
+
 def _same_outputs(expected, actual) -> bool:
     if isinstance(expected, torch.Tensor):
         if not isinstance(actual, torch.Tensor) or expected.shape != actual.shape:
@@ -210,6 +229,7 @@ def optimize_for_inference(model: torch.nn.Module, example_inputs, *, channels_l
         if plan_convs:
             moved = move_shuffles_to_pointwise_reads(prepared)
             _plan_convs(prepared, opaque)
+            _plan_pools_and_linears(prepared, opaque)
     prepared = prepared.to(memory_format=memory_format)
     result = InferenceModel(prepared, memory_format, traced is not None, folded, sorted(opaque), moved, choose_threads)
     with torch.inference_mode():

@@ -35,7 +35,8 @@ ENV_BUILD_TIMEOUT = "GROUPCONV_NATIVE_BUILD_TIMEOUT"
 DEFAULT_BUILD_TIMEOUT_SECONDS = 600.0
 CSRC = Path(__file__).resolve().parents[3] / "csrc"
 SOURCES = [CSRC / "cpu_kernels.cpp", CSRC / "batch_norm.cpp", CSRC / "pointwise.cpp", CSRC / "narrow_nhwc.cpp",
-           CSRC / "memory_tracking.cpp", CSRC / "settled_calls.cpp"]
+           CSRC / "memory_tracking.cpp", CSRC / "settled_calls.cpp",
+           CSRC / "inference_ops.cpp"]
 HEADERS = sorted(CSRC.glob("*.h"))  # part of the library too: a changed header must change its name
 CFLAGS = ("-O3", "-march=native", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
