@@ -195,7 +195,8 @@ CONV_CASES = [(12, 20, 4, 1, 1, 1, 0, 1, 1, 7, 9), (24, 24, 24, 1, 3, 2, 1, 1, 3
               (18, 9, 3, 3, 1, 1, 0, 1, 2, 5, 5), (16, 32, 8, 2, 3, 1, 2, 2, 1, 9, 13),
               (5, 7, 1, 1, 5, 2, 2, 1, 2, 12, 7), (40, 40, 40, 8, 3, 1, 1, 1, 1, 6, 6),
               (32, 32, 32, 1, 3, 2, 1, 1, 1, 7, 9), (72, 72, 72, 1, 3, 1, 1, 1, 2, 6, 5),
-              (36, 36, 36, 1, 3, 2, 1, 1, 1, 9, 8), (64, 64, 16, 1, 3, 1, 1, 1, 1, 5, 7)]
+              (36, 36, 36, 1, 3, 2, 1, 1, 1, 9, 8), (64, 64, 16, 1, 3, 1, 1, 1, 1, 5, 7),
+              (3, 24, 1, 1, 3, 2, 1, 1, 1, 15, 12), (2, 9, 1, 1, 5, 1, 2, 1, 2, 7, 8)]
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
@@ -223,6 +224,8 @@ def test_every_way_a_planned_conv_can_run_equals_the_reference(case, relu, with_
         if (k == 3 and shuffle == 1 and dilation == 1 and cin == cout and cin // groups in (1, 4)
                 and (groups == cin or cin % 16 == 0) and native.unavailable_reason() is None):
             assert "groupconv depthwise" in candidates
+        if cin <= 4 and groups == 1 and dilation == 1 and native.unavailable_reason() is None:
+            assert "groupconv first-layer conv" in candidates
         for name, run in candidates.items():
             torch.testing.assert_close(run(x, residual), expected, rtol=1e-4, atol=1e-4, msg=name)
         torch.testing.assert_close(planned(x, residual), expected, rtol=1e-4, atol=1e-4)
@@ -253,6 +256,29 @@ def test_optimized_models_plan_their_pools_and_classifier():
     optimized = optimize_for_inference(model, torch.randn(1, 3, 64, 64))
     planned = [type(m).__name__ for m in optimized.modules() if isinstance(m, PlannedMaxPool | PlannedLinear)]
     assert sorted(planned) == ["PlannedLinear", "PlannedMaxPool"]
+
+
+def test_a_planned_first_conv_reads_an_image_as_it_comes_and_writes_channels_last():
+    torch.manual_seed(0)
+    conv = gnn.Conv2d(3, 24, 3, stride=2, padding=1).eval().requires_grad_(False).to(
+        memory_format=torch.channels_last)
+    image = torch.randn(2, 3, 17, 20)  # NCHW, as images come
+    expected = torch.nn.functional.conv2d(image, conv.weight, conv.bias, 2, 1).relu()
+    planned = PlannedConv(conv, relu=True)
+    with torch.inference_mode():
+        for name, run in planned.candidates(image, None).items():
+            out = run(image, None)
+            assert out.is_contiguous(memory_format=torch.channels_last), name
+            torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_an_input_only_planned_convs_read_is_not_converted():
+    model = with_statistics(models.create_model("shufflenet_g3_wd4", num_classes=10))
+    x = torch.randn(2, 3, 64, 64)
+    optimized = optimize_for_inference(model, x)
+    assert optimized.input_names == ("x",) and optimized.inputs_as_they_come == {"x"}
+    assert_same_as_eval(model, optimized, x)
+    assert_same_as_eval(model, optimized, x.contiguous(memory_format=torch.channels_last))
 
 
 def test_a_residual_onednn_cannot_add_is_added_after_the_conv():

@@ -538,3 +538,41 @@ def test_small_batch_linear_matches_torch(batch, in_features, out_features, dtyp
     tolerance = {torch.float32: 1e-4, torch.float64: 1e-12}[dtype]
     torch.testing.assert_close(native.load().linear_small_batch(x, w, b), F.linear(x, w, b), rtol=tolerance,
                                atol=tolerance)
+
+
+# (in channels, out channels, kernel, stride, padding, size): an image's 3 channels into ShuffleNet's 24 and
+# MobileNet's 32 first channels, strides, paddings, kernels wider than 3, output channels off the vector width.
+FEW_CHANNELS_CASES = [(3, 24, 3, 2, 1, (23, 18)), (3, 32, 3, 2, 1, (16, 16)), (1, 5, 5, 1, 2, (9, 13)),
+                      (4, 64, (3, 2), (1, 2), (1, 0), (11, 12)), (2, 17, 7, 2, 3, (19, 21)), (3, 8, 3, 1, 0, (3, 40))]
+
+
+@pytest.mark.parametrize("in_channels, out_channels, kernel, stride, padding, size", FEW_CHANNELS_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["NCHW", "channels_last"])
+def test_few_channel_conv_matches_torch_in_either_input_layout(in_channels, out_channels, kernel, stride, padding,
+                                                               size, dtype, layout):
+    if out_channels * dtype.itemsize > 4 * native.VECTOR_BYTES:
+        pytest.skip(f"{out_channels} output channels exceed 4 vectors of {dtype}")
+    generator = torch.Generator().manual_seed(in_channels * out_channels)
+    x = torch.randn(2, in_channels, *size, generator=generator, dtype=dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    kernel_size = (kernel, kernel) if isinstance(kernel, int) else kernel
+    w = torch.randn(out_channels, in_channels, *kernel_size, generator=generator, dtype=dtype)
+    b = torch.randn(out_channels, generator=generator, dtype=dtype)
+    pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
+    tolerance = {torch.float32: 1e-4, torch.float64: 1e-12}[dtype]
+    for bias, relu in ((b, True), (None, False)):
+        out = native.load().few_channels_conv_nhwc(x, w, bias, pair(stride), pair(padding), relu)
+        expected = F.conv2d(x, w, bias, stride, padding)
+        expected = expected.relu() if relu else expected
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_few_channel_conv_refuses_what_it_cannot_run():
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(RuntimeError, match="at most 64 output channels, got 65"):
+        native.load().few_channels_conv_nhwc(x, torch.randn(65, 3, 3, 3), None, [1, 1], [1, 1], False)
+    with pytest.raises(RuntimeError, match="weight .* expected"):
+        native.load().few_channels_conv_nhwc(x, torch.randn(8, 4, 3, 3), None, [1, 1], [1, 1], False)

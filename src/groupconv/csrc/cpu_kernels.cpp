@@ -687,6 +687,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("stop_memory_tracking", &stop_memory_tracking);
   m.def("max_pool2d_nhwc", &max_pool2d_nhwc);
   m.def("linear_small_batch", &linear_small_batch);
+  m.def("few_channels_conv_nhwc", &few_channels_conv_nhwc);
   m.def("run_settled_conv", &run_settled_conv);
   m.def("settle_conv_on_torch", &settle_conv_on_torch);
   m.def("settle_conv_on_runner", &settle_conv_on_runner);

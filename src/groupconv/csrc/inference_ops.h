@@ -13,3 +13,10 @@ at::Tensor max_pool2d_nhwc(const at::Tensor& input, at::IntArrayRef kernel_size,
 // input (M, K) @ weight (N, K)^T + bias, for a small M (a classifier's batch): each row of the weight read once, the
 // rows split between the threads.
 at::Tensor linear_small_batch(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
+
+// relu(conv2d(input, weight, bias, stride, padding)) (the ReLU where `relu`) for an input of few channels (a
+// network's first conv, on an image: 3 channels), read in whatever layout it comes (NCHW, as images arrive, or
+// channels_last), the output channels_last. groups 1, dilation 1.
+at::Tensor few_channels_conv_nhwc(const at::Tensor& input, const at::Tensor& weight,
+                                  const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, bool relu);

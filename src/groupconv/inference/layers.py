@@ -10,14 +10,19 @@ from torch import Tensor
 
 from ..nn.base import GroupedConvMixin
 from ..ops.allocator import release_free_memory
-from ..ops.arguments import ConvArguments, check_conv_call_once, memory_format_of, output_size
+from ..ops.arguments import (ConvArguments, check_conv_call_once, memory_format_of, output_size,
+                             suggested_memory_format)
 from ..ops.backends import native
-from ..ops.backends.native.backend import runs_narrow
+from ..ops.backends.native.backend import VECTOR_BYTES, runs_narrow
 from ..ops.dispatch import ConvProblem, select_backend
 from ..ops.tuning.timing import median_seconds_interleaved
 
 # Timed runs of each way to run a layer when its input signature is first seen (the median is kept).
 PLAN_REPEATS = 5
+# The most input channels groupconv's first-layer conv kernel is offered for (an image's 3, or a few more), and the
+# most output vectors (its accumulators: 4 vector registers a pixel, 64 float32 channels).
+FEW_CHANNELS = 4
+FEW_CHANNELS_OUTPUT_VECTORS = 4
 # The largest batch groupconv's linear kernel is offered for: one pass over the weights serves the whole batch, which
 # wins at a classifier's batch 1 to 4 and loses to a matrix product's blocking at batch 32.
 LINEAR_MAX_BATCH = 8
@@ -84,6 +89,15 @@ def _native_narrow_runs(input: Tensor, weight: Tensor, arguments: ConvArguments)
     return (input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64) and input.dim() == 4
             and arguments.shuffle_groups == 1 and native.unavailable_reason() is None
             and runs_narrow("conv_forward", input, weight.shape, arguments))
+
+
+def _native_few_channels_runs(input: Tensor, weight: Tensor, arguments: ConvArguments) -> bool:
+    """Whether groupconv's conv for an input of few channels (csrc/inference_ops.cpp) runs the call: a network's
+    first conv on an image, in whatever layout the image comes."""
+    return (_native_floats(input) and input.dim() == 4 and arguments.groups == 1 and arguments.shuffle_groups == 1
+            and input.shape[1] <= FEW_CHANNELS
+            and weight.shape[0] * input.element_size() <= FEW_CHANNELS_OUTPUT_VECTORS * VECTOR_BYTES
+            and tuple(arguments.dilation) == (1, 1))
 
 
 def _onednn_runs(conv: torch.nn.Module, input: Tensor, arguments: ConvArguments) -> bool:
@@ -158,6 +172,8 @@ class PlannedConv(torch.nn.Module):
             candidates["groupconv 1x1 fused"] = self._native_pointwise(arguments)
         if _native_narrow_runs(input, conv.weight, arguments):
             candidates["groupconv depthwise"] = self._native_narrow(arguments)
+        if _native_few_channels_runs(input, conv.weight, arguments):
+            candidates["groupconv first-layer conv"] = self._native_few_channels(arguments)
         if _onednn_runs(conv, input, arguments) and adds:
             candidates["onednn"] = self._onednn(arguments, conv.weight)
             packed = torch.ops.mkldnn._reorder_convolution_weight(
@@ -168,14 +184,20 @@ class PlannedConv(torch.nn.Module):
 
     def _dispatched(self, input: Tensor, arguments: ConvArguments) -> Callable:
         conv, relu = self.conv, self.relu
+        # A contiguous input of a channels_last weight (an image the model's first conv reads as it comes) is
+        # converted first, as groupconv's and torch's convs do: the layers after it then stay channels_last.
+        memory_format = memory_format_of(input)
+        if memory_format == torch.contiguous_format and input.dim() == 4:
+            memory_format = suggested_memory_format(conv.weight)
+        input = input.contiguous(memory_format=memory_format)
         problem = ConvProblem.build("conv_forward", input.shape, conv.weight.shape, arguments, input,
                                     has_bias=conv.bias is not None)
         backend = select_backend(problem, lambda b: b.conv_forward(input, conv.weight, conv.bias, arguments))
-        memory_format = memory_format_of(input)
         weight, bias = conv.weight, conv.bias
 
         def run(x: Tensor, residual: Optional[Tensor]) -> Tensor:
-            output = backend.conv_forward(x, weight, bias, arguments).contiguous(memory_format=memory_format)
+            output = backend.conv_forward(x.contiguous(memory_format=memory_format), weight, bias,
+                                          arguments).contiguous(memory_format=memory_format)
             return apply_epilogue(output, relu, residual, None)
 
         return run
@@ -196,6 +218,19 @@ class PlannedConv(torch.nn.Module):
 
         def run(x: Tensor, residual: Optional[Tensor]) -> Tensor:
             return apply_epilogue(kernel(x, weight, bias, stride, padding), relu, residual, None)
+
+        return run
+
+    def _native_few_channels(self, arguments: ConvArguments) -> Callable:
+        # An image's 3 channels: oneDNN takes 270 us for ShuffleNet's first conv at batch 1 (after the image's
+        # conversion to channels_last, which this kernel does not need), this kernel 210.
+        kernel, weight, bias, relu = native.load().few_channels_conv_nhwc, self.conv.weight, self.conv.bias, self.relu
+        stride, padding = list(arguments.stride), [int(p) for p in arguments.padding]
+
+        def run(x: Tensor, residual: Optional[Tensor]) -> Tensor:
+            if residual is None:
+                return kernel(x, weight, bias, stride, padding, relu)
+            return apply_epilogue(kernel(x, weight, bias, stride, padding, False), relu, residual, None)
 
         return run
 

@@ -9,7 +9,9 @@ The steps, each kept because it measured faster (docs/inference.md has the numbe
 4. Every groupconv conv layer becomes a PlannedConv: the dispatcher's choice for the example input's shapes is made
    now, and each call runs the chosen kernel directly. Max pooling and linear layers (torch.nn.MaxPool2d and
    torch.nn.Linear) likewise run the faster of torch's kernel and groupconv's (PlannedMaxPool, PlannedLinear).
-5. Weights and activations stay channels_last, the input converted once; forwards run under torch.inference_mode.
+5. Weights and activations stay channels_last, the input converted once (an input read only by planned convs, such
+   as an image read by the first conv, is left as it comes: they read any layout); forwards run under
+   torch.inference_mode.
 6. Each input signature runs on torch's threads or on one, whichever its first forwards measure faster.
 7. The process keeps freed memory for the next allocations (groupconv.ops.allocator), as ONNX Runtime's and
    OpenVINO's arenas do: a forward's large tensors then cost no page faults after the first call.
@@ -54,12 +56,16 @@ class InferenceModel(torch.nn.Module):
     moved from a depthwise conv to the 1x1 conv after it; `traced`: whether the model traced into a graph (else it
     runs as it was, in the chosen layout and inference mode); `opaque_modules`: the submodules left as they were
     because they did not trace; `threads_chosen`: per input signature (the tensors' shapes, dtypes and devices and
-    torch's thread count), the threads its forwards run on."""
+    torch's thread count), the threads its forwards run on; `inputs_as_they_come`: the names of the forward's
+    arguments left in their layout (read only by planned convs, which take any)."""
 
     def __init__(self, model: torch.nn.Module, memory_format: torch.memory_format, traced: bool,
                  folded_batch_norms: int, opaque_modules: Sequence[str], moved_shuffles: int = 0,
-                 choose_threads: bool = True):
+                 choose_threads: bool = True, input_names: Sequence[str] = (),
+                 inputs_as_they_come: Sequence[str] = ()):
         super().__init__()
+        self.input_names = tuple(input_names)  # the forward's argument names, in order (where the model traced)
+        self.inputs_as_they_come = frozenset(inputs_as_they_come)
         self.model = model
         self.memory_format = memory_format
         self.traced = traced
@@ -69,14 +75,16 @@ class InferenceModel(torch.nn.Module):
         self.choose_threads = choose_threads
         self.threads_chosen: dict[tuple, int] = {}
 
-    def _converted(self, value):
-        if isinstance(value, torch.Tensor) and value.dim() == 4 and self.memory_format != torch.contiguous_format:
+    def _converted(self, value, name: str | None):
+        if (isinstance(value, torch.Tensor) and value.dim() == 4 and self.memory_format != torch.contiguous_format
+                and name not in self.inputs_as_they_come):
             return value.contiguous(memory_format=self.memory_format)
         return value
 
     def forward(self, *args, **kwargs):
-        args = [self._converted(a) for a in args]
-        kwargs = {key: self._converted(value) for key, value in kwargs.items()}
+        names = self.input_names
+        args = [self._converted(a, names[i] if i < len(names) else None) for i, a in enumerate(args)]
+        kwargs = {key: self._converted(value, key) for key, value in kwargs.items()}
         available = torch.get_num_threads()
         with torch.inference_mode():
             if not self.choose_threads or available == 1:
@@ -179,6 +187,22 @@ def _plan_pools_and_linears(graph_module: fx.GraphModule, opaque_modules: set[st
             setattr(graph_module.get_submodule(parent), name, planned(module))
 
 
+def _inputs(graph_module: fx.GraphModule) -> tuple[list[str], list[str]]:
+    """The graph's inputs (its forward's argument names, in order), and those that only planned convs read (which
+    take any layout: an image read by the first conv is then not converted to channels_last first)."""
+    names, as_they_come = [], []
+    for node in graph_module.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        names.append(node.target)
+        if node.users and all(user.op == "call_module" and user.args and user.args[0] is node
+                              and node not in user.args[1:] and node not in user.kwargs.values()
+                              and isinstance(graph_module.get_submodule(user.target), PlannedConv)
+                              for user in node.users):
+            as_they_come.append(node.target)
+    return names, as_they_come
+
+
 def _same_outputs(expected, actual) -> bool:
     if isinstance(expected, torch.Tensor):
         if not isinstance(actual, torch.Tensor) or expected.shape != actual.shape:
@@ -231,7 +255,9 @@ def optimize_for_inference(model: torch.nn.Module, example_inputs, *, channels_l
             _plan_convs(prepared, opaque)
             _plan_pools_and_linears(prepared, opaque)
     prepared = prepared.to(memory_format=memory_format)
-    result = InferenceModel(prepared, memory_format, traced is not None, folded, sorted(opaque), moved, choose_threads)
+    input_names, as_they_come = _inputs(prepared) if traced is not None else ((), ())
+    result = InferenceModel(prepared, memory_format, traced is not None, folded, sorted(opaque), moved, choose_threads,
+                            input_names, as_they_come)
     with torch.inference_mode():
         expected = reference(*inputs)
     if traced is not None and not _same_outputs(expected, result(*inputs)):
