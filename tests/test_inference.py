@@ -13,7 +13,7 @@ import groupconv
 import groupconv.nn as gnn
 from groupconv import models
 from groupconv.cli import main
-from groupconv.inference import (ConvEpilogue, InferenceModel, PlannedConv, PlannedLinear, PlannedMaxPool,
+from groupconv.inference import (ConvEpilogue, InferenceModel, PlannedConv, PlannedLinear, PlannedPool,
                                  optimize_for_inference)
 from groupconv.inference.layers import LINEAR_MAX_BATCH
 from groupconv.benchmarks.inference import InferenceResult, summary
@@ -233,19 +233,22 @@ def test_every_way_a_planned_conv_can_run_equals_the_reference(case, relu, with_
 
 @pytest.mark.parametrize("layer, shape", [
     (torch.nn.MaxPool2d(3, 2, 1), (1, 24, 15, 14)), (torch.nn.MaxPool2d((3, 2), (2, 1), ceil_mode=True), (3, 40, 9, 8)),
-    (torch.nn.MaxPool2d(2), (2, 5, 7, 7)), (torch.nn.Linear(37, 11), (1, 37)), (torch.nn.Linear(16, 1000), (4, 16)),
+    (torch.nn.MaxPool2d(2), (2, 5, 7, 7)), (torch.nn.AvgPool2d(3, 2, 1), (1, 24, 15, 14)),
+    (torch.nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False), (3, 40, 10, 9)),
+    (torch.nn.AvgPool2d((2, 3), 1, (1, 1)), (2, 19, 6, 7)), (torch.nn.Linear(37, 11), (1, 37)), (torch.nn.Linear(16, 1000), (4, 16)),
     (torch.nn.Linear(8, 3, bias=False), (12, 8))])
 def test_every_way_a_planned_pool_or_linear_can_run_equals_torchs(layer, shape):
     torch.manual_seed(0)
     x = torch.randn(shape)
     if x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    planned = PlannedMaxPool(layer) if isinstance(layer, torch.nn.MaxPool2d) else PlannedLinear(layer)
+    planned = PlannedLinear(layer) if isinstance(layer, torch.nn.Linear) else PlannedPool(layer)
     with torch.inference_mode():
         expected = layer(x)
         ways = planned.candidates(x)
         # groupconv's linear kernel only for a small batch
-        assert ("groupconv" in ways) == (native.unavailable_reason() is None and shape[0] <= LINEAR_MAX_BATCH)
+        assert ("groupconv" in ways) == (native.unavailable_reason() is None
+                                         and (x.dim() == 4 or shape[0] <= LINEAR_MAX_BATCH))
         for name, run in ways.items():
             torch.testing.assert_close(run(x), expected, rtol=1e-5, atol=1e-5, msg=name)
         torch.testing.assert_close(planned(x), expected, rtol=1e-5, atol=1e-5)
@@ -254,8 +257,10 @@ def test_every_way_a_planned_pool_or_linear_can_run_equals_torchs(layer, shape):
 def test_optimized_models_plan_their_pools_and_classifier():
     model = with_statistics(models.create_model("shufflenet_g3_wd4", num_classes=10))
     optimized = optimize_for_inference(model, torch.randn(1, 3, 64, 64))
-    planned = [type(m).__name__ for m in optimized.modules() if isinstance(m, PlannedMaxPool | PlannedLinear)]
-    assert sorted(planned) == ["PlannedLinear", "PlannedMaxPool"]
+    planned = [type(m.pool if isinstance(m, PlannedPool) else m.linear).__name__ for m in optimized.modules()
+               if isinstance(m, PlannedPool | PlannedLinear)]
+    # (the first pool, each downsampling unit's average pool, the classifier)
+    assert sorted(planned) == ["AvgPool2d"] * 3 + ["Linear", "MaxPool2d"]
 
 
 def test_a_planned_first_conv_reads_an_image_as_it_comes_and_writes_channels_last():

@@ -514,6 +514,22 @@ def test_channels_last_max_pooling_matches_torch(channels, kernel, stride, paddi
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("channels, kernel, stride, padding, ceil_mode, size", MAX_POOL_CASES)
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channels_last_average_pooling_matches_torch(channels, kernel, stride, padding, ceil_mode, size,
+                                                     count_include_pad, dtype):
+    generator = torch.Generator().manual_seed(channels)
+    x = torch.randn(2, channels, *size, generator=generator, dtype=dtype).contiguous(
+        memory_format=torch.channels_last)
+    pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
+    out = native.load().avg_pool2d_nhwc(x, pair(kernel), pair(stride), pair(padding), ceil_mode, count_include_pad)
+    expected = F.avg_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    tolerance = {torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
+    torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
+
+
 def test_channels_last_max_pooling_propagates_nans_and_refuses_other_layouts():
     x = torch.randn(1, 24, 6, 6).contiguous(memory_format=torch.channels_last)
     x[0, 3, 2, 2] = float("nan")

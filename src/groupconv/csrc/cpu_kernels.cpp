@@ -660,7 +660,7 @@ at::Tensor to_memory_format(const at::Tensor& input, bool channels_last) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "groupconv's native CPU kernels: narrow-group and depthwise convolution with a fused channel shuffle; "
             "channel shuffle; batch normalisation fused with a residual add and ReLU; pointwise and narrow-group "
-            "convolution in channels_last; max pooling and a small-batch linear layer for inference; settled conv "
+            "convolution in channels_last; pooling, a first-layer conv and a small-batch linear layer for inference; settled conv "
             "calls";
   m.def("conv_forward", &forward);
   m.def("conv_backward_input", &backward_input);
@@ -686,6 +686,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("start_memory_tracking", &start_memory_tracking);
   m.def("stop_memory_tracking", &stop_memory_tracking);
   m.def("max_pool2d_nhwc", &max_pool2d_nhwc);
+  m.def("avg_pool2d_nhwc", &avg_pool2d_nhwc);
   m.def("linear_small_batch", &linear_small_batch);
   m.def("few_channels_conv_nhwc", &few_channels_conv_nhwc);
   m.def("run_settled_conv", &run_settled_conv);

@@ -1,9 +1,9 @@
 // Small inference-time ops for CPU (see inference_ops.h).
 //
-// Max pooling: torch's channels_last max_pool2d computes the indices too and vectorises poorly over few channels:
-// ShuffleNet's first pool (24 channels, 112x112 -> 56x56) took about 250 us at batch 1, where reading its 1.2 MB
-// takes 40. Here each output pixel's channels are a short loop the compiler vectorises, the rows split between the
-// threads.
+// Pooling: torch's channels_last max_pool2d computes the indices too and vectorises poorly over few channels:
+// ShuffleNet's first pool (24 channels, 112x112 -> 56x56) took about 150 us at batch 1, where reading its 1.2 MB
+// takes 40. Here each output pixel's channels are summed or compared a vector at a time in registers, the rows split
+// between the threads; average pooling the same way.
 //
 // A network's first conv reads an image of 3 channels: oneDNN takes 300-400 us for ShuffleNet's (3 -> 24, 3x3,
 // stride 2, 224x224) at batch 1, 16 M multiply-adds, after the image's conversion to channels_last (100 us). Here
@@ -46,42 +46,57 @@ inline V<T> load(const T* source) {
   return v;
 }
 
-// The maximum over a window of one vector (or half vector) of channels at `offset`, held in a register.
-template <typename W, typename T>
-inline void max_pool_vector(const T* x, T* out, int64_t offset, int64_t c, int64_t n, int64_t ih, int64_t iw,
-                            int64_t y0, int64_t y1, int64_t x0, int64_t x1) {
-  W m = W{} - std::numeric_limits<T>::infinity();
+// The maximum (MAX) or the sum times `scale` over a window of one vector (or half vector) of channels at `offset`,
+// held in a register.
+template <bool MAX, typename W, typename T>
+inline void pool_vector(const T* x, T* out, int64_t offset, int64_t c, int64_t n, int64_t ih, int64_t iw, int64_t y0,
+                        int64_t y1, int64_t x0, int64_t x1, T scale) {
+  W m = MAX ? W{} - std::numeric_limits<T>::infinity() : W{};
   for (int64_t iy = y0; iy < y1; ++iy)
     for (int64_t ix = x0; ix < x1; ++ix) {
       W v;
       std::memcpy(&v, x + ((n * ih + iy) * iw + ix) * c + offset, sizeof(v));
-      m = (v > m) | (v != v) ? v : m;  // (a NaN, once taken, stays: nothing compares above it)
+      if constexpr (MAX)
+        m = (v > m) | (v != v) ? v : m;  // (a NaN, once taken, stays: nothing compares above it)
+      else
+        m += v;
     }
+  if constexpr (!MAX) m *= scale;
   std::memcpy(out + offset, &m, sizeof(m));
 }
 
-template <typename T>
-void max_pool_rows(const T* x, T* y, int64_t c, int64_t ih, int64_t iw, int64_t oh, int64_t ow, int64_t kh,
-                   int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t begin, int64_t end) {
+// Rows begin .. end of a max (MAX) or average pooling: each output pixel's channels a vector (then a half vector,
+// then one) at a time. `count_include_pad`: the average divides by the window's size within the padded input, else by
+// its size within the input.
+template <bool MAX, typename T>
+void pool_rows(const T* x, T* y, int64_t c, int64_t ih, int64_t iw, int64_t oh, int64_t ow, int64_t kh, int64_t kw,
+               int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool count_include_pad, int64_t begin, int64_t end) {
   constexpr int64_t L = Vector<T>::size;
   typedef T Half __attribute__((vector_size(Vector<T>::bytes / 2)));
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / oh, oy = row % oh;
-    const int64_t y0 = std::max<int64_t>(0, oy * sh - ph), y1 = std::min(ih, oy * sh - ph + kh);
+    const int64_t top = oy * sh - ph, padded_bottom = std::min(top + kh, ih + ph);
+    const int64_t y0 = std::max<int64_t>(0, top), y1 = std::min(ih, top + kh);
     for (int64_t ox = 0; ox < ow; ++ox) {
-      const int64_t x0 = std::max<int64_t>(0, ox * sw - pw), x1 = std::min(iw, ox * sw - pw + kw);
+      const int64_t left = ox * sw - pw, padded_right = std::min(left + kw, iw + pw);
+      const int64_t x0 = std::max<int64_t>(0, left), x1 = std::min(iw, left + kw);
+      const int64_t count = count_include_pad ? (padded_bottom - top) * (padded_right - left) : (y1 - y0) * (x1 - x0);
+      const T scale = T(1) / T(count);
       T* out = y + ((n * oh + oy) * ow + ox) * c;
       int64_t k = 0;
-      for (; k + L <= c; k += L) max_pool_vector<V<T>>(x, out, k, c, n, ih, iw, y0, y1, x0, x1);
-      for (; k + L / 2 <= c; k += L / 2) max_pool_vector<Half>(x, out, k, c, n, ih, iw, y0, y1, x0, x1);
+      for (; k + L <= c; k += L) pool_vector<MAX, V<T>>(x, out, k, c, n, ih, iw, y0, y1, x0, x1, scale);
+      for (; k + L / 2 <= c; k += L / 2) pool_vector<MAX, Half>(x, out, k, c, n, ih, iw, y0, y1, x0, x1, scale);
       for (; k < c; ++k) {
-        T m = -std::numeric_limits<T>::infinity();
+        T m = MAX ? -std::numeric_limits<T>::infinity() : T(0);
         for (int64_t iy = y0; iy < y1; ++iy)
           for (int64_t ix = x0; ix < x1; ++ix) {
             const T v = x[((n * ih + iy) * iw + ix) * c + k];
-            m = (v > m || v != v) ? v : m;
+            if constexpr (MAX)
+              m = (v > m || v != v) ? v : m;
+            else
+              m += v;
           }
-        out[k] = m;
+        out[k] = MAX ? m : m * scale;
       }
     }
   }
@@ -176,33 +191,47 @@ inline void few_channels_pixels(const T* x, const int64_t* xs, const T* packed, 
 
 }  // namespace
 
-at::Tensor max_pool2d_nhwc(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                           at::IntArrayRef padding, bool ceil_mode) {
-  TORCH_CHECK(input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "max_pool2d_nhwc: input must be a channels_last 4-D tensor, got sizes ", input.sizes(), " strides ",
-              input.strides());
-  TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2,
-              "max_pool2d_nhwc: kernel_size, stride and padding need 2 values each");
-  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0 && stride[0] > 0 && stride[1] > 0,
-              "max_pool2d_nhwc: kernel_size ", kernel_size, " and stride ", stride, " must be positive");
+namespace {
+
+template <bool MAX>
+at::Tensor pool2d_nhwc(const char* name, const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                       at::IntArrayRef padding, bool ceil_mode, bool count_include_pad) {
+  TORCH_CHECK(input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast), name,
+              ": input must be a channels_last 4-D tensor, got sizes ", input.sizes(), " strides ", input.strides());
+  TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2, name,
+              ": kernel_size, stride and padding need 2 values each");
+  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0 && stride[0] > 0 && stride[1] > 0, name, ": kernel_size ",
+              kernel_size, " and stride ", stride, " must be positive");
   TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0 && 2 * padding[0] <= kernel_size[0] &&
                   2 * padding[1] <= kernel_size[1],
-              "max_pool2d_nhwc: padding ", padding, " must be between 0 and half the kernel size ", kernel_size);
+              name, ": padding ", padding, " must be between 0 and half the kernel size ", kernel_size);
   const int64_t n = input.size(0), c = input.size(1), ih = input.size(2), iw = input.size(3);
   const int64_t oh = pooled_size(ih, kernel_size[0], stride[0], padding[0], ceil_mode),
                 ow = pooled_size(iw, kernel_size[1], stride[1], padding[1], ceil_mode);
-  TORCH_CHECK(oh > 0 && ow > 0, "max_pool2d_nhwc: the output of input ", input.sizes(), " would be empty");
+  TORCH_CHECK(oh > 0 && ow > 0, name, ": the output of input ", input.sizes(), " would be empty");
   at::Tensor output = at::empty({n, c, oh, ow}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "groupconv_max_pool2d_nhwc", [&] {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "groupconv_pool2d_nhwc", [&] {
     const scalar_t* x = input.data_ptr<scalar_t>();
     scalar_t* y = output.data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, ow * c * kernel_size[0] * kernel_size[1]));
     at::parallel_for(0, n * oh, grain, [&](int64_t begin, int64_t end) {
-      max_pool_rows(x, y, c, ih, iw, oh, ow, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0],
-                    padding[1], begin, end);
+      pool_rows<MAX>(x, y, c, ih, iw, oh, ow, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0],
+                     padding[1], count_include_pad, begin, end);
     });
   });
   return output;
+}
+
+}  // namespace
+
+at::Tensor max_pool2d_nhwc(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                           at::IntArrayRef padding, bool ceil_mode) {
+  return pool2d_nhwc<true>("max_pool2d_nhwc", input, kernel_size, stride, padding, ceil_mode, false);
+}
+
+at::Tensor avg_pool2d_nhwc(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                           at::IntArrayRef padding, bool ceil_mode, bool count_include_pad) {
+  return pool2d_nhwc<false>("avg_pool2d_nhwc", input, kernel_size, stride, padding, ceil_mode, count_include_pad);
 }
 
 at::Tensor linear_small_batch(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {

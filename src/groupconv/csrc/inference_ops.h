@@ -10,6 +10,11 @@
 at::Tensor max_pool2d_nhwc(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                            at::IntArrayRef padding, bool ceil_mode);
 
+// Average pooling of a channels_last (N, C, H, W) input, the output channels_last: torch's avg_pool2d(input,
+// kernel_size, stride, padding, ceil_mode, count_include_pad) without a divisor override.
+at::Tensor avg_pool2d_nhwc(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                           at::IntArrayRef padding, bool ceil_mode, bool count_include_pad);
+
 // input (M, K) @ weight (N, K)^T + bias, for a small M (a classifier's batch): each row of the weight read once, the
 // rows split between the threads.
 at::Tensor linear_small_batch(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);

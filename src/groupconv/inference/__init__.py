@@ -3,7 +3,8 @@ throughout, each conv's, pool's and linear layer's kernel chosen once for the ex
 example_inputs)`; docs/inference.md says what each step brings.
 """
 
-from .layers import ConvEpilogue, PlannedConv, PlannedLinear, PlannedMaxPool
+from .layers import ConvEpilogue, PlannedConv, PlannedLinear, PlannedPool
 from .optimize import InferenceModel, optimize_for_inference
 
-__all__ = ["ConvEpilogue", "InferenceModel", "PlannedConv", "PlannedLinear", "PlannedMaxPool", "optimize_for_inference"]
+__all__ = ["ConvEpilogue", "InferenceModel", "PlannedConv", "PlannedLinear", "PlannedPool",
+           "optimize_for_inference"]

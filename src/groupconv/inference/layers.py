@@ -282,12 +282,12 @@ class PlannedLayer(torch.nn.Module):
         return f"chosen: {', '.join(sorted(set(self._chosen.values()))) or 'none yet'}"
 
 
-class PlannedMaxPool(PlannedLayer):
-    """A torch.nn.MaxPool2d that runs the faster of torch's pooling and groupconv's channels_last one
+class PlannedPool(PlannedLayer):
+    """A torch.nn.MaxPool2d or AvgPool2d that runs the faster of torch's pooling and groupconv's channels_last one
     (csrc/inference_ops.cpp: no indices computed, the channels of each output pixel in vector registers; ShuffleNet's
     first pool at batch 1, 24 channels at 112x112: 68 us against 149)."""
 
-    def __init__(self, pool: torch.nn.MaxPool2d):
+    def __init__(self, pool: torch.nn.MaxPool2d | torch.nn.AvgPool2d):
         super().__init__()
         self.pool = pool
 
@@ -296,11 +296,16 @@ class PlannedMaxPool(PlannedLayer):
         pool = self.pool
         kernel_size, stride, padding = (_pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size),
                                         _pair(pool.padding))
-        if (_native_floats(input) and input.dim() == 4 and memory_format_of(input) == torch.channels_last
-                and _pair(pool.dilation) == [1, 1] and not pool.return_indices
+        if not (_native_floats(input) and input.dim() == 4 and memory_format_of(input) == torch.channels_last
                 and all(0 <= 2 * p <= k for p, k in zip(padding, kernel_size))):
-            kernel, ceil_mode = native.load().max_pool2d_nhwc, pool.ceil_mode
+            return ways
+        ceil_mode = pool.ceil_mode
+        if isinstance(pool, torch.nn.MaxPool2d) and _pair(pool.dilation) == [1, 1] and not pool.return_indices:
+            kernel = native.load().max_pool2d_nhwc
             ways["groupconv"] = lambda x: kernel(x, kernel_size, stride, padding, ceil_mode)
+        elif isinstance(pool, torch.nn.AvgPool2d) and pool.divisor_override is None:
+            kernel, count_include_pad = native.load().avg_pool2d_nhwc, pool.count_include_pad
+            ways["groupconv"] = lambda x: kernel(x, kernel_size, stride, padding, ceil_mode, count_include_pad)
         return ways
 
 

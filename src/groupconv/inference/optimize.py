@@ -7,8 +7,8 @@ The steps, each kept because it measured faster (docs/inference.md has the numbe
 3. A channel shuffle read by a depthwise conv moves to the 1x1 conv after it, whose kernel makes it by the order of
    its reads (shuffles.py).
 4. Every groupconv conv layer becomes a PlannedConv: the dispatcher's choice for the example input's shapes is made
-   now, and each call runs the chosen kernel directly. Max pooling and linear layers (torch.nn.MaxPool2d and
-   torch.nn.Linear) likewise run the faster of torch's kernel and groupconv's (PlannedMaxPool, PlannedLinear).
+   now, and each call runs the chosen kernel directly. Pooling and linear layers (torch.nn.MaxPool2d, AvgPool2d and
+   Linear) likewise run the faster of torch's kernel and groupconv's (PlannedPool, PlannedLinear).
 5. Weights and activations stay channels_last, the input converted once (an input read only by planned convs, such
    as an image read by the first conv, is left as it comes: they read any layout); forwards run under
    torch.inference_mode.
@@ -34,7 +34,7 @@ from ..nn.base import GroupedConvMixin
 from ..ops.allocator import keep_freed_memory as keep_freed_memory_in_process, release_free_memory
 from ..ops.tuning.timing import median_seconds_interleaved
 from .folding import fold_batch_norms
-from .layers import ConvEpilogue, PlannedConv, PlannedLinear, PlannedMaxPool
+from .layers import ConvEpilogue, PlannedConv, PlannedLinear, PlannedPool
 from .shuffles import move_shuffles_to_pointwise_reads
 from .tracing import trace
 
@@ -169,13 +169,14 @@ def _plan_convs(graph_module: fx.GraphModule, opaque_modules: set[str]) -> None:
     graph_module.recompile()
 
 
-# The layers whose forward PlannedMaxPool and PlannedLinear take over: these classes exactly (a subclass may change
+# The layers whose forward PlannedPool and PlannedLinear take over: these classes exactly (a subclass may change
 # what its forward does).
-_PLANNED_LAYERS = {torch.nn.MaxPool2d: PlannedMaxPool, torch.nn.Linear: PlannedLinear}
+_PLANNED_LAYERS = {torch.nn.MaxPool2d: PlannedPool, torch.nn.AvgPool2d: PlannedPool,
+                   torch.nn.Linear: PlannedLinear}
 
 
 def _plan_pools_and_linears(graph_module: fx.GraphModule, opaque_modules: set[str]) -> None:
-    """Every torch.nn.MaxPool2d and torch.nn.Linear the graph calls becomes a PlannedMaxPool or PlannedLinear (in
+    """Every torch.nn.MaxPool2d, AvgPool2d and Linear the graph calls becomes a PlannedPool or PlannedLinear (in
     place)."""
     for node in graph_module.graph.nodes:
         if node.op != "call_module" or node.target in opaque_modules or len(node.args) != 1 or node.kwargs:
