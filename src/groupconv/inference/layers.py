@@ -1,5 +1,5 @@
 """The layers an optimised model runs: a conv whose backend was chosen once per input signature, what is left of a
-folded BatchNormAct2d, and max pooling and linear layers that run groupconv's kernels where those measure faster."""
+folded BatchNormAct2d, and pooling and linear layers that run groupconv's kernels where those measure faster."""
 
 from __future__ import annotations
 
@@ -86,8 +86,7 @@ def _native_pointwise_runs(input: Tensor, weight: Tensor, arguments: ConvArgumen
 def _native_narrow_runs(input: Tensor, weight: Tensor, arguments: ConvArguments) -> bool:
     """Whether groupconv's channels_last depthwise and narrow-group kernel (csrc/narrow_nhwc.cpp) runs the call as
     it is: a float CPU input within the kernel's limits, no fused shuffle, the native kernels built."""
-    return (input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64) and input.dim() == 4
-            and arguments.shuffle_groups == 1 and native.unavailable_reason() is None
+    return (_native_floats(input) and input.dim() == 4 and arguments.shuffle_groups == 1
             and runs_narrow("conv_forward", input, weight.shape, arguments))
 
 
@@ -214,7 +213,7 @@ class PlannedConv(torch.nn.Module):
         # pays 30-40 us a call whatever its size (ShuffleNet's 7x7 and 14x14 depthwise convs at batch 1: 33-35 us
         # against 10 us here).
         kernel, weight, bias, relu = native.load().narrow_forward_nhwc, self.conv.weight, self.conv.bias, self.relu
-        stride, padding = list(arguments.stride), list(arguments.padding)
+        stride, padding = list(arguments.stride), [int(p) for p in arguments.padding]
 
         def run(x: Tensor, residual: Optional[Tensor]) -> Tensor:
             return apply_epilogue(kernel(x, weight, bias, stride, padding), relu, residual, None)

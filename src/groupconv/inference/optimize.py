@@ -9,9 +9,8 @@ The steps, each kept because it measured faster (docs/inference.md has the numbe
 4. Every groupconv conv layer becomes a PlannedConv: the dispatcher's choice for the example input's shapes is made
    now, and each call runs the chosen kernel directly. Pooling and linear layers (torch.nn.MaxPool2d, AvgPool2d and
    Linear) likewise run the faster of torch's kernel and groupconv's (PlannedPool, PlannedLinear).
-5. Weights and activations stay channels_last, the input converted once (an input read only by planned convs, such
-   as an image read by the first conv, is left as it comes: they read any layout); forwards run under
-   torch.inference_mode.
+5. Weights and activations stay channels_last, the input converted once (an image that only planned convs read is
+   left as it comes: the first conv's kernel reads either layout); forwards run under torch.inference_mode.
 6. Each input signature runs on torch's threads or on one, whichever its first forwards measure faster.
 7. The process keeps freed memory for the next allocations (groupconv.ops.allocator), as ONNX Runtime's and
    OpenVINO's arenas do: a forward's large tensors then cost no page faults after the first call.
@@ -34,7 +33,7 @@ from ..nn.base import GroupedConvMixin
 from ..ops.allocator import keep_freed_memory as keep_freed_memory_in_process, release_free_memory
 from ..ops.tuning.timing import median_seconds_interleaved
 from .folding import fold_batch_norms
-from .layers import ConvEpilogue, PlannedConv, PlannedLinear, PlannedPool
+from .layers import FEW_CHANNELS, ConvEpilogue, PlannedConv, PlannedLinear, PlannedPool
 from .shuffles import move_shuffles_to_pointwise_reads
 from .tracing import trace
 
@@ -188,14 +187,18 @@ def _plan_pools_and_linears(graph_module: fx.GraphModule, opaque_modules: set[st
             setattr(graph_module.get_submodule(parent), name, planned(module))
 
 
-def _inputs(graph_module: fx.GraphModule) -> tuple[list[str], list[str]]:
-    """The graph's inputs (its forward's argument names, in order), and those that only planned convs read (which
-    take any layout: an image read by the first conv is then not converted to channels_last first)."""
+def _inputs(graph_module: fx.GraphModule, example_inputs: Sequence) -> tuple[list[str], list[str]]:
+    """The graph's inputs (its forward's argument names, in order), and those left in the layout they come in: an
+    image (at most FEW_CHANNELS channels in `example_inputs`) that only planned convs read, whose first-layer kernel
+    reads either layout, is not converted to channels_last first."""
     names, as_they_come = [], []
     for node in graph_module.graph.nodes:
         if node.op != "placeholder":
             continue
         names.append(node.target)
+        example = example_inputs[len(names) - 1] if len(names) <= len(example_inputs) else None
+        if not (isinstance(example, torch.Tensor) and example.dim() == 4 and example.shape[1] <= FEW_CHANNELS):
+            continue
         if node.users and all(user.op == "call_module" and user.args and user.args[0] is node
                               and node not in user.args[1:] and node not in user.kwargs.values()
                               and isinstance(graph_module.get_submodule(user.target), PlannedConv)
@@ -256,7 +259,7 @@ def optimize_for_inference(model: torch.nn.Module, example_inputs, *, channels_l
             _plan_convs(prepared, opaque)
             _plan_pools_and_linears(prepared, opaque)
     prepared = prepared.to(memory_format=memory_format)
-    input_names, as_they_come = _inputs(prepared) if traced is not None else ((), ())
+    input_names, as_they_come = _inputs(prepared, inputs) if traced is not None else ((), ())
     result = InferenceModel(prepared, memory_format, traced is not None, folded, sorted(opaque), moved, choose_threads,
                             input_names, as_they_come)
     with torch.inference_mode():
