@@ -223,7 +223,7 @@ def test_every_way_a_planned_conv_can_run_equals_the_reference(case, relu, with_
             assert "groupconv 1x1 fused" in candidates
         if (k == 3 and shuffle == 1 and dilation == 1 and cin == cout and cin // groups in (1, 4)
                 and (groups == cin or cin % 16 == 0) and native.unavailable_reason() is None):
-            assert "groupconv depthwise" in candidates
+            assert "groupconv narrow groups" in candidates
         if cin <= 4 and groups == 1 and dilation == 1 and native.unavailable_reason() is None:
             assert "groupconv first-layer conv" in candidates
         for name, run in candidates.items():

@@ -170,7 +170,7 @@ class PlannedConv(torch.nn.Module):
         if _native_pointwise_runs(input, conv.weight, arguments) and adds:
             candidates["groupconv 1x1 fused"] = self._native_pointwise(arguments)
         if _native_narrow_runs(input, conv.weight, arguments):
-            candidates["groupconv depthwise"] = self._native_narrow(arguments)
+            candidates["groupconv narrow groups"] = self._native_narrow(arguments)
         if _native_few_channels_runs(input, conv.weight, arguments):
             candidates["groupconv first-layer conv"] = self._native_few_channels(arguments)
         if _onednn_runs(conv, input, arguments) and adds:
