@@ -66,13 +66,12 @@ inline void pool_vector(const T* x, T* out, int64_t offset, int64_t c, int64_t n
 }
 
 // Rows begin .. end of a max (MAX) or average pooling: each output pixel's channels a vector (then a half vector,
-// then one) at a time. `count_include_pad`: the average divides by the window's size within the padded input, else by
+// then one at a time). `count_include_pad`: the average divides by the window's size within the padded input, else by
 // its size within the input.
 template <bool MAX, typename T>
 void pool_rows(const T* x, T* y, int64_t c, int64_t ih, int64_t iw, int64_t oh, int64_t ow, int64_t kh, int64_t kw,
                int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool count_include_pad, int64_t begin, int64_t end) {
   constexpr int64_t L = Vector<T>::size;
-  typedef T Half __attribute__((vector_size(Vector<T>::bytes / 2)));
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / oh, oy = row % oh;
     const int64_t top = oy * sh - ph, padded_bottom = std::min(top + kh, ih + ph);
@@ -85,7 +84,7 @@ void pool_rows(const T* x, T* y, int64_t c, int64_t ih, int64_t iw, int64_t oh, 
       T* out = y + ((n * oh + oy) * ow + ox) * c;
       int64_t k = 0;
       for (; k + L <= c; k += L) pool_vector<MAX, V<T>>(x, out, k, c, n, ih, iw, y0, y1, x0, x1, scale);
-      for (; k + L / 2 <= c; k += L / 2) pool_vector<MAX, Half>(x, out, k, c, n, ih, iw, y0, y1, x0, x1, scale);
+      for (; k + L / 2 <= c; k += L / 2) pool_vector<MAX, typename Half<T>::type>(x, out, k, c, n, ih, iw, y0, y1, x0, x1, scale);
       for (; k < c; ++k) {
         T m = MAX ? -std::numeric_limits<T>::infinity() : T(0);
         for (int64_t iy = y0; iy < y1; ++iy)

@@ -36,15 +36,6 @@
 
 namespace {
 
-// Half a vector register (an AVX2 register where Vector is an AVX-512 one): the last 8 floats of a row of outputs
-// whose width is an odd multiple of 8. A group of 24 output channels then takes a vector and a half, all lanes
-// real, instead of two vectors with a quarter of their lanes wasted (ShuffleNet g=8's 768 -> 192 conv).
-template <typename T>
-struct Half {
-  static constexpr int64_t size = Vector<T>::size / 2;
-  typedef T type __attribute__((vector_size(Vector<T>::bytes / 2)));
-};
-
 // The packed right-hand side: for each group, A rows of `padded` values (B of them real, the rest zero: whole
 // half vectors).
 template <typename T>

@@ -77,10 +77,9 @@ def _adds_exactly(residual: Tensor, input: Tensor, weight: Tensor, arguments: Co
 def _native_pointwise_runs(input: Tensor, weight: Tensor, arguments: ConvArguments) -> bool:
     """Whether groupconv's 1x1 kernel (csrc/pointwise.cpp) can run the call with its epilogue: a 1x1 conv, stride 1,
     no padding, on a channels_last float32 or float64 CPU input, the native kernels built."""
-    return (input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64) and input.dim() == 4
-            and memory_format_of(input) == torch.channels_last and tuple(weight.shape[2:]) == (1, 1)
-            and tuple(arguments.stride) == (1, 1) and tuple(arguments.padding) == (0, 0)
-            and native.unavailable_reason() is None)
+    return (_native_floats(input) and input.dim() == 4 and memory_format_of(input) == torch.channels_last
+            and tuple(weight.shape[2:]) == (1, 1) and tuple(arguments.stride) == (1, 1)
+            and tuple(arguments.padding) == (0, 0))
 
 
 def _native_narrow_runs(input: Tensor, weight: Tensor, arguments: ConvArguments) -> bool:

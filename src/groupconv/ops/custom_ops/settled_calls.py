@@ -87,11 +87,6 @@ def settled_path(spatial_dims: int, input, weight, bias, stride, padding, dilati
                                     shuffle_groups)
 
 
-def forget() -> None:
-    if _table is not None:
-        _table.forget_settled_convs()
-
-
 def _current_table():
     """The compiled library's table, emptied if the dispatcher's choices changed since its paths were settled; None
     without the library."""
