@@ -362,6 +362,47 @@ def test_one_and_two_threads_give_the_same_results_and_the_choice_is_reported():
     assert_same_as_eval(model, optimized, x)
 
 
+def planned_layer_calls(program: torch.nn.Module) -> int:
+    return sum(node.op == "call_module" and isinstance(program.get_submodule(node.target), PlannedConv | PlannedPool)
+               for node in program.graph.nodes)
+
+
+def test_each_input_signature_runs_a_straight_line_program():
+    """After an input signature's first forward, its forwards call each planned layer's kernel directly."""
+    torch.manual_seed(0)
+    model = with_statistics(models.create_model("shufflenet_g3_wd4", num_classes=10, small_input=True))
+    optimized = optimize_for_inference(model, torch.randn(2, 3, 16, 16))
+    for x in (torch.randn(2, 3, 16, 16), torch.randn(1, 3, 20, 20)):
+        assert_same_as_eval(model, optimized, x)
+        assert_same_as_eval(model, optimized, x * 3)  # the program's run
+    assert len(optimized._programs) == 2
+    for threads, program in optimized._programs.values():
+        assert planned_layer_calls(optimized.model) > 0 and planned_layer_calls(program) == 0
+
+
+class CropByValue(nn.Module):
+    """Crops its input's rows by an amount read from its values: torch.fx cannot trace it, so the layers after it
+    see shapes that the model's input signature does not fix."""
+
+    def forward(self, x):
+        return x[:, :, :-1] if x[0, 0, 0, 0] > 0 else x
+
+
+def test_a_program_step_given_another_shape_plans_for_it():
+    torch.manual_seed(0)
+    model = with_statistics(nn.Sequential(CropByValue(), gnn.Conv2d(3, 16, 1), gnn.BatchNormAct2d(16),
+                                          gnn.Conv2d(16, 16, 3, padding=1, groups=16), gnn.BatchNormAct2d(16),
+                                          nn.MaxPool2d(2)))
+    x = torch.randn(1, 3, 9, 8)
+    x[0, 0, 0, 0] = 1.0  # cropped to 8 rows; -x is not
+    optimized = optimize_for_inference(model, x)
+    assert optimized.opaque_modules == ("0",)
+    for sample in (x, -x, x, -x):
+        assert_same_as_eval(model, optimized, sample)
+    planned_shapes = [{key[0] for key in optimized.model.get_submodule(name)._plans} for name in ("1", "3", "5")]
+    assert [len(shapes) for shapes in planned_shapes] == [2, 2, 2]  # each layer planned for both
+
+
 def test_outputs_are_inference_tensors_and_the_model_is_untouched():
     torch.manual_seed(0)
     model = with_statistics(groupconv.accelerate(user_model())).train()

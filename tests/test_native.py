@@ -381,6 +381,50 @@ def test_channels_last_depthwise_forward_takes_any_channel_count(channels, strid
                                              input_gradient=stride in ((1, 1), (2, 2)))
 
 
+@pytest.mark.parametrize("channels, per_group, stride, padding, size", [
+    (36, 1, (1, 1), (1, 1), (9, 10)), (120, 1, (2, 2), (1, 1), (7, 7)), (5, 1, (2, 1), (0, 1), (6, 13)),
+    (32, 4, (1, 1), (1, 1), (8, 9)), (48, 16, (2, 2), (1, 1), (11, 8)), (16, 1, (1, 2), (2, 0), (5, 17))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("relu", [False, True])
+def test_a_narrow_kernel_packed_once_matches_torch(channels, per_group, stride, padding, size, dtype, relu):
+    """NarrowKernel (narrow_nhwc.cpp's forward with its filters packed once and the ReLU applied as it writes), on
+    batches 1 and 2, depthwise with any channel count and narrow groups."""
+    if per_group * dtype.itemsize > native.VECTOR_BYTES:
+        pytest.skip(f"{per_group} channels per group exceed a vector of {dtype}")
+    generator = torch.Generator().manual_seed(channels * per_group + size[0])
+    w = torch.randn(channels, per_group, 3, 3, generator=generator, dtype=dtype)
+    b = torch.randn(channels, generator=generator, dtype=dtype)
+    kernel = native.load().NarrowKernel(w, b, list(stride), list(padding), relu)
+    for batch in (1, 2):
+        x = torch.randn(batch, channels, *size, generator=generator, dtype=dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
+        expected = F.conv2d(x, w, b, stride, padding, 1, channels // per_group)
+        actual = kernel(x)
+        assert actual.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(actual, expected.relu() if relu else expected)
+
+
+def test_a_narrow_kernel_packed_once_refuses_what_it_was_not_packed_for():
+    kernel_class = native.load().NarrowKernel
+    w = torch.randn(32, 4, 3, 3)
+    kernel = kernel_class(w, None, [1, 1], [1, 1], False)
+    with pytest.raises(RuntimeError, match="input must be a channels_last Float CPU tensor of 32 channels"):
+        kernel(torch.randn(1, 16, 5, 5).contiguous(memory_format=torch.channels_last))
+    with pytest.raises(RuntimeError, match="input must be a channels_last Float CPU tensor of 32 channels"):
+        kernel(torch.randn(1, 32, 5, 5))
+    with pytest.raises(RuntimeError, match="is smaller than the filter"):
+        kernel_class(w, None, [1, 1], [0, 0], False)(torch.randn(1, 32, 2, 2).contiguous(
+            memory_format=torch.channels_last))
+    with pytest.raises(RuntimeError, match="channels per group must be a power of two up to 16, got 3"):
+        kernel_class(torch.randn(48, 3, 3, 3), None, [1, 1], [1, 1], False)
+    with pytest.raises(RuntimeError, match="40 channels are not a multiple of 16"):
+        kernel_class(torch.randn(40, 4, 3, 3), None, [1, 1], [1, 1], False)
+    with pytest.raises(RuntimeError, match=r"stride must be \(sh, 1 or 2\), got \[1, 3\]"):
+        kernel_class(w, None, [1, 3], [1, 1], False)
+    with pytest.raises(RuntimeError, match="bias must be a vector of the weight's 32 channels"):
+        kernel_class(w, torch.randn(31), [1, 1], [1, 1], False)
+
+
 @pytest.mark.parametrize("channels, shuffle_groups, stride, size", [(96, 8, (1, 1), (9, 10)), (48, 3, (2, 2), (11, 8)),
                                                                    (32, 4, (2, 1), (6, 13))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

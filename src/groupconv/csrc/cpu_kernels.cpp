@@ -681,6 +681,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pointwise_backward_nhwc", &pointwise_backward_nhwc, py::arg("grad_output"), py::arg("input"),
         py::arg("weight"), py::arg("groups"), py::arg("accumulate") = py::none());
   m.def("narrow_forward_nhwc", &narrow_forward_nhwc);
+  py::class_<NarrowKernel>(m, "NarrowKernel")
+      .def(py::init<const at::Tensor&, const c10::optional<at::Tensor>&, at::IntArrayRef, at::IntArrayRef, bool>(),
+           py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("relu") = false)
+      .def("__call__", &NarrowKernel::operator(), py::arg("input"));
   m.def("narrow_backward_input_nhwc", &narrow_backward_input_nhwc);
   m.def("narrow_backward_weight_nhwc", &narrow_backward_weight_nhwc);
   m.def("start_memory_tracking", &start_memory_tracking);

@@ -3,6 +3,11 @@
 
 #include <torch/extension.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>  // masked loads and stores (load_first, store_first)
+#endif
+
+#include <cstring>
 #include <type_traits>
 
 // Channels innermost (channels_last or channels_last_3d) and not also plain contiguous (C == 1, or 1x1 pixels).
@@ -43,3 +48,42 @@ struct Half {
   static constexpr int64_t size = Vector<T>::size / 2;
   typedef T type __attribute__((vector_size(Vector<T>::bytes / 2)));
 };
+
+// The first `count` (> 0) values of v: one masked store where the machine has them (a memcpy of a run-time length
+// is a library call, and keeps the accumulators on the stack).
+template <typename T, typename V>
+inline void store_first(T* target, const V& v, int64_t count) {
+  if (count <= 0) return;
+  constexpr int64_t size = sizeof(V) / sizeof(T);
+  if (count >= size) return (void)std::memcpy(target, &v, sizeof(V));
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+  const unsigned mask = (1u << count) - 1;
+  if constexpr (std::is_same_v<T, float> && size == 16) return _mm512_mask_storeu_ps(target, mask, (__m512)v);
+  if constexpr (std::is_same_v<T, float> && size == 8) return _mm256_mask_storeu_ps(target, mask, (__m256)v);
+  if constexpr (std::is_same_v<T, double> && size == 8) return _mm512_mask_storeu_pd(target, mask, (__m512d)v);
+  if constexpr (std::is_same_v<T, double> && size == 4) return _mm256_mask_storeu_pd(target, mask, (__m256d)v);
+#endif
+  std::memcpy(target, &v, count * sizeof(T));
+}
+
+// The first `count` values at `source` in a vector, the rest zero (no read past them): store_first's counterpart.
+template <typename V, typename T>
+inline V load_first(const T* source, int64_t count) {
+  constexpr int64_t size = sizeof(V) / sizeof(T);
+  if (count >= size) {
+    V v;
+    std::memcpy(&v, source, sizeof(V));
+    return v;
+  }
+  if (count <= 0) return V{};
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+  const unsigned mask = (1u << count) - 1;
+  if constexpr (std::is_same_v<T, float> && size == 16) return (V)_mm512_maskz_loadu_ps(mask, source);
+  if constexpr (std::is_same_v<T, float> && size == 8) return (V)_mm256_maskz_loadu_ps(mask, source);
+  if constexpr (std::is_same_v<T, double> && size == 8) return (V)_mm512_maskz_loadu_pd(mask, source);
+  if constexpr (std::is_same_v<T, double> && size == 4) return (V)_mm256_maskz_loadu_pd(mask, source);
+#endif
+  V v{};
+  std::memcpy(&v, source, count * sizeof(T));
+  return v;
+}

@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <cstring>
 #include <utility>
+#include <variant>
 #include <vector>
 
 namespace {
@@ -82,25 +83,39 @@ constexpr int64_t ROTATIONS_PER_PASS = CPG < 4 ? CPG : 4;
 template <typename T>
 std::vector<T> pack(const T* w, int64_t c, int64_t cpg, int64_t kh, bool adjoint) {
   constexpr int64_t L = Vector<T>::size;
-  std::vector<T> packed(c * kh * KW * cpg);
+  const int64_t blocks = (c + L - 1) / L;  // (a depthwise conv's last block padded with zero filters)
+  TORCH_CHECK(cpg >= 1 && cpg <= L && (cpg & (cpg - 1)) == 0 && c % cpg == 0,
+              "narrow NHWC kernel: channels per group must be a power of two up to ", L, " dividing ", c, ", got ", cpg);
+  std::vector<T> packed(blocks * L * kh * KW * cpg, T(0));
   T* out = packed.data();
-  for (int64_t cb = 0; cb < c / L; ++cb)
+  for (int64_t cb = 0; cb < blocks; ++cb)
     for (int64_t ky = 0; ky < kh; ++ky)
       for (int64_t kx = 0; kx < KW; ++kx)
         for (int64_t r = 0; r < cpg; ++r)
-          for (int64_t lane = 0; lane < L; ++lane) {
-            const int64_t o = cb * L + lane, local = o % cpg, base = o - local, other = (local + r) % cpg;
-            *out++ = adjoint ? w[((base + other) * cpg + local) * kh * KW + (kh - 1 - ky) * KW + (KW - 1 - kx)]
-                             : w[(o * cpg + other) * kh * KW + ky * KW + kx];
+          for (int64_t lane = 0; lane < L; ++lane, ++out) {
+            // (cpg is a power of two: masks, not divisions, which made packing cost as much as a small conv)
+            const int64_t o = cb * L + lane, local = o & (cpg - 1), base = o - local, other = (local + r) & (cpg - 1);
+            if (o >= c) continue;
+            *out = adjoint ? w[((base + other) * cpg + local) * kh * KW + (kh - 1 - ky) * KW + (KW - 1 - kx)]
+                           : w[(o * cpg + other) * kh * KW + ky * KW + kx];
           }
   return packed;
 }
 
 // ---------------------------------------------------------------------------------------------------- forward
+// The channels a forward reads and writes in one block: all L of a whole block, or, for a depthwise conv's last block
+// where C is not a multiple of L (ShuffleNet g=1's 36 and 72 channels, g=3's 60 and 120), the first `count`, with
+// masked loads and stores (no read or write past them; the packed filters are zero past them).
+template <typename T, bool PARTIAL>
+inline V<T> load_block(const T* source, int64_t count) {
+  if constexpr (PARTIAL) return load_first<V<T>>(source, count);
+  return load(source);
+}
+
 // One pass (rotations R0 .. R0 + RB - 1) of output columns ox0 .. ox0 + P - 1 of a row over the input row `row`
 // (channel block already applied): input column j of the span feeds output column p through tap kx = j - p * SW.
-template <typename T, int64_t CPG, int64_t SW, int64_t P, int64_t R0>
-inline void forward_pass(V<T> (&acc)[P], const T* row, const T* filters, int64_t ix0, const Shape& s) {
+template <typename T, int64_t CPG, int64_t SW, int64_t P, int64_t R0, bool PARTIAL>
+inline void forward_pass(V<T> (&acc)[P], const T* row, const T* filters, int64_t ix0, const Shape& s, int64_t count) {
   constexpr int64_t L = Vector<T>::size, RB = ROTATIONS_PER_PASS<CPG>, SPAN = (P - 1) * SW + KW;
   V<T> w[KW][RB];
 #pragma GCC unroll 4
@@ -112,7 +127,7 @@ inline void forward_pass(V<T> (&acc)[P], const T* row, const T* filters, int64_t
     const int64_t ix = ix0 + j;
     if (ix < 0 || ix >= s.iw) continue;  // zero padding
     V<T> rot[RB];
-    rotations<T, CPG, R0>(load(row + ix * s.c), rot, std::make_index_sequence<RB>{});
+    rotations<T, CPG, R0>(load_block<T, PARTIAL>(row + ix * s.c, count), rot, std::make_index_sequence<RB>{});
 #pragma GCC unroll 4
     for (int64_t kx = 0; kx < KW; ++kx) {
       if (j < kx || (j - kx) % SW != 0 || (j - kx) / SW >= P) continue;
@@ -122,12 +137,14 @@ inline void forward_pass(V<T> (&acc)[P], const T* row, const T* filters, int64_t
   }
 }
 
-template <typename T, int64_t CPG, int64_t SW, int64_t P, size_t... PASS>
+// Output columns ox0 .. ox0 + P - 1 of row oy, channel block cb (its first `count` channels where PARTIAL), with the
+// ReLU applied as they are stored where `relu`.
+template <typename T, int64_t CPG, int64_t SW, int64_t P, bool PARTIAL, size_t... PASS>
 inline void forward_columns(const T* x, const T* packed, const T* bias, T* y, const Shape& s, int64_t n, int64_t oy,
-                            int64_t cb, int64_t ox0, std::index_sequence<PASS...>) {
+                            int64_t cb, int64_t ox0, int64_t count, bool relu, std::index_sequence<PASS...>) {
   constexpr int64_t L = Vector<T>::size, RB = ROTATIONS_PER_PASS<CPG>;
   V<T> acc[P];
-  const V<T> init = bias ? load(bias + cb * L) : V<T>{};
+  const V<T> init = bias ? load_block<T, PARTIAL>(bias + cb * L, count) : V<T>{};
 #pragma GCC unroll 16
   for (int64_t p = 0; p < P; ++p) acc[p] = init;
   for (int64_t ky = 0; ky < s.kh; ++ky) {
@@ -135,45 +152,40 @@ inline void forward_columns(const T* x, const T* packed, const T* bias, T* y, co
     if (iy < 0 || iy >= s.ih) continue;
     const T* row = x + (n * s.ih + iy) * s.iw * s.c + cb * L;
     const T* filters = packed + (cb * s.kh + ky) * KW * CPG * L;
-    (forward_pass<T, CPG, SW, P, PASS * RB>(acc, row, filters, ox0 * SW - s.pw, s), ...);
+    (forward_pass<T, CPG, SW, P, PASS * RB, PARTIAL>(acc, row, filters, ox0 * SW - s.pw, s, count), ...);
+  }
+  if (relu) {
+#pragma GCC unroll 16
+    for (int64_t p = 0; p < P; ++p) acc[p] = acc[p] > V<T>{} ? acc[p] : V<T>{};
   }
   T* out = y + ((n * s.oh + oy) * s.ow + ox0) * s.c + cb * L;
 #pragma GCC unroll 16
-  for (int64_t p = 0; p < P; ++p) store(out + p * s.c, acc[p]);
-}
-
-// A depthwise conv's channels after its last whole block of L (ShuffleNet g=1's 36 and 72, g=3's 60 and 120), for
-// one output row: per output pixel, a loop over those channels (contiguous in the input, the output and the filters
-// `tail_filters`, laid out [ky][kx][channel]) that the compiler vectorises.
-template <typename T, int64_t SW>
-void depthwise_tail(const T* x, const T* tail_filters, const T* bias, T* y, const Shape& s, int64_t n, int64_t oy,
-                    int64_t first) {
-  const int64_t tail = s.c - first;
-  T acc[Vector<T>::size];
-  for (int64_t ox = 0; ox < s.ow; ++ox) {
-    for (int64_t o = 0; o < tail; ++o) acc[o] = bias ? bias[first + o] : T(0);
-    for (int64_t ky = 0; ky < s.kh; ++ky) {
-      const int64_t iy = oy * s.sh - s.ph + ky;
-      if (iy < 0 || iy >= s.ih) continue;
-      for (int64_t kx = 0; kx < KW; ++kx) {
-        const int64_t ix = ox * SW - s.pw + kx;
-        if (ix < 0 || ix >= s.iw) continue;
-        const T* in = x + ((n * s.ih + iy) * s.iw + ix) * s.c + first;
-        const T* w = tail_filters + (ky * KW + kx) * tail;
-        for (int64_t o = 0; o < tail; ++o) acc[o] += in[o] * w[o];
-      }
-    }
-    T* out = y + ((n * s.oh + oy) * s.ow + ox) * s.c + first;
-    for (int64_t o = 0; o < tail; ++o) out[o] = acc[o];
+  for (int64_t p = 0; p < P; ++p) {
+    if constexpr (PARTIAL) store_first(out + p * s.c, acc[p], count);
+    else store(out + p * s.c, acc[p]);
   }
 }
 
-// `tail_filters`: a depthwise conv's filters for the channels after the last whole block (depthwise_tail), or null
-// where the channels come in whole blocks.
+// One output row's columns of channel block cb, 8, then 4, then 1 at a time.
+template <typename T, int64_t CPG, int64_t SW, bool PARTIAL, typename Passes>
+inline void forward_row_block(const T* x, const T* packed, const T* bias, T* y, const Shape& s, int64_t n, int64_t oy,
+                              int64_t cb, int64_t count, bool relu, Passes passes) {
+  int64_t ox = 0;
+  for (; ox + 8 <= s.ow; ox += 8)
+    forward_columns<T, CPG, SW, 8, PARTIAL>(x, packed, bias, y, s, n, oy, cb, ox, count, relu, passes);
+  for (; ox + 4 <= s.ow; ox += 4)
+    forward_columns<T, CPG, SW, 4, PARTIAL>(x, packed, bias, y, s, n, oy, cb, ox, count, relu, passes);
+  for (; ox < s.ow; ++ox)
+    forward_columns<T, CPG, SW, 1, PARTIAL>(x, packed, bias, y, s, n, oy, cb, ox, count, relu, passes);
+}
+
+// `packed`: pack()'s filters (a depthwise conv's last block padded with zero filters); `relu`: the ReLU applied as
+// the output is written.
 template <typename T, int64_t CPG, int64_t SW>
-void forward(const T* x, const T* packed, const T* bias, T* y, const Shape& s, const T* tail_filters) {
+void forward(const T* x, const T* packed, const T* bias, T* y, const Shape& s, bool relu) {
   constexpr int64_t L = Vector<T>::size;
   const auto passes = std::make_index_sequence<CPG / ROTATIONS_PER_PASS<CPG>>{};
+  const int64_t whole_blocks = s.c / L, left = s.c - whole_blocks * L;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, s.ow * s.c * CPG * s.kh * KW));
   at::parallel_for(0, s.n * s.oh, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
@@ -182,13 +194,11 @@ void forward(const T* x, const T* packed, const T* bias, T* y, const Shape& s, c
       for (int64_t iy = std::max<int64_t>(0, oy * s.sh - s.ph); iy < std::min(s.ih, oy * s.sh - s.ph + s.kh); ++iy)
         touch(x + (n * s.ih + iy) * s.iw * s.c, s.iw * s.c);
       touch(static_cast<const T*>(y + row * s.ow * s.c), s.ow * s.c);
-      for (int64_t cb = 0; cb < s.c / L; ++cb) {
-        int64_t ox = 0;
-        for (; ox + 8 <= s.ow; ox += 8) forward_columns<T, CPG, SW, 8>(x, packed, bias, y, s, n, oy, cb, ox, passes);
-        for (; ox + 4 <= s.ow; ox += 4) forward_columns<T, CPG, SW, 4>(x, packed, bias, y, s, n, oy, cb, ox, passes);
-        for (; ox < s.ow; ++ox) forward_columns<T, CPG, SW, 1>(x, packed, bias, y, s, n, oy, cb, ox, passes);
+      for (int64_t cb = 0; cb < whole_blocks; ++cb)
+        forward_row_block<T, CPG, SW, false>(x, packed, bias, y, s, n, oy, cb, L, relu, passes);
+      if constexpr (CPG == 1) {  // (only a depthwise conv may leave a partial block: check_whole_blocks)
+        if (left) forward_row_block<T, CPG, SW, true>(x, packed, bias, y, s, n, oy, whole_blocks, left, relu, passes);
       }
-      if (tail_filters) depthwise_tail<T, SW>(x, tail_filters, bias, y, s, n, oy, s.c / L * L);
     }
   });
 }
@@ -376,7 +386,7 @@ Shape shape_of(at::IntArrayRef input, at::IntArrayRef output, int64_t kh, int64_
 }
 
 // Channels in whole blocks of a vector's lanes, which every kernel here reads: but for a depthwise forward, whose
-// last channels depthwise_tail computes.
+// last, partial block is read and written masked.
 template <typename T>
 void check_whole_blocks(int64_t channels, bool depthwise_forward) {
   TORCH_CHECK(depthwise_forward || channels % Vector<T>::size == 0, "narrow NHWC kernel: ", channels,
@@ -385,23 +395,22 @@ void check_whole_blocks(int64_t channels, bool depthwise_forward) {
 
 template <typename T>
 void run_forward(const at::Tensor& x, const std::vector<T>& packed, const T* bias, at::Tensor& y, const Shape& s,
-                 int64_t cpg, int64_t sw, const std::vector<T>& tail_filters = {}) {
-  check_whole_blocks<T>(s.c, cpg == 1 && !tail_filters.empty());
-  const T* tail = tail_filters.empty() ? nullptr : tail_filters.data();
+                 int64_t cpg, int64_t sw, bool relu = false) {
+  check_whole_blocks<T>(s.c, cpg == 1);
   with_shape<T>(cpg, sw, [&]<int64_t CPG, int64_t SW>() {
-    forward<T, CPG, SW>(x.data_ptr<T>(), packed.data(), bias, y.data_ptr<T>(), s, tail);
+    forward<T, CPG, SW>(x.data_ptr<T>(), packed.data(), bias, y.data_ptr<T>(), s, relu);
   });
 }
 
-// A depthwise conv's filters (C, 1, kh, KW) for its channels after the last whole block, [ky][kx][channel] (empty
-// where the channels come in whole blocks).
-template <typename T>
-std::vector<T> depthwise_tail_filters(const T* w, int64_t c, int64_t kh) {
-  const int64_t first = c / Vector<T>::size * Vector<T>::size, taps = kh * KW;
-  std::vector<T> filters((c - first) * taps);
-  for (int64_t t = 0; t < taps; ++t)
-    for (int64_t o = first; o < c; ++o) filters[t * (c - first) + (o - first)] = w[o * taps + t];
-  return filters;
+// The (N, C, OH, OW) channels_last output of a conv of `input` by a (C, cpg, kh, KW) filter.
+at::Tensor forward_output(const at::Tensor& input, int64_t kh, at::IntArrayRef stride, at::IntArrayRef padding) {
+  const int64_t oh = (input.size(2) + 2 * padding[0] - kh) / stride[0] + 1,
+                ow = (input.size(3) + 2 * padding[1] - KW) / stride[1] + 1;
+  TORCH_CHECK(input.size(2) + 2 * padding[0] >= kh && input.size(3) + 2 * padding[1] >= KW,
+              "narrow NHWC kernel: input of size ", input.sizes(), " is smaller than the filter (", kh, ", ", KW,
+              ") with padding ", padding);
+  return at::empty({input.size(0), input.size(1), oh, ow},
+                   input.options().memory_format(at::MemoryFormat::ChannelsLast));
 }
 
 }  // namespace
@@ -411,17 +420,13 @@ at::Tensor narrow_forward_nhwc(const at::Tensor& input, const at::Tensor& weight
   check_operands(input, weight, "input");
   const at::Tensor w = weight.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const int64_t kh = w.size(2), oh = (input.size(2) + 2 * padding[0] - kh) / stride[0] + 1,
-                ow = (input.size(3) + 2 * padding[1] - KW) / stride[1] + 1;
-  at::Tensor out = at::empty({input.size(0), input.size(1), oh, ow},
-                             input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const int64_t kh = w.size(2);
+  at::Tensor out = forward_output(input, kh, stride, padding);
   const Shape s = shape_of(input.sizes(), out.sizes(), kh, stride[0], padding);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "groupconv_narrow_forward_nhwc", [&] {
     const auto packed = pack(w.data_ptr<scalar_t>(), s.c, w.size(1), kh, /*adjoint=*/false);
-    const auto tail = w.size(1) == 1 ? depthwise_tail_filters(w.data_ptr<scalar_t>(), s.c, kh)
-                                     : std::vector<scalar_t>();
     run_forward<scalar_t>(input, packed, b.defined() ? b.data_ptr<scalar_t>() : nullptr, out, s, w.size(1),
-                          stride[1], tail);
+                          stride[1]);
   });
   return out;
 }
@@ -474,4 +479,68 @@ at::Tensor narrow_backward_weight_nhwc(const at::Tensor& grad_output, const at::
     });
   });
   return grad_w;
+}
+
+// The packed filters of one conv, for NarrowKernel, in the weight's dtype.
+struct PackedNarrowFilters {
+  int64_t channels, channels_per_group, kh;
+  std::vector<int64_t> stride, padding;
+  bool relu;
+  std::variant<std::vector<float>, std::vector<double>> filters, bias;  // bias: empty without one
+};
+
+NarrowKernel::NarrowKernel(const at::Tensor& weight, const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                           at::IntArrayRef padding, bool relu) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(3) == KW && weight.device().is_cpu() &&
+                  (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble),
+              "narrow NHWC kernel: weight must be a float32 or float64 CPU tensor (C, C/groups, kh, ", KW, "), got ",
+              weight.sizes(), " ", weight.scalar_type(), " on ", weight.device());
+  const int64_t cpg = weight.size(1), lanes = 64 / weight.element_size();
+  TORCH_CHECK(cpg >= 1 && cpg <= lanes && (cpg & (cpg - 1)) == 0 && weight.size(0) % cpg == 0,
+              "narrow NHWC kernel: channels per group must be a power of two up to ", lanes, ", got ", cpg);
+  TORCH_CHECK(cpg == 1 || weight.size(0) % lanes == 0, "narrow NHWC kernel: ", weight.size(0),
+              " channels are not a multiple of ", lanes, " (a depthwise conv only may have a remainder)");
+  TORCH_CHECK(stride.size() == 2 && (stride[1] == 1 || stride[1] == 2) && stride[0] >= 1,
+              "narrow NHWC kernel: stride must be (sh, 1 or 2), got ", stride);
+  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
+              "narrow NHWC kernel: padding must be two non-negative ints, got ", padding);
+  TORCH_CHECK(!bias.has_value() || (bias->dim() == 1 && bias->size(0) == weight.size(0) &&
+                                    bias->scalar_type() == weight.scalar_type()),
+              "narrow NHWC kernel: bias must be a vector of the weight's ", weight.size(0), " channels and dtype");
+  const at::Tensor w = weight.contiguous();
+  auto packed = std::make_shared<PackedNarrowFilters>();
+  packed->channels = weight.size(0);
+  packed->channels_per_group = cpg;
+  packed->kh = weight.size(2);
+  packed->stride = stride.vec();
+  packed->padding = padding.vec();
+  packed->relu = relu;
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "groupconv_narrow_pack", [&] {
+    packed->filters = pack(w.data_ptr<scalar_t>(), packed->channels, cpg, packed->kh, /*adjoint=*/false);
+    std::vector<scalar_t> b;
+    if (bias.has_value()) {
+      const at::Tensor contiguous = bias->contiguous();
+      b.assign(contiguous.data_ptr<scalar_t>(), contiguous.data_ptr<scalar_t>() + packed->channels);
+    }
+    packed->bias = std::move(b);
+  });
+  packed_ = std::move(packed);
+}
+
+at::Tensor NarrowKernel::operator()(const at::Tensor& input) const {
+  const PackedNarrowFilters& k = *packed_;
+  const at::ScalarType dtype = std::holds_alternative<std::vector<float>>(k.filters) ? at::kFloat : at::kDouble;
+  TORCH_CHECK(input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                  input.size(1) == k.channels && input.scalar_type() == dtype && input.device().is_cpu(),
+              "narrow NHWC kernel: input must be a channels_last ", dtype, " CPU tensor of ", k.channels,
+              " channels, got ", input.sizes(), " ", input.scalar_type(), " on ", input.device());
+  at::Tensor out = forward_output(input, k.kh, k.stride, k.padding);
+  const Shape s = shape_of(input.sizes(), out.sizes(), k.kh, k.stride[0], k.padding);
+  std::visit([&](const auto& filters) {
+    using T = typename std::decay_t<decltype(filters)>::value_type;
+    const auto& bias = std::get<std::vector<T>>(k.bias);
+    run_forward<T>(input, filters, bias.empty() ? nullptr : bias.data(), out, s, k.channels_per_group, k.stride[1],
+                   k.relu);
+  }, k.filters);
+  return out;
 }

@@ -3,8 +3,10 @@
 
 #include <torch/extension.h>
 
+#include <memory>
+
 // What the kernels run (native.py checks it before calling): float32 or float64; C channels in and out, a multiple
-// of one vector register's lanes (16 floats, 8 doubles); C/groups input channels per group, a power of two up to
+// of one vector register's lanes (16 floats, 8 doubles), but for a depthwise forward (any C); C/groups input channels per group, a power of two up to
 // the lanes (1: depthwise); kernel width 3; row stride 1 or 2; dilation 1.
 
 // (N, C, OH, OW) channels_last output of the conv of a channels_last input.
@@ -19,3 +21,17 @@ at::Tensor narrow_backward_input_nhwc(const at::Tensor& grad_output, const at::T
 at::Tensor narrow_backward_weight_nhwc(const at::Tensor& grad_output, const at::Tensor& input,
                                        at::IntArrayRef weight_shape, at::IntArrayRef stride,
                                        at::IntArrayRef padding);
+
+// narrow_forward_nhwc's forward with its filters packed once, for a conv whose weights do not change (inference), and
+// the ReLU applied as the output is written where `relu`: kernel(input) = relu(conv(input)). Packing costs about what
+// the conv itself does on a small input (a 7x7 one at batch 1).
+struct PackedNarrowFilters;
+class NarrowKernel {
+ public:
+  NarrowKernel(const at::Tensor& weight, const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+               at::IntArrayRef padding, bool relu);
+  at::Tensor operator()(const at::Tensor& input) const;
+
+ private:
+  std::shared_ptr<const PackedNarrowFilters> packed_;
+};

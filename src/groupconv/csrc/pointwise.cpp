@@ -25,7 +25,7 @@
 #include <ATen/Parallel.h>
 
 #if defined(__AVX512F__)
-#include <immintrin.h>  // masked stores (store_first), streaming stores (stream_out)
+#include <immintrin.h>  // streaming stores (stream_out)
 #endif
 
 #include <algorithm>
@@ -77,41 +77,6 @@ inline V load(const T* source) {
 template <typename T, typename V>
 inline void store(T* target, const V& v) {
   std::memcpy(target, &v, sizeof(V));  // an unaligned vector store
-}
-
-// The first `count` (> 0) values of v: one masked store where the machine has them (a memcpy of a run-time length
-// is a library call, and keeps the accumulators on the stack).
-template <typename T, typename V>
-inline void store_first(T* target, const V& v, int64_t count) {
-  if (count <= 0) return;
-  constexpr int64_t size = sizeof(V) / sizeof(T);
-  if (count >= size) return store(target, v);
-#if defined(__AVX512F__) && defined(__AVX512VL__)
-  const unsigned mask = (1u << count) - 1;
-  if constexpr (std::is_same_v<T, float> && size == 16) return _mm512_mask_storeu_ps(target, mask, (__m512)v);
-  if constexpr (std::is_same_v<T, float> && size == 8) return _mm256_mask_storeu_ps(target, mask, (__m256)v);
-  if constexpr (std::is_same_v<T, double> && size == 8) return _mm512_mask_storeu_pd(target, mask, (__m512d)v);
-  if constexpr (std::is_same_v<T, double> && size == 4) return _mm256_mask_storeu_pd(target, mask, (__m256d)v);
-#endif
-  std::memcpy(target, &v, count * sizeof(T));
-}
-
-// The first `count` values at `source` in a vector, the rest zero (no read past them): store_first's counterpart.
-template <typename V, typename T>
-inline V load_first(const T* source, int64_t count) {
-  constexpr int64_t size = sizeof(V) / sizeof(T);
-  if (count >= size) return load<V>(source);
-  if (count <= 0) return V{};
-#if defined(__AVX512F__) && defined(__AVX512VL__)
-  const unsigned mask = (1u << count) - 1;
-  if constexpr (std::is_same_v<T, float> && size == 16) return (V)_mm512_maskz_loadu_ps(mask, source);
-  if constexpr (std::is_same_v<T, float> && size == 8) return (V)_mm256_maskz_loadu_ps(mask, source);
-  if constexpr (std::is_same_v<T, double> && size == 8) return (V)_mm512_maskz_loadu_pd(mask, source);
-  if constexpr (std::is_same_v<T, double> && size == 4) return (V)_mm256_maskz_loadu_pd(mask, source);
-#endif
-  V v{};
-  std::memcpy(&v, source, count * sizeof(T));
-  return v;
 }
 
 // y[p, column0 + j] = sum_k x[p, g*A + k] * K_g[k, column0 + j] (+ bias[g*B + column0 + j]) (+ init[p, g*B +

@@ -130,10 +130,13 @@ class PlannedConv(torch.nn.Module):
         # Per signature: the function running the conv and its ReLU and residual add, run(input, residual).
         self._plans: dict[tuple, Callable[[Tensor, Optional[Tensor]], Tensor]] = {}
         self._chosen: dict[tuple, str] = {}
+        # The last call's input shape and strides, residual signature and plan (programs.py's straight-line programs).
+        self.last_plan: Optional[tuple] = None
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None, concat: Optional[Tensor] = None) -> Tensor:
-        key = (input.shape, input.stride(), input.dtype, input.device, torch.get_num_threads(),
-               None if residual is None else (residual.shape, residual.stride(), residual.dtype))
+        shape, strides = input.shape, input.stride()
+        residual_signature = None if residual is None else (residual.shape, residual.stride(), residual.dtype)
+        key = (shape, strides, input.dtype, input.device, torch.get_num_threads(), residual_signature)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._plan(input, residual, key)
@@ -141,6 +144,7 @@ class PlannedConv(torch.nn.Module):
             # next layers plan with theirs: given back now, the model's first forward holds what one layer's timing
             # needs, not the sum of all (MobileNet at batch 32: 1.66 GB resident before, when a forward needs 0.47).
             release_free_memory()
+        self.last_plan = (shape, strides, residual_signature, plan)
         output = plan(input, residual)
         return output if concat is None else torch.cat((output, concat), 1)
 
@@ -169,7 +173,7 @@ class PlannedConv(torch.nn.Module):
         if _native_pointwise_runs(input, conv.weight, arguments) and adds:
             candidates["groupconv 1x1 fused"] = self._native_pointwise(arguments)
         if _native_narrow_runs(input, conv.weight, arguments):
-            candidates["groupconv narrow groups"] = self._native_narrow(arguments)
+            candidates["groupconv narrow groups"] = self._native_narrow(arguments, residual)
         if _native_few_channels_runs(input, conv.weight, arguments):
             candidates["groupconv first-layer conv"] = self._native_few_channels(arguments)
         if _onednn_runs(conv, input, arguments) and adds:
@@ -206,18 +210,17 @@ class PlannedConv(torch.nn.Module):
         return native.load().PointwiseKernel(self.conv.weight, self.conv.bias, arguments.groups, self.relu,
                                              arguments.shuffle_groups)
 
-    def _native_narrow(self, arguments: ConvArguments) -> Callable:
-        # The kernel called directly: the dispatcher keeps torch's kernels for these small layers unless groupconv's
-        # win by 30 us (a call through groupconv's eager path costs that much more Python), and oneDNN's convolution
-        # pays 30-40 us a call whatever its size (ShuffleNet's 7x7 and 14x14 depthwise convs at batch 1: 33-35 us
-        # against 10 us here).
-        kernel, weight, bias, relu = native.load().narrow_forward_nhwc, self.conv.weight, self.conv.bias, self.relu
-        stride, padding = list(arguments.stride), [int(p) for p in arguments.padding]
-
-        def run(x: Tensor, residual: Optional[Tensor]) -> Tensor:
-            return apply_epilogue(kernel(x, weight, bias, stride, padding), relu, residual, None)
-
-        return run
+    def _native_narrow(self, arguments: ConvArguments, residual: Optional[Tensor]) -> Callable:
+        # The kernel called directly, its filters packed once and the ReLU applied as it writes: the dispatcher keeps
+        # torch's kernels for these small layers unless groupconv's win by 30 us (a call through groupconv's eager
+        # path costs that much more Python), and oneDNN's convolution pays 30-40 us a call whatever its size
+        # (ShuffleNet's 7x7 and 14x14 depthwise convs at batch 1: 33-35 us against 10 us here).
+        relu = self.relu
+        kernel = native.load().NarrowKernel(self.conv.weight, self.conv.bias, list(arguments.stride),
+                                            [int(p) for p in arguments.padding], relu and residual is None)
+        if residual is None:
+            return lambda x, residual: kernel(x)
+        return lambda x, residual: apply_epilogue(kernel(x), relu, residual, None)
 
     def _native_few_channels(self, arguments: ConvArguments) -> Callable:
         # An image's 3 channels: oneDNN takes 270 us for ShuffleNet's first conv at batch 1 (after the image's
@@ -262,15 +265,18 @@ class PlannedLayer(torch.nn.Module):
         super().__init__()
         self._plans: dict[tuple, Callable[[Tensor], Tensor]] = {}
         self._chosen: dict[tuple, str] = {}
+        self.last_plan: Optional[tuple] = None  # the last call's input shape and strides, and plan
 
     def forward(self, input: Tensor) -> Tensor:
-        key = (input.shape, input.stride(), input.dtype, input.device, torch.get_num_threads())
+        shape, strides = input.shape, input.stride()
+        key = (shape, strides, input.dtype, input.device, torch.get_num_threads())
         plan = self._plans.get(key)
         if plan is None:
             ways = self.candidates(input)
             chosen = self._chosen[key] = fastest_way(ways, input)
             plan = self._plans[key] = ways[chosen]
             release_free_memory()  # (what the timed runs left free: PlannedConv.forward says why)
+        self.last_plan = (shape, strides, plan)
         return plan(input)
 
     def candidates(self, input: Tensor) -> dict[str, Callable[[Tensor], Tensor]]:

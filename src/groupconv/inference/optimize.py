@@ -11,7 +11,8 @@ The steps, each kept because it measured faster (docs/inference.md has the numbe
    Linear) likewise run the faster of torch's kernel and groupconv's (PlannedPool, PlannedLinear).
 5. Weights and activations stay channels_last, the input converted once (an image that only planned convs read is
    left as it comes: the first conv's kernel reads either layout); forwards run under torch.inference_mode.
-6. Each input signature runs on torch's threads or on one, whichever its first forwards measure faster.
+6. Each input signature runs on torch's threads or on one, whichever its first forwards measure faster, and then as
+   a straight-line program that calls each planned layer's chosen kernel directly (programs.py).
 7. The process keeps freed memory for the next allocations (groupconv.ops.allocator), as ONNX Runtime's and
    OpenVINO's arenas do: a forward's large tensors then cost no page faults after the first call.
 
@@ -34,6 +35,7 @@ from ..ops.allocator import keep_freed_memory as keep_freed_memory_in_process, r
 from ..ops.tuning.timing import median_seconds_interleaved
 from .folding import fold_batch_norms
 from .layers import FEW_CHANNELS, ConvEpilogue, PlannedConv, PlannedLinear, PlannedPool
+from .programs import straight_line_program
 from .shuffles import move_shuffles_to_pointwise_reads
 from .tracing import trace
 
@@ -73,6 +75,8 @@ class InferenceModel(torch.nn.Module):
         self.opaque_modules = tuple(opaque_modules)
         self.choose_threads = choose_threads
         self.threads_chosen: dict[tuple, int] = {}
+        # Per input signature: its threads and its straight-line program (programs.py).
+        self._programs: dict[tuple, tuple[int, torch.nn.Module]] = {}
 
     def _converted(self, value, name: str | None):
         if (isinstance(value, torch.Tensor) and value.dim() == 4 and self.memory_format != torch.contiguous_format
@@ -85,15 +89,25 @@ class InferenceModel(torch.nn.Module):
         args = [self._converted(a, names[i] if i < len(names) else None) for i, a in enumerate(args)]
         kwargs = {key: self._converted(value, key) for key, value in kwargs.items()}
         available = torch.get_num_threads()
+        key = (*(_signature(value) for value in args), *((k, _signature(v)) for k, v in kwargs.items()), available)
         with torch.inference_mode():
-            if not self.choose_threads or available == 1:
-                return self.model(*args, **kwargs)
-            key = (*(_signature(value) for value in args), *((k, _signature(v)) for k, v in kwargs.items()), available)
-            threads = self.threads_chosen.get(key)
-            if threads is None:
-                threads = self.threads_chosen[key] = self._fastest_threads(args, kwargs, available)
-                release_free_memory()  # (what the timed forwards left free: see optimize_for_inference's end)
-            return _on_threads(threads, lambda: self.model(*args, **kwargs))
+            entry = self._programs.get(key)
+            if entry is None:
+                threads = available
+                if self.choose_threads and available > 1:
+                    threads = self.threads_chosen[key] = self._fastest_threads(args, kwargs, available)
+                    release_free_memory()  # (what the timed forwards left free: see optimize_for_inference's end)
+                # A forward on the chosen threads leaves each planned layer's plan for this signature as its last.
+                output = _on_threads(threads, lambda: self.model(*args, **kwargs))
+                program = straight_line_program(self.model) if self.traced else self.model
+                self._programs[key] = (threads, program)
+                return output
+            threads, program = entry
+            return _on_threads(threads, lambda: program(*args, **kwargs))
+
+    def __getstate__(self):
+        # The programs call the kernels of this model's layers: a copy plans its own.
+        return {**super().__getstate__(), "_programs": {}}
 
     def _fastest_threads(self, args, kwargs, available: int) -> int:
         """All of torch's threads or one: at batch 1 a forward's layers are small (tens of microseconds each), and
