@@ -115,6 +115,8 @@ class PlannedConv(torch.nn.Module):
     - the dispatcher's choice (its backend's kernel called directly), then the epilogue in place;
     - for a 1x1 conv, groupconv's 1x1 kernel with the epilogue fused: it starts its sums from the residual, applies
       the ReLU as it writes the output and makes an input shuffle by the order of its reads, its weights packed once;
+    - for a depthwise or narrow-group conv, groupconv's kernel for those, its filters packed once, the ReLU fused;
+    - for a network's first conv on an image of few channels, groupconv's kernel for it;
     - oneDNN's convolution (torch.ops.mkldnn._convolution_pointwise, the kernel torch.compile's CPU backend uses)
       with the ReLU, or the residual add and the ReLU, fused into the kernel's write of the output, on the weight as
       it is or reordered once into oneDNN's blocked layout for this input size (prepacked); then the concat.
