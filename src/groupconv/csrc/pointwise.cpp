@@ -210,14 +210,32 @@ inline void stream_fence() {
 #endif
 }
 
+// Asks for `count` values from `values` on in cache (for writing where `write`), a prefetch per cache line: the
+// loads go on while the kernel computes.
+template <typename T>
+inline void prefetch(const T* values, int64_t count, bool write) {
+  for (int64_t i = 0; i < count; i += 64 / sizeof(T)) {
+    if (write) __builtin_prefetch(values + i, 1, 3);
+    else __builtin_prefetch(values + i, 0, 3);
+  }
+}
+
 // y for pixels first ... last (x's rows times K, plus init's rows where given), in blocks of PIXEL_BLOCK pixels; with
-// `buffer` (PIXEL_BLOCK rows of y), each block is computed there and streamed out.
+// `buffer` (PIXEL_BLOCK rows of y), each block is computed there and streamed out. Where prefetch_until is past
+// `last`, each block also prefetches the rows of the pixels last - first further on (the next chunk's), up to
+// prefetch_until.
 template <typename T>
 void pointwise_rows(const T* x, int64_t x_stride, const Packed<T>& k, T* y, int64_t y_stride, int64_t first,
-                    int64_t last, T* buffer, const T* init) {
+                    int64_t last, T* buffer, const T* init, int64_t prefetch_until = 0) {
   auto init_at = [&](int64_t p) { return init ? init + p * y_stride : nullptr; };
+  const int64_t ahead = last - first;
   int64_t p = first;
   for (; p + PIXEL_BLOCK <= last; p += PIXEL_BLOCK) {
+    if (p + ahead + PIXEL_BLOCK <= prefetch_until) {
+      prefetch(x + (p + ahead) * x_stride, PIXEL_BLOCK * x_stride, false);
+      prefetch(y + (p + ahead) * y_stride, PIXEL_BLOCK * y_stride, true);
+      if (init) prefetch(init + (p + ahead) * y_stride, PIXEL_BLOCK * y_stride, false);
+    }
     if (buffer) {
       pixels_of<T, PIXEL_BLOCK>(x + p * x_stride, x_stride, k, buffer, y_stride, init_at(p));
       stream_out(y + p * y_stride, buffer, PIXEL_BLOCK * y_stride);
@@ -233,6 +251,11 @@ bool streams(int64_t pixel_count, int64_t y_stride) {
   return pixel_count * y_stride * int64_t(sizeof(T)) > STREAMING_MIN_BYTES;
 }
 
+// How a thread brings its chunks into cache. Operands that fit in the last-level cache together: the first chunk by a
+// sequential pass (layout.h's touch), each later one by prefetches issued while the chunk before it computes (1.05x
+// to 1.2x on ShuffleNet's and ResNeXt's grouped 1x1 layers at batch 1 and 8). Larger ones come from memory: each
+// chunk by a sequential pass before it computes, which the hardware prefetchers stream at full bandwidth (the
+// prefetches ran 384 -> 96 g8 at 32x28x28 at 0.9x, 240 -> 60 g3 at 0.8x).
 template <typename T>
 void pointwise_nhwc(const T* x, int64_t pixel_count, const Packed<T>& k, T* y, const T* init) {
   const int64_t x_stride = k.groups * k.a, y_stride = k.groups * k.b;
@@ -243,15 +266,21 @@ void pointwise_nhwc(const T* x, int64_t pixel_count, const Packed<T>& k, T* y, c
   const int64_t chunks = (pixel_count + chunk_pixels - 1) / chunk_pixels;
   const int64_t work_per_chunk = chunk_pixels * x_stride * k.b;
   const bool streaming = streams<T>(pixel_count, y_stride);
+  const bool prefetching =
+      pixel_count * (x_stride + (init ? 2 : 1) * y_stride) * int64_t(sizeof(T)) <= STREAMING_MIN_BYTES;
   at::parallel_for(0, chunks, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_chunk)),
                    [&](int64_t begin, int64_t end) {
     std::vector<T> buffer(streaming ? PIXEL_BLOCK * y_stride : 0);
+    const int64_t prefetch_until = prefetching ? std::min(end * chunk_pixels, pixel_count) : 0;
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t first = chunk * chunk_pixels, last = std::min(first + chunk_pixels, pixel_count);
-      touch(x + first * x_stride, (last - first) * x_stride);
-      if (!streaming) touch(static_cast<const T*>(y + first * y_stride), (last - first) * y_stride);
-      if (init) touch(init + first * y_stride, (last - first) * y_stride);
-      pointwise_rows(x, x_stride, k, y, y_stride, first, last, streaming ? buffer.data() : nullptr, init);
+      if (!prefetching || chunk == begin) {
+        touch(x + first * x_stride, (last - first) * x_stride);
+        if (!streaming) touch(static_cast<const T*>(y + first * y_stride), (last - first) * y_stride);
+        if (init) touch(init + first * y_stride, (last - first) * y_stride);
+      }
+      pointwise_rows(x, x_stride, k, y, y_stride, first, last, streaming ? buffer.data() : nullptr, init,
+                     prefetch_until);
     }
     if (streaming) stream_fence();
   });
