@@ -85,7 +85,8 @@ std::vector<T> pack(const T* w, int64_t c, int64_t cpg, int64_t kh, bool adjoint
   constexpr int64_t L = Vector<T>::size;
   const int64_t blocks = (c + L - 1) / L;  // (a depthwise conv's last block padded with zero filters)
   TORCH_CHECK(cpg >= 1 && cpg <= L && (cpg & (cpg - 1)) == 0 && c % cpg == 0,
-              "narrow NHWC kernel: channels per group must be a power of two up to ", L, " dividing ", c, ", got ", cpg);
+              "narrow NHWC kernel: channels per group must be a power of two up to ", L, ", got ", cpg, " (of ", c,
+              " channels)");
   std::vector<T> packed(blocks * L * kh * KW * cpg, T(0));
   T* out = packed.data();
   for (int64_t cb = 0; cb < blocks; ++cb)
@@ -495,11 +496,7 @@ NarrowKernel::NarrowKernel(const at::Tensor& weight, const c10::optional<at::Ten
                   (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble),
               "narrow NHWC kernel: weight must be a float32 or float64 CPU tensor (C, C/groups, kh, ", KW, "), got ",
               weight.sizes(), " ", weight.scalar_type(), " on ", weight.device());
-  const int64_t cpg = weight.size(1), lanes = 64 / weight.element_size();
-  TORCH_CHECK(cpg >= 1 && cpg <= lanes && (cpg & (cpg - 1)) == 0 && weight.size(0) % cpg == 0,
-              "narrow NHWC kernel: channels per group must be a power of two up to ", lanes, ", got ", cpg);
-  TORCH_CHECK(cpg == 1 || weight.size(0) % lanes == 0, "narrow NHWC kernel: ", weight.size(0),
-              " channels are not a multiple of ", lanes, " (a depthwise conv only may have a remainder)");
+  const int64_t cpg = weight.size(1);
   TORCH_CHECK(stride.size() == 2 && (stride[1] == 1 || stride[1] == 2) && stride[0] >= 1,
               "narrow NHWC kernel: stride must be (sh, 1 or 2), got ", stride);
   TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
@@ -516,6 +513,7 @@ NarrowKernel::NarrowKernel(const at::Tensor& weight, const c10::optional<at::Ten
   packed->padding = padding.vec();
   packed->relu = relu;
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "groupconv_narrow_pack", [&] {
+    check_whole_blocks<scalar_t>(packed->channels, cpg == 1);
     packed->filters = pack(w.data_ptr<scalar_t>(), packed->channels, cpg, packed->kh, /*adjoint=*/false);
     std::vector<scalar_t> b;
     if (bias.has_value()) {

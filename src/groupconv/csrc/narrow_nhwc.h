@@ -6,8 +6,8 @@
 #include <memory>
 
 // What the kernels run (native.py checks it before calling): float32 or float64; C channels in and out, a multiple
-// of one vector register's lanes (16 floats, 8 doubles), but for a depthwise forward (any C); C/groups input channels per group, a power of two up to
-// the lanes (1: depthwise); kernel width 3; row stride 1 or 2; dilation 1.
+// of one vector register's lanes (16 floats, 8 doubles), but for a depthwise forward (any C); C/groups input channels
+// per group, a power of two up to the lanes (1: depthwise); kernel width 3; row stride 1 or 2; dilation 1.
 
 // (N, C, OH, OW) channels_last output of the conv of a channels_last input.
 at::Tensor narrow_forward_nhwc(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
